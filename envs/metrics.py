@@ -1,0 +1,278 @@
+"""Episode metrics computed from a `SimOutcome` (see docs/metrics.md, which mirrors this docstring).
+
+`compute_metrics(o)` returns a flat ``dict[str, int | float]`` with stable keys.  A key without a
+qualifier is over all requests (``ttft_s/p50``, ``slo_attainment``); ``.../interactive``, ``.../batch``
+and ``.../tenant/<name>`` restrict it.  Requests with status 0 (not yet arrived at ``now_s``) are
+ignored by every metric.  Times are in simulated seconds.
+
+Latency (seconds)
+    TTFT = first_token_s - arrival_s.  TPOT = (finish_s - first_token_s) / (output_tokens - 1), and 0
+    when output_tokens == 1.  E2E = finish_s - arrival_s.  ``{ttft_s,tpot_s,e2e_s}[/<tier>]/{p50,p90,p99}``
+    are numpy's default (linear) percentiles; TPOT and E2E over finished requests, TTFT over every
+    arrived request with a first token (in flight and dropped ones included).  NaN with no samples.
+
+SLO
+    Interactive: met iff finished and TTFT <= ttft_slo_s and TPOT <= tpot_slo_s.  Batch: met iff
+    finished and finish_s <= deadline_s.  Missed: finished but not met, dropped, or in flight with
+    deadline_s < now_s (it can no longer make it).  In flight with deadline_s >= now_s: not judged,
+    counted in ``unjudged``.  ``judged = slo_met + slo_missed``; ``slo_attainment[/<tier>|/tenant/<name>]
+    = met / judged``, NaN when nothing is judged.
+
+Throughput and goodput (per second of ``now_s``; NaN when now_s == 0)
+    ``throughput/req_per_s`` finished requests, ``throughput/tok_per_s`` generated tokens (including
+    partial outputs of unfinished and dropped requests).  ``goodput/req_per_s`` SLO-met requests,
+    ``goodput/tok_per_s`` their output tokens.  ``gpus/mean_billed`` = sum(pool_billed_gpu_s) / now_s,
+    the time-averaged number of billed GPUs; ``goodput/*_per_gpu`` divide by it (NaN with no billing).
+
+Cost
+    ``cost/gpu_hours/<pool>`` = pool_billed_gpu_s / 3600; ``cost/gpu_hours`` their sum; ``cost/usd`` =
+    sum over pools of GPU-hours x price_per_gpu_hour; ``cost/usd_per_1m_output_tokens`` = cost/usd /
+    sum(generated_tokens) x 1e6 (NaN with no tokens).
+
+Fairness (VTC service, Sheng et al., OSDI'24: 1 per input token, 2 per output token)
+    service_i = sum over tenant i's requests of (prompt_tokens if the request produced a first token
+    else 0) + 2 x generated_tokens; demand_i = sum of prompt_tokens + 2 x output_tokens over its arrived
+    requests.  Only tenants with an arrived request take part.  Jain's index J(x) = (sum x)^2 / (n sum
+    x^2), 1.0 when n <= 1 or when every x is 0 (everyone equally served).
+    ``fairness/jain`` = J(service_i / weight_i).  This penalizes a light tenant that was *fully*
+    served: its service is small because it asked for little, not because it was starved.
+    ``fairness/jain_maxmin`` = J(service_i / f_i), with f_i the weighted max-min fair share of the total
+    delivered service given the demands (water-filling: raise a level L; tenant i gets min(d_i, L w_i);
+    sum of shares = total service).  It is 1.0 exactly when the scheduler delivered the max-min fair
+    allocation.  A tenant with f_i == 0 (zero demand) counts as x_i = 1.
+    ``fairness/max_service_gap`` is copied from the simulator's VTC counter tracking.
+
+Utilization
+    ``util/busy`` = mean over replicas with up_s > 0 of busy_s / up_s (NaN if none).  ``util/kv`` =
+    sum(kv_block_s) / sum(kv_capacity x up_s) (NaN if the denominator is 0).
+
+Counters
+    arrived, finished, dropped, in_flight, judged, unjudged, slo_met, slo_missed, preemptions,
+    recomputed_tokens, cached_prompt_tokens, generated_tokens (sums over arrived requests, ints) and
+    drop_rate = dropped / arrived (NaN with no arrivals).  ``now_s`` and ``horizon_s`` are echoed.
+
+Values are Python ints/floats, so ``json.dumps`` works; NaN is emitted as the (non-standard) ``NaN``.
+Cost is O(N) time with a handful of N-sized temporaries; the only Python loops are over tenants/pools.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from envs.sim.outcome import (
+    STATUS_DROPPED,
+    STATUS_FINISHED,
+    STATUS_IN_FLIGHT,
+    STATUS_NOT_ARRIVED,
+    TIER_INTERACTIVE,
+    TIER_NAMES,
+    SimOutcome,
+)
+
+PERCENTILES = (50, 90, 99)
+NAN = float("nan")
+
+
+def compute_metrics(o: SimOutcome) -> dict[str, int | float]:
+    """All metrics of an outcome as a flat dict; see the module docstring for exact definitions."""
+    o.validate()
+    m: dict[str, int | float] = {"now_s": float(o.now_s), "horizon_s": float(o.horizon_s)}
+    status = o.status
+    arrived = status != STATUS_NOT_ARRIVED
+    finished = status == STATUS_FINISHED
+    # Tenant ids as intp once: every bincount would otherwise make its own converted copy.
+    tenant = o.tenant.astype(np.intp)
+    n_tenants = len(o.tenant_names)
+
+    counts = o.summary_counts()
+    m.update(counts)
+    generated = int(o.generated_tokens.sum(where=arrived, dtype=np.int64))
+
+    met_tokens = _slo_metrics(o, m, finished, tenant, n_tenants)
+    _latency_metrics(o, m, arrived, finished)
+
+    # Throughput / goodput.
+    billed_gpu_s = float(o.pool_billed_gpu_s.sum())
+    m["throughput/req_per_s"] = _div(counts["finished"], o.now_s)
+    m["throughput/tok_per_s"] = _div(generated, o.now_s)
+    m["goodput/req_per_s"] = _div(m["slo_met"], o.now_s)
+    m["goodput/tok_per_s"] = _div(met_tokens, o.now_s)
+    m["gpus/mean_billed"] = _div(billed_gpu_s, o.now_s)
+    # (met / now) / (billed / now) == met / billed, which stays defined only if both are nonzero.
+    m["goodput/req_per_s_per_gpu"] = _div(m["slo_met"], billed_gpu_s) if o.now_s > 0 else NAN
+    m["goodput/tok_per_s_per_gpu"] = _div(met_tokens, billed_gpu_s) if o.now_s > 0 else NAN
+
+    # Cost.
+    gpu_hours = o.pool_billed_gpu_s / 3600.0
+    usd = float(np.dot(gpu_hours, o.pool_price_per_gpu_hour)) if gpu_hours.size else 0.0
+    m["cost/usd"] = usd
+    m["cost/usd_per_1m_output_tokens"] = _div(usd * 1e6, generated)
+    m["cost/gpu_hours"] = float(gpu_hours.sum())
+    for name, h in zip(o.pool_names, gpu_hours.tolist(), strict=True):
+        m[f"cost/gpu_hours/{name}"] = h
+
+    _fairness_metrics(o, m, arrived, tenant, n_tenants)
+
+    # Utilization.
+    up = o.replica_up_s
+    active = up > 0
+    m["util/busy"] = float(np.mean(o.replica_busy_s[active] / up[active])) if active.any() else NAN
+    kv_capacity_s = float(np.dot(o.replica_kv_capacity.astype(np.float64), up)) if up.size else 0.0
+    m["util/kv"] = _div(float(o.replica_kv_block_s.sum()), kv_capacity_s)
+
+    # Counters.
+    m["preemptions"] = int(o.preemptions.sum(where=arrived, dtype=np.int64))
+    m["recomputed_tokens"] = int(o.recomputed_tokens.sum(where=arrived, dtype=np.int64))
+    m["cached_prompt_tokens"] = int(o.cached_prompt_tokens.sum(where=arrived, dtype=np.int64))
+    m["generated_tokens"] = generated
+    m["drop_rate"] = _div(counts["dropped"], counts["arrived"])
+    return m
+
+
+def _latency_metrics(o: SimOutcome, m: dict, arrived: np.ndarray, finished: np.ndarray) -> None:
+    has_first = arrived & ~np.isnan(o.first_token_s)
+    ttft = o.first_token_s[has_first] - o.arrival_s[has_first]
+    _percentiles(m, "ttft_s", ttft, o.tier[has_first])
+    del ttft
+    fin_tier = o.tier[finished]
+    _percentiles(m, "tpot_s", _tpot(o, finished), fin_tier)
+    _percentiles(m, "e2e_s", o.finish_s[finished] - o.arrival_s[finished], fin_tier)
+
+
+def _tpot(o: SimOutcome, mask: np.ndarray) -> np.ndarray:
+    """TPOT of the masked (finished) requests; 0 for single-token outputs, which have no decode gap."""
+    decode_steps = o.output_tokens[mask].astype(np.float64) - 1.0
+    decode_time = o.finish_s[mask] - o.first_token_s[mask]
+    # The maximum() keeps the division finite; single-token rows are then overwritten with 0.
+    return np.where(decode_steps > 0, decode_time / np.maximum(decode_steps, 1.0), 0.0)
+
+
+def _percentiles(m: dict, prefix: str, values: np.ndarray, tier: np.ndarray) -> None:
+    groups = [(prefix, values)] + [
+        (f"{prefix}/{name}", values[tier == t]) for t, name in enumerate(TIER_NAMES)
+    ]
+    for key, x in groups:
+        # np.percentile raises on empty input; documented result is NaN.
+        qs = np.percentile(x, PERCENTILES).tolist() if x.size else [NAN] * len(PERCENTILES)
+        for p, q in zip(PERCENTILES, qs, strict=True):
+            m[f"{key}/p{p}"] = float(q)
+
+
+def _slo_metrics(o: SimOutcome, m: dict, finished: np.ndarray, tenant: np.ndarray, n_tenants: int) -> int:
+    """SLO counters and attainment; returns the output tokens of SLO-met requests (for goodput)."""
+    # Judge finished requests on compact arrays (only finished rows need TTFT/TPOT).
+    fin_tier = o.tier[finished]
+    ttft = o.first_token_s[finished] - o.arrival_s[finished]
+    interactive_ok = (ttft <= o.ttft_slo_s[finished]) & (_tpot(o, finished) <= o.tpot_slo_s[finished])
+    del ttft
+    batch_ok = o.finish_s[finished] <= o.deadline_s[finished]
+    met_fin = np.where(fin_tier == TIER_INTERACTIVE, interactive_ok, batch_ok)
+    del interactive_ok, batch_ok
+
+    in_flight = o.status == STATUS_IN_FLIGHT
+    overdue = in_flight & (o.deadline_s < o.now_s)
+    judged = finished | (o.status == STATUS_DROPPED) | overdue
+
+    n_judged = int(np.count_nonzero(judged))
+    n_met = int(np.count_nonzero(met_fin))
+    m["judged"] = n_judged
+    m["unjudged"] = int(np.count_nonzero(in_flight)) - int(np.count_nonzero(overdue))
+    m["slo_met"] = n_met
+    m["slo_missed"] = n_judged - n_met
+    m["slo_attainment"] = _div(n_met, n_judged)
+
+    judged_tier = np.bincount(o.tier[judged], minlength=len(TIER_NAMES))
+    met_tier = np.bincount(fin_tier[met_fin], minlength=len(TIER_NAMES))
+    for t, name in enumerate(TIER_NAMES):
+        m[f"slo_attainment/{name}"] = _div(int(met_tier[t]), int(judged_tier[t]))
+
+    judged_tenant = np.bincount(tenant[judged], minlength=n_tenants)
+    met_tenant = np.bincount(tenant[finished][met_fin], minlength=n_tenants)
+    for i, name in enumerate(o.tenant_names):
+        m[f"slo_attainment/tenant/{name}"] = _div(int(met_tenant[i]), int(judged_tenant[i]))
+
+    return int(o.output_tokens[finished][met_fin].sum(dtype=np.int64))
+
+
+def _fairness_metrics(
+    o: SimOutcome, m: dict, arrived: np.ndarray, tenant: np.ndarray, n_tenants: int
+) -> None:
+    # Prompt tokens count as served once the request produced its first token (prefill done).
+    prefilled = arrived & ~np.isnan(o.first_token_s)
+    service = _tenant_sum(tenant[prefilled], o.prompt_tokens[prefilled], n_tenants)
+    service += 2.0 * _tenant_sum(tenant[arrived], o.generated_tokens[arrived], n_tenants)
+    demand_tokens = o.prompt_tokens[arrived].astype(np.float64) + 2.0 * o.output_tokens[arrived]
+    demand = _tenant_sum(tenant[arrived], demand_tokens, n_tenants)
+    present = np.bincount(tenant[arrived], minlength=n_tenants) > 0
+
+    service, demand, weight = service[present], demand[present], o.tenant_weights[present]
+    m["fairness/jain"] = jain_index(service / weight)
+    share = max_min_shares(demand, weight, float(service.sum()))
+    # f_i == 0 only with zero demand (then service is 0 too): the tenant got all it asked for.
+    ratio = np.divide(service, share, out=np.ones_like(service), where=share > 0)
+    m["fairness/jain_maxmin"] = jain_index(ratio)
+    m["fairness/max_service_gap"] = float(o.max_service_gap)
+
+
+def _tenant_sum(tenant: np.ndarray, values: np.ndarray, n_tenants: int) -> np.ndarray:
+    """Per-tenant float64 sums; the astype guards numpy returning int64 for an empty weighted bincount."""
+    return np.bincount(tenant, weights=values, minlength=n_tenants).astype(np.float64, copy=False)
+
+
+def jain_index(x: np.ndarray) -> float:
+    """Jain's fairness index (sum x)^2 / (n sum x^2); 1.0 for n <= 1 or all-zero x (all equal)."""
+    n = x.size
+    sq = float(np.dot(x, x)) if n else 0.0
+    if n <= 1 or sq == 0.0:
+        return 1.0
+    return float(x.sum()) ** 2 / (n * sq)
+
+
+def max_min_shares(demand: np.ndarray, weight: np.ndarray, capacity: float) -> np.ndarray:
+    """Weighted max-min fair split of `capacity` among tenants with `demand`s, by water-filling.
+
+    Tenants are visited in increasing demand/weight order; while the current level (remaining capacity /
+    remaining weight) covers a tenant's demand it is fully satisfied and leaves; the rest share the
+    remaining capacity in proportion to weight.  If capacity >= total demand every tenant gets its demand.
+    """
+    share = np.zeros(demand.shape, dtype=np.float64)
+    remaining_capacity, remaining_weight = capacity, float(weight.sum())
+    order = np.argsort(demand / weight, kind="stable")
+    for k, i in enumerate(order):
+        level = max(remaining_capacity, 0.0) / remaining_weight
+        if demand[i] <= level * weight[i]:
+            share[i] = demand[i]
+            remaining_capacity -= demand[i]
+            remaining_weight -= weight[i]
+        else:
+            rest = order[k:]
+            share[rest] = level * weight[rest]
+            break
+    return share
+
+
+def format_metrics_table(metrics: dict[str, int | float], keys: list[str] | None = None) -> str:
+    """Aligned two-column Markdown table (readable as plain text in a terminal).
+
+    `keys` selects and orders rows (default: all, in dict order); a key missing from `metrics` shows "-".
+    Ints print as-is, floats with 6 significant digits, NaN as "nan".
+    """
+    rows = [(k, _format_value(metrics[k]) if k in metrics else "-") for k in (keys or list(metrics))]
+    kw = max([len("metric")] + [len(k) for k, _ in rows])
+    vw = max([len("value")] + [len(v) for _, v in rows])
+    lines = [f"| {'metric':<{kw}} | {'value':>{vw}} |", f"|{'-' * (kw + 2)}|{'-' * (vw + 1)}:|"]
+    lines += [f"| {k:<{kw}} | {v:>{vw}} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def _format_value(v: int | float) -> str:
+    if isinstance(v, (bool, int, np.integer)):
+        return str(int(v))
+    return "nan" if math.isnan(v) else f"{v:.6g}"
+
+
+def _div(num: float, den: float) -> float:
+    """num / den as float, NaN when the denominator is 0 (an empty population, not an error)."""
+    return float(num) / float(den) if den else NAN

@@ -1,0 +1,187 @@
+"""The simulator's final (or snapshot) state, handed to the metrics layer.
+
+`SimOutcome` is a plain struct of numpy arrays: one entry per request, tenant, pool or replica.  It holds
+no per-request Python objects so that an outcome of 10 million requests costs a few hundred MB and every
+metric can be computed with vectorized numpy (see `envs.metrics`).
+
+Index conventions: `tenant[i]` indexes `tenant_names` / `tenant_weights`; `replica_pool[r]` indexes the
+`pool_*` arrays; `tier` is 0 for interactive and 1 for batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+# Request status codes, shared with the simulator core.
+STATUS_NOT_ARRIVED = 0
+STATUS_IN_FLIGHT = 1
+STATUS_FINISHED = 2
+STATUS_DROPPED = 3
+
+TIER_INTERACTIVE = 0
+TIER_BATCH = 1
+TIER_NAMES = ("interactive", "batch")
+
+# Field name -> required dtype, grouped by the length the array must share.
+_REQUEST_FIELDS: dict[str, np.dtype] = {
+    "arrival_s": np.dtype(np.float64),
+    "prompt_tokens": np.dtype(np.int32),
+    "output_tokens": np.dtype(np.int32),
+    "tenant": np.dtype(np.int16),
+    "tier": np.dtype(np.int8),
+    "ttft_slo_s": np.dtype(np.float32),
+    "tpot_slo_s": np.dtype(np.float32),
+    "deadline_s": np.dtype(np.float64),
+    "status": np.dtype(np.int8),
+    "first_token_s": np.dtype(np.float64),
+    "finish_s": np.dtype(np.float64),
+    "drop_s": np.dtype(np.float64),
+    "generated_tokens": np.dtype(np.int32),
+    "cached_prompt_tokens": np.dtype(np.int32),
+    "preemptions": np.dtype(np.int16),
+    "recomputed_tokens": np.dtype(np.int32),
+}
+_TENANT_FIELDS = {"tenant_weights": np.dtype(np.float64)}
+_POOL_FIELDS = {
+    "pool_gpus_per_replica": np.dtype(np.int32),
+    "pool_price_per_gpu_hour": np.dtype(np.float64),
+    "pool_billed_gpu_s": np.dtype(np.float64),
+}
+_REPLICA_FIELDS = {
+    "replica_pool": np.dtype(np.int32),
+    "replica_busy_s": np.dtype(np.float64),
+    "replica_up_s": np.dtype(np.float64),
+    "replica_kv_block_s": np.dtype(np.float64),
+    "replica_kv_capacity": np.dtype(np.int64),
+}
+
+
+# eq=False: the generated __eq__ would compare arrays element-wise and fail on truth-testing.
+# frozen only stops rebinding fields; the arrays themselves stay writable (the simulator may own them).
+@dataclass(frozen=True, eq=False)
+class SimOutcome:
+    now_s: float  # simulated time at which the outcome was taken (episode end or a mid-run snapshot)
+    horizon_s: float
+    # --- per request, length N (every request of the workload, including ones not yet arrived)
+    arrival_s: np.ndarray
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    tenant: np.ndarray
+    tier: np.ndarray  # 0 interactive, 1 batch
+    ttft_slo_s: np.ndarray  # interactive targets; inf for the batch tier
+    tpot_slo_s: np.ndarray
+    deadline_s: np.ndarray  # absolute completion deadline
+    status: np.ndarray  # 0 not yet arrived, 1 in flight, 2 finished, 3 dropped
+    first_token_s: np.ndarray  # nan if no token yet
+    finish_s: np.ndarray  # nan if unfinished
+    drop_s: np.ndarray  # nan unless dropped
+    generated_tokens: np.ndarray
+    cached_prompt_tokens: np.ndarray  # prefix-cache hits
+    preemptions: np.ndarray
+    recomputed_tokens: np.ndarray
+    # --- per tenant, length T
+    tenant_names: tuple[str, ...]
+    tenant_weights: np.ndarray
+    # --- per pool, length P
+    pool_names: tuple[str, ...]
+    pool_gpus_per_replica: np.ndarray
+    pool_price_per_gpu_hour: np.ndarray
+    pool_billed_gpu_s: np.ndarray
+    # --- per replica, length R
+    replica_pool: np.ndarray
+    replica_busy_s: np.ndarray  # time spent running iterations
+    replica_up_s: np.ndarray  # time active or draining
+    replica_kv_block_s: np.ndarray  # integral over time of used KV blocks
+    replica_kv_capacity: np.ndarray  # blocks
+    # --- counters
+    max_service_gap: float  # max over sampled instants of (max - min) VTC counter among backlogged tenants
+
+    @property
+    def n_requests(self) -> int:
+        return int(self.arrival_s.shape[0])
+
+    def validate(self) -> None:
+        """Check shapes, dtypes and index ranges; raise ValueError naming the offending field.
+
+        Ranges are checked as well as dtypes because the metrics use `np.bincount` on `tenant` and
+        `status`, which would otherwise fail (or silently mis-count) on out-of-range codes.
+        """
+        for name in ("now_s", "horizon_s", "max_service_gap"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ValueError(f"SimOutcome.{name}: expected a real number, got {type(value).__name__}")
+        if not (np.isfinite(self.now_s) and self.now_s >= 0):
+            raise ValueError(f"SimOutcome.now_s: must be finite and >= 0, got {self.now_s}")
+
+        for name in ("tenant_names", "pool_names"):
+            names = getattr(self, name)
+            if not isinstance(names, tuple) or not all(isinstance(s, str) for s in names):
+                raise ValueError(f"SimOutcome.{name}: expected a tuple of str")
+            # Names become metric keys, so duplicates would silently overwrite each other.
+            if len(set(names)) != len(names):
+                raise ValueError(f"SimOutcome.{name}: names must be unique, got {names}")
+
+        n = _check_group(self, _REQUEST_FIELDS, "arrival_s", None)
+        _check_group(self, _TENANT_FIELDS, "tenant_names", len(self.tenant_names))
+        _check_group(self, _POOL_FIELDS, "pool_names", len(self.pool_names))
+        _check_group(self, _REPLICA_FIELDS, "replica_pool", None)
+
+        n_tenants, n_pools = len(self.tenant_names), len(self.pool_names)
+        if n > 0:
+            _check_range(self, "status", STATUS_NOT_ARRIVED, STATUS_DROPPED)
+            _check_range(self, "tier", TIER_INTERACTIVE, TIER_BATCH)
+            _check_range(self, "tenant", 0, n_tenants - 1)
+        if self.replica_pool.shape[0] > 0:
+            _check_range(self, "replica_pool", 0, n_pools - 1)
+        w = self.tenant_weights
+        if w.size and not (np.all(np.isfinite(w)) and np.all(w > 0)):
+            raise ValueError("SimOutcome.tenant_weights: weights must be finite and > 0")
+
+    def summary_counts(self) -> dict[str, int]:
+        """Counts of requests by status; `arrived` = every status except not-yet-arrived."""
+        counts = np.bincount(self.status, minlength=4) if self.status.size else np.zeros(4, np.int64)
+        return {
+            "arrived": int(counts[1:].sum()),
+            "finished": int(counts[STATUS_FINISHED]),
+            "dropped": int(counts[STATUS_DROPPED]),
+            "in_flight": int(counts[STATUS_IN_FLIGHT]),
+        }
+
+
+def _check_group(o: SimOutcome, spec: dict[str, np.dtype], length_from: str, length: int | None) -> int:
+    """Check every array in `spec` is 1-D with the given dtype and a common length; return that length."""
+    for name, dtype in spec.items():
+        arr = getattr(o, name)
+        if not isinstance(arr, np.ndarray):
+            raise ValueError(f"SimOutcome.{name}: expected numpy.ndarray, got {type(arr).__name__}")
+        if arr.ndim != 1:
+            raise ValueError(f"SimOutcome.{name}: expected a 1-D array, got shape {arr.shape}")
+        if arr.dtype != dtype:
+            raise ValueError(f"SimOutcome.{name}: expected dtype {dtype}, got {arr.dtype}")
+        if length is None:
+            length = arr.shape[0]
+        elif arr.shape[0] != length:
+            raise ValueError(
+                f"SimOutcome.{name}: expected length {length} (as {length_from}), got {arr.shape[0]}"
+            )
+    assert length is not None
+    return length
+
+
+def _check_range(o: SimOutcome, name: str, lo: int, hi: int) -> None:
+    arr = getattr(o, name)
+    vmin, vmax = int(arr.min()), int(arr.max())
+    if vmin < lo or vmax > hi:
+        raise ValueError(f"SimOutcome.{name}: values must lie in [{lo}, {hi}], found [{vmin}, {vmax}]")
+
+
+# Every field must be covered by exactly one check group or the scalar/name checks above.
+assert {f.name for f in fields(SimOutcome)} == (
+    set(_REQUEST_FIELDS)
+    | set(_TENANT_FIELDS)
+    | set(_POOL_FIELDS)
+    | set(_REPLICA_FIELDS)
+    | {"now_s", "horizon_s", "max_service_gap", "tenant_names", "pool_names"}
+)
