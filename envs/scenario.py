@@ -1,0 +1,276 @@
+"""Scenario schema: the single source of truth for what a simulated cluster and its workload look like.
+
+A scenario is a YAML file under ``configs/scenarios/``. It is validated here with pydantic, so an unknown key or
+a bad value is reported with its key path (``pools.0.tp``) and the file it came from, before anything reaches the
+numba core. Names of GPUs and models are checked against the perf tables when the simulation is built, because
+the config layer must not import the simulator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+
+SCENARIO_DIR = Path(__file__).resolve().parent.parent / "configs" / "scenarios"
+
+BATCHING_POLICIES = ("fcfs", "edf", "sjf", "vtc", "wfs", "tier_priority")
+ROUTING_POLICIES = ("round_robin", "random", "jsq", "lor", "least_kv", "p2c", "prefix_affinity")
+SCALING_POLICIES = ("static", "reactive")
+
+
+class ScenarioError(ValueError):
+    """A scenario file or override that does not validate; the message names the file and key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PoolConfig(_Strict):
+    """A pool is region x GPU type x model x tensor-parallel degree; its replicas are identical."""
+
+    name: str
+    region: str = "default"
+    gpu: str
+    model: str
+    tp: Annotated[int, Field(ge=1, le=8)] = 1
+    # None takes the GPU's default price from envs/perf/specs.py (Vidur's published prices).
+    price_per_gpu_hour: Annotated[float, Field(ge=0)] | None = None
+    min_replicas: Annotated[int, Field(ge=0)] = 0
+    max_replicas: Annotated[int, Field(ge=1, le=4096)]
+    initial_replicas: Annotated[int, Field(ge=0)]
+    # SageServe (Jaiswal et al., 2025) measures a 155 s VM start for an inference instance.
+    cold_start_s: Annotated[float, Field(ge=0)] = 155.0
+    # vLLM's default max_num_seqs.
+    max_num_seqs: Annotated[int, Field(ge=1, le=1024)] = 256
+    # Per-iteration token budget. Sarathi-Serve evaluates 512-2048 token budgets; 2048 is the upper end.
+    max_batched_tokens: Annotated[int, Field(ge=16)] = 2048
+    chunked_prefill: bool = True
+    prefix_cache: bool = False
+    # Prefix-cache capacity in 512-token blocks; None = half of the KV cache (vLLM's automatic prefix caching
+    # keeps freed blocks as evictable cache, so the usable share depends on load; half is our documented choice).
+    prefix_cache_blocks: Annotated[int, Field(ge=1)] | None = None
+    # vLLM's default gpu_memory_utilization.
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> PoolConfig:
+        if not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+            raise ValueError(
+                f"need min_replicas <= initial_replicas <= max_replicas, got "
+                f"{self.min_replicas} <= {self.initial_replicas} <= {self.max_replicas}"
+            )
+        return self
+
+
+class TenantConfig(_Strict):
+    """A tenant (client or application) with its tier and SLOs."""
+
+    name: str
+    tier: Literal["interactive", "batch"] = "interactive"
+    weight: Annotated[float, Field(gt=0)] = 1.0
+    model: str | None = None  # None: the first pool's model
+    region: str | None = None  # where its requests originate; None: the first pool's region
+    ttft_slo_s: Annotated[float, Field(gt=0)] | None = None
+    tpot_slo_s: Annotated[float, Field(gt=0)] | None = None
+    deadline_s: Annotated[float, Field(gt=0)] | None = None  # batch tier: completion within this many seconds
+
+    @model_validator(mode="after")
+    def _slo_matches_tier(self) -> TenantConfig:
+        if self.tier == "interactive" and (self.ttft_slo_s is None or self.tpot_slo_s is None):
+            raise ValueError("an interactive tenant needs ttft_slo_s and tpot_slo_s")
+        if self.tier == "batch" and self.deadline_s is None:
+            raise ValueError("a batch tenant needs deadline_s")
+        return self
+
+
+class DiurnalSpec(_Strict):
+    period_s: Annotated[float, Field(gt=0)] = 86400.0
+    peak_to_trough: Annotated[float, Field(ge=1)] = 3.0
+    peak_time_s: float = 0.0
+
+
+class ArrivalSpec(_Strict):
+    process: Literal["poisson", "gamma"] = "poisson"
+    rate_per_s: Annotated[float, Field(gt=0)]
+    cv: Annotated[float, Field(gt=0)] = 1.0  # gamma only: coefficient of variation of inter-arrival times
+    diurnal: DiurnalSpec | None = None
+
+
+class LengthSpec(_Strict):
+    dist: Literal["lognormal", "empirical"] = "lognormal"
+    table: str | None = None  # empirical: a table name in envs/workloads/length_tables.json
+    joint: bool = True  # empirical: keep the prompt/output rank dependence of the source trace
+    prompt_mean: Annotated[float, Field(gt=0)] = 1155.0  # Azure 2023 conversation trace mean (data README)
+    prompt_cv: Annotated[float, Field(ge=0)] = 1.0
+    output_mean: Annotated[float, Field(gt=0)] = 211.0  # Azure 2023 conversation trace mean (data README)
+    output_cv: Annotated[float, Field(ge=0)] = 1.0
+    prompt_min: Annotated[int, Field(ge=1)] = 1
+    prompt_max: Annotated[int, Field(ge=1)] | None = None
+    output_min: Annotated[int, Field(ge=1)] = 1
+    output_max: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _table_named(self) -> LengthSpec:
+        if self.dist == "empirical" and not self.table:
+            raise ValueError("dist 'empirical' needs a table name")
+        return self
+
+
+class SyntheticSource(_Strict):
+    kind: Literal["synthetic"] = "synthetic"
+    tenant: str
+    arrival: ArrivalSpec
+    lengths: LengthSpec = LengthSpec()
+
+
+class TraceSource(_Strict):
+    kind: Literal["trace"] = "trace"
+    format: Literal["azure", "mooncake", "burstgpt", "generic"]
+    file: str  # relative to the data directory (SERVEGYM_DATA_DIR)
+    tenant: str | None = None  # every row goes to this tenant; None: the generic CSV's tenant column
+    time_scale: Annotated[float, Field(gt=0)] = 1.0  # 2.0 replays twice as fast
+    window_start_s: Annotated[float, Field(ge=0)] = 0.0
+    window_s: Annotated[float, Field(gt=0)] | None = None
+    max_requests: Annotated[int, Field(ge=1)] | None = None
+
+
+def _source_kind(v: Any) -> str | None:
+    """``kind`` may be left out: a source naming a trace ``format`` or ``file`` is a trace, else synthetic."""
+    if isinstance(v, dict):
+        return v.get("kind") or ("trace" if "format" in v or "file" in v else "synthetic")
+    return getattr(v, "kind", None)
+
+
+Source = Annotated[
+    Annotated[SyntheticSource, Tag("synthetic")] | Annotated[TraceSource, Tag("trace")],
+    Discriminator(_source_kind),
+]
+
+
+class PoliciesConfig(_Strict):
+    """Built-in rules the core uses for every decision the caller does not control."""
+
+    batching: Literal[BATCHING_POLICIES] = "fcfs"  # type: ignore[valid-type]
+    routing: Literal[ROUTING_POLICIES] = "round_robin"  # type: ignore[valid-type]
+    scaling: Literal[SCALING_POLICIES] = "static"  # type: ignore[valid-type]
+    # SageServe's reactive rule: scale up above 50% memory utilization, down below 25%.
+    reactive_up: Annotated[float, Field(gt=0, le=1)] = 0.5
+    reactive_down: Annotated[float, Field(ge=0, lt=1)] = 0.25
+
+
+class Scenario(_Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    horizon_s: Annotated[float, Field(gt=0)]
+    control_interval_s: Annotated[float, Field(gt=0)] = 60.0
+    # A request that has waited this long in a replica queue without starting is dropped and counted.
+    max_wait_s: Annotated[float, Field(gt=0)] = 60.0
+    # Per-replica waiting-queue capacity; an arrival that finds it full is dropped (a real server's max queue).
+    queue_capacity: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
+    # One-way network latency between regions in ms: {from: {to: ms}}; symmetric, missing pairs are 0.
+    region_latency_ms: dict[str, dict[str, Annotated[float, Field(ge=0)]]] = {}
+    pools: Annotated[list[PoolConfig], Field(min_length=1)]
+    tenants: Annotated[list[TenantConfig], Field(min_length=1)]
+    sources: Annotated[list[Source], Field(min_length=1)]
+    policies: PoliciesConfig = PoliciesConfig()
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Scenario:
+        _unique([p.name for p in self.pools], "pools")
+        _unique([t.name for t in self.tenants], "tenants")
+        tenants = {t.name for t in self.tenants}
+        for i, src in enumerate(self.sources):
+            if src.tenant is not None and src.tenant not in tenants:
+                raise ValueError(
+                    f"sources.{i}.tenant: unknown tenant {src.tenant!r}; known: {sorted(tenants)}"
+                )
+            if src.kind == "trace" and src.tenant is None and src.format != "generic":
+                raise ValueError(f"sources.{i}.tenant: format {src.format!r} has no tenant column; name one")
+        models = {p.model for p in self.pools}
+        regions = {p.region for p in self.pools}
+        for i, t in enumerate(self.tenants):
+            if t.model is not None and t.model not in models:
+                raise ValueError(
+                    f"tenants.{i}.model: no pool serves {t.model!r}; pools serve {sorted(models)}"
+                )
+            if t.region is not None and t.region not in regions | set(self.region_latency_ms):
+                raise ValueError(f"tenants.{i}.region: unknown region {t.region!r}")
+        return self
+
+    def tenant_index(self) -> dict[str, int]:
+        return {t.name: i for i, t in enumerate(self.tenants)}
+
+    def region_names(self) -> list[str]:
+        names: list[str] = []
+        for r in [p.region for p in self.pools] + [t.region for t in self.tenants if t.region]:
+            if r not in names:
+                names.append(r)
+        for a, row in self.region_latency_ms.items():
+            for r in [a, *row]:
+                if r not in names:
+                    names.append(r)
+        return names
+
+
+def _unique(names: list[str], where: str) -> None:
+    seen: set[str] = set()
+    for i, n in enumerate(names):
+        if n in seen:
+            raise ValueError(f"{where}.{i}.name: duplicate name {n!r}")
+        seen.add(n)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid scenario ({err.error_count()} error(s))"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {path}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, val in overrides.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], val)
+        else:
+            out[key] = val
+    return out
+
+
+def scenario_path(name_or_path: str | Path) -> Path:
+    """A scenario name (``chat_azure``) resolves to ``configs/scenarios/chat_azure.yaml``; a path is taken as is."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return SCENARIO_DIR / f"{name_or_path}.yaml"
+
+
+def list_scenarios() -> list[str]:
+    return sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
+
+
+def load_scenario(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
+    """Load and validate a scenario; ``overrides`` is deep-merged over the file's mapping first."""
+    path = scenario_path(name_or_path)
+    if not path.exists():
+        raise ScenarioError(f"{path}: no such scenario file; known scenarios: {list_scenarios()}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ScenarioError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{path}: a scenario must be a YAML mapping, got {type(raw).__name__}")
+    return scenario_from_dict(_deep_merge(raw, overrides or {}), source=str(path))
+
+
+def scenario_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Scenario:
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as e:
+        raise ScenarioError(_format_validation_error(e, source)) from None

@@ -1,0 +1,146 @@
+"""Simulator throughput benchmark: prints one JSON line with simulated requests/s and peak memory.
+
+Two runs, built-in policies only:
+- ``cluster16``: 16 replicas at about 80% load with every feature on (chunked prefill, prefix cache on a
+  Mooncake-shaped workload, VTC fair-share batching over three tenants, prefix-affinity routing, two regions,
+  reactive autoscaling).
+- ``synthetic10m``: 10 million synthetic requests (Azure-conversation lengths) on a large cluster.
+
+The JIT warm-up (compiling, or loading numba's cache, on a tiny horizon) is timed separately and excluded.
+Peak memory is what numpy allocated for the run (tracemalloc), divided by the request count; the process's
+peak RSS is reported beside it. Targets (issue 2): >= 1,000,000 simulated requests/s; <= 300 B/request.
+
+    python scripts/bench.py               # both runs
+    python scripts/bench.py --quick       # 1M requests instead of 10M, for a fast look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+import tracemalloc
+
+from envs.scenario import scenario_from_dict
+from envs.sim.simulator import Simulator
+
+
+def cluster16(horizon_s: float) -> dict:
+    pool = {
+        "gpu": "a100-80gb",
+        "model": "llama-2-7b",
+        "min_replicas": 4,
+        "max_replicas": 8,
+        "initial_replicas": 8,
+        "cold_start_s": 155.0,
+        "chunked_prefill": True,
+        "prefix_cache": True,
+    }
+    lengths = {"dist": "empirical", "table": "azure_conv_2023"}
+    return {
+        "name": "bench_cluster16",
+        "horizon_s": horizon_s,
+        "control_interval_s": 30.0,
+        "region_latency_ms": {"east": {"west": 35.0}},
+        "pools": [{**pool, "name": "east", "region": "east"}, {**pool, "name": "west", "region": "west"}],
+        "tenants": [
+            {"name": "chat", "region": "east", "ttft_slo_s": 0.5, "tpot_slo_s": 0.1},
+            {"name": "agent", "region": "west", "ttft_slo_s": 1.0, "tpot_slo_s": 0.1},
+            {"name": "batch", "tier": "batch", "region": "east", "deadline_s": 600.0, "weight": 0.5},
+        ],
+        "sources": [
+            {
+                "tenant": "chat",
+                "arrival": {"process": "gamma", "rate_per_s": 40.0, "cv": 1.09},
+                "lengths": lengths,
+            },
+            {
+                "tenant": "agent",
+                "arrival": {"process": "gamma", "rate_per_s": 20.0, "cv": 2.0},
+                "lengths": {"dist": "empirical", "table": "mooncake_synthetic", "prompt_max": 16000},
+            },
+            {"tenant": "batch", "arrival": {"process": "poisson", "rate_per_s": 10.0}, "lengths": lengths},
+        ],
+        "policies": {"batching": "vtc", "routing": "prefix_affinity", "scaling": "reactive"},
+    }
+
+
+def synthetic(n_requests: int, replicas: int, rate: float) -> dict:
+    return {
+        "name": f"bench_synthetic_{n_requests}",
+        "horizon_s": n_requests / rate,
+        "max_wait_s": 120.0,
+        "pools": [
+            {
+                "name": "a100",
+                "gpu": "a100-80gb",
+                "model": "llama-2-7b",
+                "max_replicas": replicas,
+                "initial_replicas": replicas,
+            }
+        ],
+        "tenants": [{"name": "chat", "ttft_slo_s": 0.5, "tpot_slo_s": 0.1}],
+        "sources": [
+            {
+                "tenant": "chat",
+                "arrival": {"process": "poisson", "rate_per_s": rate},
+                "lengths": {"dist": "empirical", "table": "azure_conv_2023"},
+            }
+        ],
+        "policies": {"batching": "fcfs", "routing": "jsq"},
+    }
+
+
+def measure(raw: dict) -> dict:
+    sc = scenario_from_dict(raw)
+    warm = scenario_from_dict({**raw, "horizon_s": min(5.0, raw["horizon_s"])})
+    t0 = time.perf_counter()
+    Simulator(warm).run()
+    warmup_s = time.perf_counter() - t0
+
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    sim = Simulator(sc)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sim.run()
+    run_s = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    n = len(sim.requests)
+    c = sim.counts()
+    return {
+        "requests": n,
+        "replicas": int(len(sim.state.rep_pool)),
+        "finished": c["finished"],
+        "dropped": c["dropped"],
+        "iterations": c["iterations"],
+        "events": c["events"],
+        "warmup_s": round(warmup_s, 2),
+        "build_s": round(build_s, 2),
+        "run_s": round(run_s, 3),
+        "sim_requests_per_s": round(n / run_s),
+        "peak_bytes_per_request": round(peak / max(n, 1), 1),
+        "state_bytes_per_request": round(sim.nbytes() / max(n, 1), 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1M synthetic requests instead of 10M")
+    ap.add_argument("--only", choices=["cluster16", "synthetic"], default=None)
+    args = ap.parse_args()
+    out: dict = {}
+    if args.only in (None, "cluster16"):
+        out["cluster16"] = measure(cluster16(horizon_s=3600.0))
+    if args.only in (None, "synthetic"):
+        n = 1_000_000 if args.quick else 10_000_000
+        # An A100 replica of Llama-2-7B sustains ~3.5 req/s of Azure-shaped chat (measured); 2.8 is ~80% load.
+        out["synthetic"] = measure(synthetic(n, replicas=128, rate=360.0))
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
