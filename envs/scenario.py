@@ -58,6 +58,11 @@ class PoolConfig(_Strict):
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> PoolConfig:
+        if self.max_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_batched_tokens ({self.max_batched_tokens}) must be >= max_num_seqs ({self.max_num_seqs}), "
+                "as vLLM requires, so that every running sequence can decode in each iteration"
+            )
         if not self.min_replicas <= self.initial_replicas <= self.max_replicas:
             raise ValueError(
                 f"need min_replicas <= initial_replicas <= max_replicas, got "
@@ -120,11 +125,24 @@ class LengthSpec(_Strict):
         return self
 
 
+class PrefixSpec(_Strict):
+    """Shared prompt prefixes (system prompts, few-shot examples, documents), as 512-token block hashes.
+
+    Each request draws one of ``groups`` prefixes with Zipf(``zipf_s``) popularity; the first
+    ``shared_tokens`` of its prompt (whole 512-token blocks) are that prefix, the rest is unique to it.
+    """
+
+    groups: Annotated[int, Field(ge=1, le=1 << 27)]
+    shared_tokens: Annotated[int, Field(ge=512)]
+    zipf_s: Annotated[float, Field(ge=0)] = 1.0
+
+
 class SyntheticSource(_Strict):
     kind: Literal["synthetic"] = "synthetic"
     tenant: str
     arrival: ArrivalSpec
     lengths: LengthSpec = LengthSpec()
+    prefix: PrefixSpec | None = None
 
 
 class TraceSource(_Strict):

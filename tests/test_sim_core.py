@@ -13,27 +13,19 @@ from hypothesis import strategies as hs
 
 from envs.metrics import compute_metrics
 from envs.perf.model import iteration_time_s, load_perf_coefficients
+from envs.sim import state as S
 from envs.sim.simulator import Simulator
-from envs.sim.state import EV_BATCH, EV_DONE, EV_ROUTE, EV_SCALE, ST_FINISHED
+from envs.sim.state import EV_BATCH, EV_DONE, EV_ROUTE, EV_SCALE
 from envs.workloads.requests import RequestTable
 from tests.conftest import REPO, tiny_scenario
 
 
 def check_invariants(sim: Simulator, last_now: float) -> None:
-    st = sim.state
+    assert sim.audit() == ""
     c = sim.counts()
     assert c["arrived"] == c["finished"] + c["dropped"] + c["in_flight"], c
     assert c["in_flight"] == c["queued"] + c["running"] + c["held"] + c["pending_route"], c
-    assert (st.rep_kv_used >= 0).all()
-    assert (st.rep_kv_used <= st.rep_kv_cap).all()
-    for r in range(len(st.rep_pool)):
-        assert st.rep_kv_used[r] == st.s_blocks[r, : st.s_n[r]].sum()
     assert sim.now >= last_now
-    assert (st.r_generated <= st.r_output).all()
-    fin = st.r_status == ST_FINISHED
-    assert (st.r_generated[fin] == st.r_output[fin]).all()
-    assert (st.r_first[fin] >= st.r_arrival[fin]).all()
-    assert (st.r_finish[fin] >= st.r_first[fin]).all()
 
 
 def drive(sim: Simulator, rng: np.random.Generator, step_s: float) -> None:
@@ -167,7 +159,7 @@ def test_one_request_ttft_is_prefill_time():
     coef = load_perf_coefficients("llama-2-7b", "a100-80gb", 1)
     prefill = iteration_time_s(coef, prompt, prompt * (0 + (prompt + 1) / 2), 0, 0)
     st = sim.state
-    assert st.r_first[0] - st.r_arrival[0] == pytest.approx(prefill, rel=1e-12)
+    assert st.rqf[S.RF_FIRST, 0] - st.rqf[S.RF_ARRIVAL, 0] == pytest.approx(prefill, rel=1e-12)
 
 
 def test_one_request_chunked_prefill_splits_by_budget():
@@ -177,7 +169,7 @@ def test_one_request_chunked_prefill_splits_by_budget():
     coef = load_perf_coefficients("llama-2-7b", "a100-80gb", 1)
     first = iteration_time_s(coef, 2048, 2048 * (0 + 2049 / 2), 0, 0)
     second = iteration_time_s(coef, 952, 952 * (2048 + 953 / 2), 0, 0)
-    assert sim.state.r_first[0] - 1.0 == pytest.approx(first + second, rel=1e-12)
+    assert sim.state.rqf[S.RF_FIRST, 0] - 1.0 == pytest.approx(first + second, rel=1e-12)
 
 
 def test_unloaded_tpot_is_decode_iteration_time():
@@ -215,10 +207,10 @@ def test_vtc_worked_example():
         )
         sim = Simulator(sc, requests=reqs)
         sim.run()
-        orders[policy] = list(np.argsort(sim.state.r_finish))
+        orders[policy] = list(np.argsort(sim.state.rqf[S.RF_FINISH]))
         if policy == "vtc":
             # B: lifted to 100, then charged 100 input + 2*10 output tokens
-            assert sim.state.t_counter.tolist() == [3 * (100 + 2 * 10), 100 + 100 + 2 * 10]
+            assert sim.state.ten[S.TF_COUNTER].tolist() == [3 * (100 + 2 * 10), 100 + 100 + 2 * 10]
     assert orders["vtc"] == [0, 3, 1, 2]
     assert orders["fcfs"] == [0, 1, 2, 3]
 
@@ -265,11 +257,11 @@ def test_scale_up_bills_cold_start_and_activates():
     sim = Simulator(sc, seed=0, control=("scale",))
     assert sim.advance() == EV_SCALE  # first tick at 10 s
     sim.apply_scale(np.array([5]))  # clamped to max_replicas=3: one more
-    assert (sim.state.rep_state == 1).sum() == 1  # starting
+    assert (sim.state.repi[S.XI_STATE] == S.RS_STARTING).sum() == 1
     sim.advance(14.0)
-    assert (sim.state.rep_state == 1).sum() == 1
+    assert (sim.state.repi[S.XI_STATE] == S.RS_STARTING).sum() == 1
     sim.advance(15.5)
-    assert (sim.state.rep_state == 2).sum() == 3  # active after the 5 s cold start
+    assert (sim.state.repi[S.XI_STATE] == S.RS_ACTIVE).sum() == 3  # active after the 5 s cold start
     assert sim.advance() == EV_SCALE  # the tick at 20 s
     out = sim.outcome()
     # two replicas billed from 0, the third from 10 s

@@ -11,31 +11,9 @@ import numpy as np
 from envs.perf.model import kv_cache_blocks, load_perf_coefficients
 from envs.perf.specs import get_gpu
 from envs.scenario import Scenario, ScenarioError
+from envs.sim import state as S
 from envs.sim.policies import BATCHING_IDS, ROUTING_IDS, SCALING_IDS
-from envs.sim.state import (
-    C_HORIZON,
-    C_MAX_WAIT,
-    C_NEXT_TICK,
-    C_REACTIVE_DOWN,
-    C_REACTIVE_UP,
-    C_TICK_S,
-    K_BATCH_POLICY,
-    K_CTRL_BATCH,
-    K_CTRL_ROUTE,
-    K_CTRL_SCALE,
-    K_FORM_REPLICA,
-    K_PENDING_ROUTE,
-    K_ROUTE_POLICY,
-    K_SCALE_POLICY,
-    KV_BLOCK_TOKENS,
-    N_CLOCK,
-    N_CNT,
-    PREFIX_BLOCK_TOKENS,
-    PREFIX_WAYS,
-    RS_ACTIVE,
-    TIER_BATCH,
-    SimState,
-)
+from envs.sim.state import SimState
 from envs.workloads.requests import RequestTable
 
 CONTROLS = ("route", "batch", "scale")
@@ -48,7 +26,7 @@ def pool_kv_blocks(scenario: Scenario) -> list[int]:
             get_gpu(p.gpu)
             out.append(
                 kv_cache_blocks(
-                    p.model, p.gpu, p.tp, KV_BLOCK_TOKENS, p.gpu_memory_utilization, p.max_batched_tokens
+                    p.model, p.gpu, p.tp, S.KV_BLOCK_TOKENS, p.gpu_memory_utilization, p.max_batched_tokens
                 )
             )
         except (KeyError, ValueError) as e:
@@ -74,11 +52,11 @@ def build_state(
     n_pool = len(pools)
 
     # ---- tenants -> per-request attributes
-    t_tier = np.array([TIER_BATCH if t.tier == "batch" else 0 for t in tenants], dtype=np.int8)
+    t_tier = np.array([S.TIER_BATCH if t.tier == "batch" else 0 for t in tenants], dtype=np.int8)
     t_model = np.array([models.index(t.model or pools[0].model) for t in tenants], dtype=np.int8)
     t_region = np.array([regions.index(t.region or pools[0].region) for t in tenants], dtype=np.int8)
-    t_ttft = np.array([t.ttft_slo_s or np.inf for t in tenants], dtype=np.float32)
-    t_tpot = np.array([t.tpot_slo_s or np.inf for t in tenants], dtype=np.float32)
+    t_ttft = np.array([t.ttft_slo_s or np.inf for t in tenants])
+    t_tpot = np.array([t.tpot_slo_s or np.inf for t in tenants])
     t_deadline = np.array([t.deadline_s or np.inf for t in tenants], dtype=np.float64)
     tix = requests.tenant.astype(np.intp)
     r_tier = t_tier[tix]
@@ -86,7 +64,7 @@ def build_state(
     r_tpot = t_tpot[tix]
     out_minus_1 = (requests.output_tokens - 1).astype(np.float64)
     r_deadline = np.where(
-        r_tier == TIER_BATCH,
+        r_tier == S.TIER_BATCH,
         requests.arrival_s + t_deadline[tix],
         requests.arrival_s + r_ttft + r_tpot * out_minus_1,
     )
@@ -112,10 +90,10 @@ def build_state(
     for i, p in enumerate(pools):
         if p.prefix_cache:
             blocks = p.prefix_cache_blocks or max(
-                1, kv_blocks[i] * KV_BLOCK_TOKENS // PREFIX_BLOCK_TOKENS // 2
+                1, kv_blocks[i] * S.KV_BLOCK_TOKENS // S.PREFIX_BLOCK_TOKENS // 2
             )
-            pc_sets[rep_pool == i] = max(1, blocks // PREFIX_WAYS)
-    pc_ways = int(pc_sets.max()) * PREFIX_WAYS if pc_sets.any() else 1
+            pc_sets[rep_pool == i] = max(1, blocks // S.PREFIX_WAYS)
+    pc_ways = int(pc_sets.max()) * S.PREFIX_WAYS if pc_sets.any() else 1
     max_seqs = max(p.max_num_seqs for p in pools)
     qcap = scenario.queue_capacity
 
@@ -125,96 +103,94 @@ def build_state(
         for b, ms in row.items():
             lat[regions.index(a), regions.index(b)] = lat[regions.index(b), regions.index(a)] = ms / 1e3
 
-    clock = np.zeros(N_CLOCK)
-    clock[C_NEXT_TICK] = scenario.control_interval_s
-    clock[C_HORIZON] = scenario.horizon_s
-    clock[C_TICK_S] = scenario.control_interval_s
-    clock[C_MAX_WAIT] = scenario.max_wait_s
-    clock[C_REACTIVE_UP] = scenario.policies.reactive_up
-    clock[C_REACTIVE_DOWN] = scenario.policies.reactive_down
-    cnt = np.zeros(N_CNT, dtype=np.int64)
-    cnt[K_PENDING_ROUTE] = -1
-    cnt[K_FORM_REPLICA] = -1
-    cnt[K_BATCH_POLICY] = BATCHING_IDS[scenario.policies.batching]
-    cnt[K_ROUTE_POLICY] = ROUTING_IDS[scenario.policies.routing]
-    cnt[K_SCALE_POLICY] = SCALING_IDS[scenario.policies.scaling]
-    cnt[K_CTRL_ROUTE] = "route" in control
-    cnt[K_CTRL_BATCH] = "batch" in control
-    cnt[K_CTRL_SCALE] = "scale" in control
+    clock = np.zeros(S.N_CLOCK)
+    clock[S.C_NEXT_TICK] = scenario.control_interval_s
+    clock[S.C_HORIZON] = scenario.horizon_s
+    clock[S.C_TICK_S] = scenario.control_interval_s
+    clock[S.C_MAX_WAIT] = scenario.max_wait_s
+    clock[S.C_REACTIVE_UP] = scenario.policies.reactive_up
+    clock[S.C_REACTIVE_DOWN] = scenario.policies.reactive_down
+    cnt = np.zeros(S.N_CNT, dtype=np.int64)
+    cnt[S.K_PENDING_ROUTE] = -1
+    cnt[S.K_FORM_REPLICA] = -1
+    cnt[S.K_BATCH_POLICY] = BATCHING_IDS[scenario.policies.batching]
+    cnt[S.K_ROUTE_POLICY] = ROUTING_IDS[scenario.policies.routing]
+    cnt[S.K_SCALE_POLICY] = SCALING_IDS[scenario.policies.scaling]
+    cnt[S.K_CTRL_ROUTE] = "route" in control
+    cnt[S.K_CTRL_BATCH] = "batch" in control
+    cnt[S.K_CTRL_SCALE] = "scale" in control
+    cnt[S.K_N_TENANTS] = len(tenants)
 
-    rep_state = np.zeros(n_rep, dtype=np.int8)
+    rqf = np.zeros((S.N_RF, n))
+    rqf[S.RF_ARRIVAL] = requests.arrival_s
+    rqf[S.RF_DEADLINE] = r_deadline
+    rqf[S.RF_TTFT_SLO] = r_ttft
+    rqf[S.RF_TPOT_SLO] = r_tpot
+    rqf[S.RF_FIRST] = np.nan
+    rqf[S.RF_FINISH] = np.nan
+    rqi = np.zeros((S.N_RI, n), dtype=np.int32)
+    rqi[S.RI_PROMPT] = requests.prompt_tokens
+    rqi[S.RI_OUTPUT] = requests.output_tokens
+    rqi[S.RI_TENANT] = requests.tenant
+    rqi[S.RI_TIER] = r_tier
+    rqi[S.RI_MODEL] = t_model[tix]
+    rqi[S.RI_REGION] = t_region[tix]
+    rqi[S.RI_REPLICA] = -1
+    rqi[S.RI_PFX_START] = requests.prefix_offsets[:-1]
+    rqi[S.RI_PFX_LEN] = np.diff(requests.prefix_offsets)
+
+    poolf = np.zeros((S.N_PF, n_pool))
+    poolf[S.PF_COLD_START] = [p.cold_start_s for p in pools]
+    pooli = np.zeros((S.N_PI, n_pool), dtype=np.int64)
+    pooli[S.PI_MODEL] = [models.index(p.model) for p in pools]
+    pooli[S.PI_REGION] = [regions.index(p.region) for p in pools]
+    pooli[S.PI_TP] = [p.tp for p in pools]
+    pooli[S.PI_MIN] = [p.min_replicas for p in pools]
+    pooli[S.PI_MAX] = p_max
+    pooli[S.PI_MAX_SEQS] = [p.max_num_seqs for p in pools]
+    pooli[S.PI_MAX_TOKENS] = [p.max_batched_tokens for p in pools]
+    pooli[S.PI_CHUNKED] = [p.chunked_prefill for p in pools]
+    pooli[S.PI_PREFIX] = [p.prefix_cache for p in pools]
+    pooli[S.PI_FIRST_REP] = p_first
+
+    repf = np.zeros((S.N_XF, n_rep))
+    repf[S.XF_NEXT] = np.inf
+    repi = np.zeros((S.N_XI, n_rep), dtype=np.int64)
+    repi[S.XI_POOL] = rep_pool
+    repi[S.XI_KV_CAP] = rep_kv_cap
+    repi[S.XI_PC_SETS] = pc_sets
+    repi[S.XI_NFREE] = max_seqs
     for i, p in enumerate(pools):
-        rep_state[p_first[i] : p_first[i] + p.initial_replicas] = RS_ACTIVE  # warm at t = 0, billed from 0
+        repi[S.XI_STATE, p_first[i] : p_first[i] + p.initial_replicas] = (
+            S.RS_ACTIVE
+        )  # warm at t = 0, billed from 0
+
+    slot = np.zeros((S.N_SL, n_rep, max_seqs), dtype=np.int64)
+    slot[S.SL_REQ] = -1
+    slot[S.LS_FREE] = np.arange(max_seqs)[::-1]  # pops hand out slot 0 first
+
+    ten = np.zeros((S.N_TF, len(tenants)))
+    ten[S.TF_WEIGHT] = [t.weight for t in tenants]
 
     st = SimState(
         clock=clock,
         cnt=cnt,
         rng=np.array([core_seed | 1], dtype=np.uint64),  # xorshift state must be non-zero
-        r_arrival=np.ascontiguousarray(requests.arrival_s, dtype=np.float64),
-        r_prompt=np.ascontiguousarray(requests.prompt_tokens, dtype=np.int32),
-        r_output=np.ascontiguousarray(requests.output_tokens, dtype=np.int32),
-        r_tenant=np.ascontiguousarray(requests.tenant, dtype=np.int16),
-        r_tier=r_tier,
-        r_model=t_model[tix],
-        r_region=t_region[tix],
-        r_ttft_slo=r_ttft,
-        r_tpot_slo=r_tpot,
-        r_deadline=r_deadline,
-        r_pfx_off=np.ascontiguousarray(requests.prefix_offsets, dtype=np.int64),
+        rqf=rqf,
+        rqi=rqi,
         pfx_hash=np.ascontiguousarray(requests.prefix_hashes, dtype=np.int64),
-        r_status=np.zeros(n, dtype=np.int8),
-        r_replica=np.full(n, -1, dtype=np.int32),
-        r_generated=np.zeros(n, dtype=np.int32),
-        r_visible=np.zeros(n),
-        r_first=np.full(n, np.nan),
-        r_finish=np.full(n, np.nan),
-        r_cached=np.zeros(n, dtype=np.int32),
-        r_preempt=np.zeros(n, dtype=np.int16),
-        r_recomputed=np.zeros(n, dtype=np.int32),
-        p_model=np.array([models.index(p.model) for p in pools], dtype=np.int32),
-        p_region=np.array([regions.index(p.region) for p in pools], dtype=np.int32),
-        p_tp=np.array([p.tp for p in pools], dtype=np.int32),
-        p_min=np.array([p.min_replicas for p in pools], dtype=np.int32),
-        p_max=p_max,
-        p_cold_start=np.array([p.cold_start_s for p in pools]),
-        p_max_seqs=np.array([p.max_num_seqs for p in pools], dtype=np.int32),
-        p_max_tokens=np.array([p.max_batched_tokens for p in pools], dtype=np.int32),
-        p_chunked=np.array([p.chunked_prefill for p in pools], dtype=np.int8),
-        p_prefix=np.array([p.prefix_cache for p in pools], dtype=np.int8),
-        p_coef=p_coef,
-        p_billed_gpu_s=np.zeros(n_pool),
-        p_first_rep=p_first,
-        rep_pool=rep_pool,
-        rep_state=rep_state,
-        rep_ready=np.zeros(n_rep),
-        rep_next=np.full(n_rep, np.inf),
-        rep_busy=np.zeros(n_rep, dtype=np.int8),
-        rep_on_since=np.zeros(n_rep),
-        rep_up_since=np.zeros(n_rep),
-        rep_busy_s=np.zeros(n_rep),
-        rep_up_s=np.zeros(n_rep),
-        rep_kv_cap=rep_kv_cap,
-        rep_kv_used=np.zeros(n_rep, dtype=np.int64),
-        rep_kv_block_s=np.zeros(n_rep),
-        rep_kv_t=np.zeros(n_rep),
-        rep_pc_sets=pc_sets,
-        q_req=np.full((n_rep, qcap), -1, dtype=np.int32),
-        q_n=np.zeros(n_rep, dtype=np.int32),
-        s_req=np.full((n_rep, max_seqs), -1, dtype=np.int32),
-        s_n=np.zeros(n_rep, dtype=np.int32),
-        s_ctx=np.zeros((n_rep, max_seqs), dtype=np.int32),
-        s_prefill_left=np.zeros((n_rep, max_seqs), dtype=np.int32),
-        s_out_left=np.zeros((n_rep, max_seqs), dtype=np.int32),
-        s_blocks=np.zeros((n_rep, max_seqs), dtype=np.int32),
-        s_admit=np.zeros((n_rep, max_seqs), dtype=np.int64),
-        s_chunk=np.zeros((n_rep, max_seqs), dtype=np.int32),
-        pc_key=np.full((n_rep, pc_ways), -1, dtype=np.int64),
-        pc_stamp=np.zeros((n_rep, pc_ways), dtype=np.int64),
-        t_weight=np.array([t.weight for t in tenants], dtype=np.float64),
-        t_counter=np.zeros(len(tenants)),
-        t_waiting=np.zeros(len(tenants), dtype=np.int64),
+        poolf=poolf,
+        pooli=pooli,
+        coef=p_coef,
+        repf=repf,
+        repi=repi,
+        slot=slot,
+        queue=np.full((n_rep + 1, qcap), -1, dtype=np.int32),
+        repx=np.zeros((n_rep, S.KV_BLOCK_TOKENS + len(tenants)), dtype=np.int64),
+        pc=np.stack(
+            [np.full((n_rep, pc_ways), -1, dtype=np.int64), np.zeros((n_rep, pc_ways), dtype=np.int64)]
+        ),
+        ten=ten,
         region_lat=lat,
-        hold=np.full(qcap, -1, dtype=np.int32),
-        scale_delta=np.zeros(n_pool, dtype=np.int32),
     )
     return st

@@ -11,8 +11,8 @@ arrivals, then the scaling tick), so a run is a pure function of the state it st
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from envs.sim.jit import hot, kernel
 from envs.sim.policies import (
     ROUTE_P2C,
     ROUTE_PREFIX,
@@ -27,11 +27,13 @@ from envs.sim.replica import (
     admit_builtin,
     admit_chunk,
     blocks_for,
+    budget_left,
     complete_iteration,
     drop_request,
     expire_and_pick,
+    expire_queues,
     has_prefill,
-    kv_watermark,
+    kv_limit,
     launch,
     prefix_hits,
     prepare_running,
@@ -69,17 +71,41 @@ from envs.sim.state import (
     K_RR,
     K_SCALE_POLICY,
     K_TICKS,
+    PI_FIRST_REP,
+    PI_MAX,
+    PI_MIN,
+    PI_MODEL,
+    PI_REGION,
+    PI_SCALE_DELTA,
+    RF_ARRIVAL,
+    RF_VISIBLE,
+    RI_MODEL,
+    RI_OUTPUT,
+    RI_PROMPT,
+    RI_REGION,
+    RI_REPLICA,
+    RI_STATUS,
     RS_ACTIVE,
     RS_DRAINING,
     RS_OFF,
     RS_STARTING,
     ST_INFLIGHT,
+    XF_NEXT,
+    XF_READY,
+    XI_BUSY,
+    XI_KV_CAP,
+    XI_KV_USED,
+    XI_ND,
+    XI_NPF,
+    XI_POOL,
+    XI_QN,
+    XI_STATE,
 )
 
 INF = np.inf
 
 
-@njit(cache=True)
+@hot
 def rng_uniform(st):
     """xorshift64* (Vigna 2016): the core's single random stream, seeded from the scenario's generator."""
     x = st.rng[0]
@@ -93,62 +119,60 @@ def rng_uniform(st):
 # ---------------------------------------------------------------- routing
 
 
-@njit(cache=True, inline="always")
+@hot
 def can_serve(st, r, i):
     """Replica r is active, serves request i's model, and could ever hold its whole context in KV."""
-    if st.rep_state[r] != RS_ACTIVE:
+    if st.repi[XI_STATE, r] != RS_ACTIVE:
         return False
-    p = st.rep_pool[r]
-    if st.p_model[p] != st.r_model[i]:
+    if st.pooli[PI_MODEL, st.repi[XI_POOL, r]] != st.rqi[RI_MODEL, i]:
         return False
-    need = blocks_for(st.r_prompt[i] + st.r_output[i])
-    return need <= st.rep_kv_cap[r] - kv_watermark(st, r)
+    return blocks_for(st.rqi[RI_PROMPT, i] + st.rqi[RI_OUTPUT, i]) <= kv_limit(st, r)
 
 
-@njit(cache=True)
+@hot
 def fits_any_pool(st, i):
-    """Whether some replica of a pool serving i's model could hold it when up (else it can never be served)."""
-    need = blocks_for(st.r_prompt[i] + st.r_output[i])
-    for p in range(st.p_model.shape[0]):
-        if st.p_model[p] == st.r_model[i]:
-            r = st.p_first_rep[p]
-            if need <= st.rep_kv_cap[r] - max(1, int(st.rep_kv_cap[r] * 0.01)):
-                return True
+    """Whether some pool serving i's model could hold it when up (else it can never be served)."""
+    need = blocks_for(st.rqi[RI_PROMPT, i] + st.rqi[RI_OUTPUT, i])
+    for p in range(st.pooli.shape[1]):
+        if st.pooli[PI_MODEL, p] == st.rqi[RI_MODEL, i] and need <= kv_limit(st, st.pooli[PI_FIRST_REP, p]):
+            return True
     return False
 
 
-@njit(cache=True)
+@hot
 def n_candidates(st, i):
     n = 0
-    for r in range(st.rep_pool.shape[0]):
+    for r in range(st.repi.shape[1]):
         if can_serve(st, r, i):
             n += 1
     return n
 
 
-@njit(cache=True)
+@hot
 def builtin_route(st, i):
     """Pick a replica for request i with the scenario's routing rule, or -1 if none can serve it now."""
     policy = st.cnt[K_ROUTE_POLICY]
-    ncand = n_candidates(st, i)
-    if ncand == 0:
-        return -1
+    ncand = 0
     rr = 0
-    if policy == ROUTE_RR:
-        rr = st.cnt[K_RR] % ncand
-        st.cnt[K_RR] += 1
     a = -1
     b = -1
-    if policy == ROUTE_P2C:
-        a = int(rng_uniform(st) * ncand)
-        if ncand > 1:
-            b = int(rng_uniform(st) * (ncand - 1))
-            if b >= a:
-                b += 1
+    if policy == ROUTE_RR or policy == ROUTE_P2C:  # these rules need the candidate count first
+        ncand = n_candidates(st, i)
+        if ncand == 0:
+            return -1
+        if policy == ROUTE_RR:
+            rr = st.cnt[K_RR] % ncand
+            st.cnt[K_RR] += 1
+        else:
+            a = int(rng_uniform(st) * ncand)
+            if ncand > 1:
+                b = int(rng_uniform(st) * (ncand - 1))
+                if b >= a:
+                    b += 1
     best = -1
     best_s = INF
     k = 0
-    for r in range(st.rep_pool.shape[0]):
+    for r in range(st.repi.shape[1]):
         if not can_serve(st, r, i):
             continue
         rand = 0.0
@@ -159,8 +183,10 @@ def builtin_route(st, i):
         hits = 0
         if policy == ROUTE_PREFIX:
             hits = prefix_hits(st, r, i, False)
-        kv_frac = st.rep_kv_used[r] / st.rep_kv_cap[r]
-        s = route_score(policy, st.q_n[r], st.s_n[r], kv_frac, hits, (k - rr) % ncand, rand)
+        kv_frac = st.repi[XI_KV_USED, r] / st.repi[XI_KV_CAP, r]
+        running = st.repi[XI_ND, r] + st.repi[XI_NPF, r]
+        rank = (k - rr) % ncand if policy == ROUTE_RR else 0
+        s = route_score(policy, st.repi[XI_QN, r], running, kv_frac, hits, rank, rand)
         if s < best_s:
             best_s = s
             best = r
@@ -168,47 +194,48 @@ def builtin_route(st, i):
     return best
 
 
-@njit(cache=True)
+@hot
 def enqueue(st, i, r, now):
     """Send request i to replica r: it joins r's queue after the inter-region latency."""
-    st.r_replica[i] = r
-    vis = now + st.region_lat[st.r_region[i], st.p_region[st.rep_pool[r]]]
-    st.r_visible[i] = vis
+    st.rqi[RI_REPLICA, i] = r
+    vis = now + st.region_lat[st.rqi[RI_REGION, i], st.pooli[PI_REGION, st.repi[XI_POOL, r]]]
+    st.rqf[RF_VISIBLE, i] = vis
     if not queue_push(st, r, i):
         drop_request(st, i, now)
         return
-    if st.rep_busy[r] == 0 and st.cnt[K_FORM_REPLICA] != r and vis < st.rep_next[r]:
-        st.rep_next[r] = vis  # an idle replica wakes up when the request reaches it
+    if st.repi[XI_BUSY, r] == 0 and st.cnt[K_FORM_REPLICA] != r and vis < st.repf[XF_NEXT, r]:
+        st.repf[XF_NEXT, r] = vis  # an idle replica wakes up when the request reaches it
 
 
-@njit(cache=True)
+@kernel
 def hold_push(st, i, now):
-    cap = st.hold.shape[0]
+    row = st.queue.shape[0] - 1
+    cap = st.queue.shape[1]
     n = st.cnt[K_HOLD_N]
     if n >= cap:
         drop_request(st, i, now)
         return
-    st.hold[(st.cnt[K_HOLD_HEAD] + n) % cap] = i
+    st.queue[row, (st.cnt[K_HOLD_HEAD] + n) % cap] = i
     st.cnt[K_HOLD_N] = n + 1
 
 
-@njit(cache=True)
+@kernel
 def hold_pop(st):
-    cap = st.hold.shape[0]
-    i = st.hold[st.cnt[K_HOLD_HEAD]]
-    st.cnt[K_HOLD_HEAD] = (st.cnt[K_HOLD_HEAD] + 1) % cap
+    row = st.queue.shape[0] - 1
+    i = st.queue[row, st.cnt[K_HOLD_HEAD]]
+    st.cnt[K_HOLD_HEAD] = (st.cnt[K_HOLD_HEAD] + 1) % st.queue.shape[1]
     st.cnt[K_HOLD_N] -= 1
     return i
 
 
-@njit(cache=True)
+@kernel
 def retry_held(st, now):
     """Route requests held for lack of an active replica; returns EV_ROUTE when the caller must decide."""
     max_wait = st.clock[C_MAX_WAIT]
     for _ in range(st.cnt[K_HOLD_N]):
         i = hold_pop(st)
-        if now - st.r_arrival[i] > max_wait:
-            drop_request(st, i, st.r_arrival[i] + max_wait)
+        if now - st.rqf[RF_ARRIVAL, i] > max_wait:
+            drop_request(st, i, st.rqf[RF_ARRIVAL, i] + max_wait)
             continue
         if n_candidates(st, i) == 0:
             hold_push(st, i, now)
@@ -224,13 +251,14 @@ def retry_held(st, now):
 # ---------------------------------------------------------------- scaling
 
 
-@njit(cache=True)
+@kernel
 def pool_counts(st, p):
     """(replicas starting or active, replicas active) of pool p."""
     n_up = 0
     n_active = 0
-    for r in range(st.p_first_rep[p], st.p_first_rep[p] + st.p_max[p]):
-        s = st.rep_state[r]
+    first = st.pooli[PI_FIRST_REP, p]
+    for r in range(first, first + st.pooli[PI_MAX, p]):
+        s = st.repi[XI_STATE, r]
         if s == RS_STARTING or s == RS_ACTIVE:
             n_up += 1
         if s == RS_ACTIVE:
@@ -238,63 +266,72 @@ def pool_counts(st, p):
     return n_up, n_active
 
 
-@njit(cache=True)
+@kernel
 def scale_pool(st, p, delta, now):
     """Add (delta > 0) or remove replicas of pool p, clamped to [min, max]; returns the applied delta."""
-    first = st.p_first_rep[p]
-    last = first + st.p_max[p]
+    first = st.pooli[PI_FIRST_REP, p]
+    last = first + st.pooli[PI_MAX, p]
     n_up, _ = pool_counts(st, p)
     applied = 0
     if delta > 0:
-        for _ in range(min(delta, st.p_max[p] - n_up)):
+        for _ in range(min(delta, st.pooli[PI_MAX, p] - n_up)):
             pick = -1
             for r in range(first, last):  # a draining replica is warm: revive it before starting a new one
-                if st.rep_state[r] == RS_DRAINING:
+                if st.repi[XI_STATE, r] == RS_DRAINING:
                     pick = r
                     break
             if pick >= 0:
-                st.rep_state[pick] = RS_ACTIVE
+                st.repi[XI_STATE, pick] = RS_ACTIVE
                 st.cnt[K_HOLD_RETRY] = 1
             else:
                 for r in range(first, last):
-                    if st.rep_state[r] == RS_OFF:
+                    if st.repi[XI_STATE, r] == RS_OFF:
                         pick = r
                         break
                 turn_on(st, pick, now)
             applied += 1
     elif delta < 0:
-        for _ in range(min(-delta, n_up - st.p_min[p])):
+        for _ in range(min(-delta, n_up - st.pooli[PI_MIN, p])):
             pick = -1
             for r in range(first, last):  # cancel the latest cold start first: it holds no work
-                if st.rep_state[r] == RS_STARTING and (pick < 0 or st.rep_ready[r] >= st.rep_ready[pick]):
+                if st.repi[XI_STATE, r] == RS_STARTING and (
+                    pick < 0 or st.repf[XF_READY, r] >= st.repf[XF_READY, pick]
+                ):
                     pick = r
             if pick < 0:
                 load = 1 << 62
                 for r in range(first, last):
-                    if st.rep_state[r] == RS_ACTIVE and st.q_n[r] + st.s_n[r] < load:
-                        load = st.q_n[r] + st.s_n[r]
+                    work = st.repi[XI_QN, r] + st.repi[XI_ND, r] + st.repi[XI_NPF, r]
+                    if st.repi[XI_STATE, r] == RS_ACTIVE and work < load:
+                        load = work
                         pick = r
             start_drain(st, pick, now)
             applied -= 1
     return applied
 
 
-@njit(cache=True)
+@kernel
 def builtin_scale(st, now):
     if st.cnt[K_SCALE_POLICY] == 0:  # static
         return
-    for p in range(st.p_model.shape[0]):
+    for p in range(st.pooli.shape[1]):
         n_up, n_active = pool_counts(st, p)
         used = 0.0
-        for r in range(st.p_first_rep[p], st.p_first_rep[p] + st.p_max[p]):
-            if st.rep_state[r] == RS_ACTIVE:
-                used += st.rep_kv_used[r] / st.rep_kv_cap[r]
+        first = st.pooli[PI_FIRST_REP, p]
+        for r in range(first, first + st.pooli[PI_MAX, p]):
+            if st.repi[XI_STATE, r] == RS_ACTIVE:
+                used += st.repi[XI_KV_USED, r] / st.repi[XI_KV_CAP, r]
         if n_active > 0:
             util = used / n_active
         else:
             util = 1.0 if st.cnt[K_HOLD_N] > 0 else 0.0  # held requests are unmet demand
         d = reactive_scale_delta(
-            util, st.clock[C_REACTIVE_UP], st.clock[C_REACTIVE_DOWN], n_up, st.p_min[p], st.p_max[p]
+            util,
+            st.clock[C_REACTIVE_UP],
+            st.clock[C_REACTIVE_DOWN],
+            n_up,
+            st.pooli[PI_MIN, p],
+            st.pooli[PI_MAX, p],
         )
         if d != 0:
             scale_pool(st, p, d, now)
@@ -303,48 +340,22 @@ def builtin_scale(st, now):
 # ---------------------------------------------------------------- batching decisions
 
 
-@njit(cache=True)
-def form_batch(st, r, now):
-    """Replica r is free: schedule its running work, then admit (built-in) or hand admission to the caller."""
-    budget = prepare_running(st, r, now)
-    if st.cnt[K_CTRL_BATCH]:
-        st.cnt[K_FORM_REPLICA] = r
-        return
-    admit_builtin(st, r, budget, now)
-    launch(st, r, now)
+@hot
+def waiting_at(st, r, i):
+    for k in range(st.repi[XI_QN, r]):
+        if st.queue[r, k] == i:
+            return k
+    return -1
 
 
-@njit(cache=True)
-def budget_left(st, r):
-    used = 0
-    for k in range(st.s_n[r]):
-        used += st.s_chunk[r, k]
-    return st.p_max_tokens[st.rep_pool[r]] - used
-
-
-@njit(cache=True)
-def admissible(st, r, i, now):
-    """Request i waits visibly at replica r and fits into the batch being formed."""
-    if st.r_replica[i] != r or st.r_status[i] != ST_INFLIGHT or st.r_visible[i] > now:
-        return False
-    found = False
-    for k in range(st.q_n[r]):
-        if st.q_req[r, k] == i:
-            found = True
-            break
-    if not found:
-        return False
-    return admit_chunk(st, r, i, budget_left(st, r), has_prefill(st, r)) > 0
-
-
-@njit(cache=True)
+@kernel
 def any_admissible(st, r, now):
     expire_and_pick(st, r, now)  # drops expired requests so the caller never sees them
     budget = budget_left(st, r)
     pf = has_prefill(st, r)
-    for k in range(st.q_n[r]):
-        i = st.q_req[r, k]
-        if st.r_visible[i] <= now and admit_chunk(st, r, i, budget, pf) > 0:
+    for k in range(st.repi[XI_QN, r]):
+        i = st.queue[r, k]
+        if st.rqf[RF_VISIBLE, i] <= now and admit_chunk(st, r, i, budget, pf) > 0:
             return True
     return False
 
@@ -352,11 +363,11 @@ def any_admissible(st, r, now):
 # ---------------------------------------------------------------- the event loop
 
 
-@njit(cache=True)
+@kernel
 def advance(st, t_limit):
     """Run until the next caller-controlled decision, ``t_limit`` or the horizon; return the event code."""
-    n_req = st.r_arrival.shape[0]
-    n_rep = st.rep_pool.shape[0]
+    n_req = st.rqf.shape[1]
+    n_rep = st.repi.shape[1]
     while True:
         now = st.clock[C_NOW]
         if st.cnt[K_PENDING_ROUTE] >= 0:
@@ -374,12 +385,12 @@ def advance(st, t_limit):
                 return EV_ROUTE
 
         na = st.cnt[K_NEXT_ARRIVAL]
-        t_arr = st.r_arrival[na] if na < n_req else INF
+        t_arr = st.rqf[RF_ARRIVAL, na] if na < n_req else INF
         r_min = -1
         t_rep = INF
         for r in range(n_rep):
-            if st.rep_next[r] < t_rep:
-                t_rep = st.rep_next[r]
+            if st.repf[XF_NEXT, r] < t_rep:
+                t_rep = st.repf[XF_NEXT, r]
                 r_min = r
         t_tick = st.clock[C_NEXT_TICK]
         t = min(t_rep, t_arr, t_tick)
@@ -394,32 +405,43 @@ def advance(st, t_limit):
 
         if r_min >= 0 and t_rep <= t_arr and t_rep <= t_tick:
             r = r_min
-            st.rep_next[r] = INF
-            if st.rep_state[r] == RS_STARTING:
+            st.repf[XF_NEXT, r] = INF
+            if st.repi[XI_STATE, r] == RS_STARTING:
                 activate(st, r, t)
                 st.cnt[K_HOLD_RETRY] = 1
                 continue
-            if st.rep_busy[r]:
+            if st.repi[XI_BUSY, r]:
                 complete_iteration(st, r, t)
-            form_batch(st, r, t)
+            budget = prepare_running(st, r, t)
+            if st.cnt[K_CTRL_BATCH]:
+                st.cnt[K_FORM_REPLICA] = r
+                continue
+            admit_builtin(st, r, budget, t)
+            launch(st, r, t)
         elif t_arr <= t_tick:
             i = na
             st.cnt[K_NEXT_ARRIVAL] = na + 1
-            st.r_status[i] = ST_INFLIGHT
+            st.rqi[RI_STATUS, i] = ST_INFLIGHT
             if (i & 63) == 0:
                 sample_service_gap(st)
             if not fits_any_pool(st, i):
                 drop_request(st, i, t)
-            elif n_candidates(st, i) == 0:
-                hold_push(st, i, t)
             elif st.cnt[K_CTRL_ROUTE]:
-                st.cnt[K_PENDING_ROUTE] = i
-                return EV_ROUTE
+                if n_candidates(st, i) == 0:
+                    hold_push(st, i, t)
+                else:
+                    st.cnt[K_PENDING_ROUTE] = i
+                    return EV_ROUTE
             else:
-                enqueue(st, i, builtin_route(st, i), t)
+                r = builtin_route(st, i)
+                if r < 0:
+                    hold_push(st, i, t)
+                else:
+                    enqueue(st, i, r, t)
         else:
             st.clock[C_NEXT_TICK] = t + st.clock[C_TICK_S]
             st.cnt[K_TICKS] += 1
+            expire_queues(st, t)
             sample_service_gap(st)
             if st.cnt[K_CTRL_SCALE]:
                 st.cnt[K_PENDING_SCALE] = 1
@@ -430,33 +452,36 @@ def advance(st, t_limit):
 # ---------------------------------------------------------------- answers to pending decisions
 
 
-@njit(cache=True)
+@kernel
 def apply_route(st, r):
     """Route the pending request to replica r; returns False (and leaves it pending) if r cannot serve it."""
     i = st.cnt[K_PENDING_ROUTE]
-    if i < 0 or r < 0 or r >= st.rep_pool.shape[0] or not can_serve(st, r, i):
+    if i < 0 or r < 0 or r >= st.repi.shape[1] or not can_serve(st, r, i):
         return False
     st.cnt[K_PENDING_ROUTE] = -1
     enqueue(st, i, r, st.clock[C_NOW])
     return True
 
 
-@njit(cache=True)
+@kernel
 def apply_admit(st, i):
     """Admit waiting request i into the batch being formed; returns False if it is not admissible."""
     r = st.cnt[K_FORM_REPLICA]
     now = st.clock[C_NOW]
-    if r < 0 or i < 0 or i >= st.r_arrival.shape[0] or not admissible(st, r, i, now):
+    if r < 0 or i < 0 or i >= st.rqf.shape[1]:
         return False
-    for k in range(st.q_n[r]):
-        if st.q_req[r, k] == i:
-            queue_remove_at(st, r, k)
-            break
-    admit(st, r, i, budget_left(st, r), now)
+    if st.rqi[RI_REPLICA, i] != r or st.rqi[RI_STATUS, i] != ST_INFLIGHT or st.rqf[RF_VISIBLE, i] > now:
+        return False
+    k = waiting_at(st, r, i)
+    budget = budget_left(st, r)
+    if k < 0 or admit_chunk(st, r, i, budget, has_prefill(st, r)) == 0:
+        return False
+    queue_remove_at(st, r, k)
+    admit(st, r, i, budget, now)
     return True
 
 
-@njit(cache=True)
+@kernel
 def apply_start(st):
     """Close admission and start the iteration of the replica being formed."""
     r = st.cnt[K_FORM_REPLICA]
@@ -467,51 +492,44 @@ def apply_start(st):
     return True
 
 
-@njit(cache=True)
+@kernel
 def apply_scale(st):
-    """Apply the caller's per-pool deltas in ``st.scale_delta`` (clamped to [min, max]) and clear the tick."""
+    """Apply the caller's per-pool deltas (pooli[PI_SCALE_DELTA], clamped to [min, max]); clear the tick."""
     now = st.clock[C_NOW]
-    for p in range(st.scale_delta.shape[0]):
-        if st.scale_delta[p] != 0:
-            scale_pool(st, p, st.scale_delta[p], now)
-        st.scale_delta[p] = 0
+    for p in range(st.pooli.shape[1]):
+        d = st.pooli[PI_SCALE_DELTA, p]
+        if d != 0:
+            scale_pool(st, p, d, now)
+        st.pooli[PI_SCALE_DELTA, p] = 0
     st.cnt[K_PENDING_SCALE] = 0
 
 
-@njit(cache=True)
+@kernel
 def finalize(st):
-    """Close the books at the current time: expire overdue waits and close billing and KV integrals."""
+    """End of episode: drop every request whose wait is already past max_wait."""
     now = st.clock[C_NOW]
     max_wait = st.clock[C_MAX_WAIT]
     for _ in range(st.cnt[K_HOLD_N]):
         i = hold_pop(st)
-        if now - st.r_arrival[i] > max_wait:
-            drop_request(st, i, st.r_arrival[i] + max_wait)
+        if now - st.rqf[RF_ARRIVAL, i] > max_wait:
+            drop_request(st, i, st.rqf[RF_ARRIVAL, i] + max_wait)
         else:
             hold_push(st, i, now)
-    for r in range(st.rep_pool.shape[0]):
-        k = 0
-        while k < st.q_n[r]:
-            i = st.q_req[r, k]
-            if st.r_visible[i] <= now and now - st.r_visible[i] > max_wait:
-                queue_remove_at(st, r, k)
-                drop_request(st, i, st.r_visible[i] + max_wait)
-            else:
-                k += 1
+    expire_queues(st, now)
 
 
 # ---------------------------------------------------------------- what the caller may choose from
 
 
-@njit(cache=True)
+@kernel
 def route_mask(st, out):
     """out[r] = 1 where the pending request may be routed to replica r."""
     i = st.cnt[K_PENDING_ROUTE]
-    for r in range(st.rep_pool.shape[0]):
+    for r in range(st.repi.shape[1]):
         out[r] = 1 if (i >= 0 and can_serve(st, r, i)) else 0
 
 
-@njit(cache=True)
+@kernel
 def batch_candidates(st, out):
     """Write the ids of the requests admissible into the batch being formed to ``out``; return how many."""
     r = st.cnt[K_FORM_REPLICA]
@@ -521,9 +539,9 @@ def batch_candidates(st, out):
     budget = budget_left(st, r)
     pf = has_prefill(st, r)
     n = 0
-    for k in range(st.q_n[r]):
-        i = st.q_req[r, k]
-        if n < out.shape[0] and st.r_visible[i] <= now and admit_chunk(st, r, i, budget, pf) > 0:
+    for k in range(st.repi[XI_QN, r]):
+        i = st.queue[r, k]
+        if n < out.shape[0] and st.rqf[RF_VISIBLE, i] <= now and admit_chunk(st, r, i, budget, pf) > 0:
             out[n] = i
             n += 1
     return n

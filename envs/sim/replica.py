@@ -1,20 +1,32 @@
-"""Per-replica kernels: waiting queue, prefix cache, vLLM-style continuous batching, and the replica lifecycle.
+"""Per-replica kernels: waiting queue, prefix cache, vLLM-style continuous batching and the replica lifecycle.
 
-One iteration of a replica is formed in three steps, as in vLLM's scheduler with chunked prefill (Sarathi-Serve):
-1. ``prepare_running``: every decoding sequence gets one token and, if its last KV block is full, a new block;
-   when blocks run out the most recently admitted sequence is preempted by recompute (vLLM's default).
+One iteration of a replica is formed in three steps, as in vLLM's scheduler with chunked prefill
+(Sarathi-Serve):
+1. ``prepare_running``: every decoding sequence gets one token and, when its last KV block is full, a new
+   block; when blocks run out the most recently admitted sequence is preempted by recompute (vLLM's default).
    Sequences still prefilling get the next chunk of the token budget.
 2. admission of waiting requests in policy order while the sequence limit, the token budget and the KV cache
-   (with vLLM's 1% watermark) allow; the first request that does not fit stops admission (head-of-line, as vLLM).
+   (with vLLM's 1% watermark) allow; the first request that does not fit stops admission (head-of-line, as
+   vLLM does).
 3. ``launch``: the iteration's duration comes from the fitted perf model of the replica's pool.
+
+Decoding sequences are never visited one by one. A sequence that joined the decode set at iteration ``it0``
+with context ``ctx0`` has context ``ctx0 + it - it0`` at iteration ``it``; so the replica keeps the sum of the
+contexts, a histogram of ``(ctx0 - it0) mod 16`` (the sequences needing a new 16-token block at iteration
+``it`` are one bucket of it), per-tenant counts for VTC, and a min-heap of the iteration at which each
+sequence emits its last token. An iteration then costs O(prefilling sequences + tenants + completions),
+not O(batch size).
+
+All helpers are inlined into the few entry points of ``core.py``: numba passes the state tuple to a
+non-inlined call as its flattened array descriptors, which costs more than most of these bodies.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from envs.perf.model import iteration_time_s
+from envs.sim.jit import hot, kernel
 from envs.sim.policies import batch_score
 from envs.sim.state import (
     C_LAST_LEFT_COUNTER,
@@ -25,81 +37,160 @@ from envs.sim.state import (
     K_DROPS,
     K_FINISHED,
     K_ITERATIONS,
+    K_N_TENANTS,
     K_PC_STAMP,
     K_PREEMPTIONS,
     KV_BLOCK_TOKENS,
+    LS_FREE,
+    LS_HEAP_KEY,
+    LS_HEAP_SLOT,
+    LS_PREFILL,
+    PF_BILLED_GPU_S,
+    PF_COLD_START,
+    PI_CHUNKED,
+    PI_MAX_SEQS,
+    PI_MAX_TOKENS,
+    PI_PREFIX,
+    PI_REGION,
+    PI_TP,
     PREFIX_BLOCK_TOKENS,
     PREFIX_WAYS,
+    RF_ARRIVAL,
+    RF_DEADLINE,
+    RF_FINISH,
+    RF_FIRST,
+    RF_TTFT_SLO,
+    RF_VISIBLE,
+    RI_CACHED,
+    RI_GENERATED,
+    RI_OUTPUT,
+    RI_PFX_LEN,
+    RI_PFX_START,
+    RI_PREEMPT,
+    RI_PROMPT,
+    RI_RECOMPUTED,
+    RI_REGION,
+    RI_STATUS,
+    RI_TENANT,
+    RI_TIER,
     RS_ACTIVE,
     RS_DRAINING,
     RS_OFF,
     RS_STARTING,
+    SL_ADMIT,
+    SL_CHUNK,
+    SL_CTX,
+    SL_END,
+    SL_IT0,
+    SL_LEFT,
+    SL_PHASE,
+    SL_REQ,
     ST_DROPPED,
     ST_FINISHED,
+    TF_COUNTER,
+    TF_WAITING,
+    TF_WEIGHT,
     TIER_INTERACTIVE,
+    XF_BUSY_S,
+    XF_KV_BLOCK_S,
+    XF_KV_T,
+    XF_NEXT,
+    XF_ON_SINCE,
+    XF_READY,
+    XF_UP_S,
+    XF_UP_SINCE,
+    XI_BUSY,
+    XI_DSUM,
+    XI_IT,
+    XI_KV_CAP,
+    XI_KV_USED,
+    XI_ND,
+    XI_NDEC_ITER,
+    XI_NFREE,
+    XI_NPF,
+    XI_PC_SETS,
+    XI_POOL,
+    XI_QN,
+    XI_STATE,
 )
 
 INF = np.inf
 # vLLM keeps 1% of KV blocks free when admitting (BlockSpaceManager watermark=0.01) to avoid instant preemption.
 KV_WATERMARK = 0.01
+B = KV_BLOCK_TOKENS
 
 
-@njit(cache=True, inline="always")
+@hot
 def kv_touch(st, r, now):
-    """Close the KV-usage integral up to ``now``; call before every change of rep_kv_used."""
-    st.rep_kv_block_s[r] += st.rep_kv_used[r] * (now - st.rep_kv_t[r])
-    st.rep_kv_t[r] = now
+    """Close the KV-usage integral up to ``now``; call before every change of the used blocks."""
+    st.repf[XF_KV_BLOCK_S, r] += st.repi[XI_KV_USED, r] * (now - st.repf[XF_KV_T, r])
+    st.repf[XF_KV_T, r] = now
 
 
-@njit(cache=True, inline="always")
-def kv_watermark(st, r):
-    return max(1, int(st.rep_kv_cap[r] * KV_WATERMARK))
+@hot
+def kv_limit(st, r):
+    """Blocks admission may fill: capacity less vLLM's watermark."""
+    cap = st.repi[XI_KV_CAP, r]
+    return cap - max(1, int(cap * KV_WATERMARK))
 
 
-@njit(cache=True, inline="always")
+@hot
 def blocks_for(tokens):
-    return (tokens + KV_BLOCK_TOKENS - 1) // KV_BLOCK_TOKENS
+    return (tokens + B - 1) // B
 
 
-@njit(cache=True)
+@hot
 def drop_request(st, i, t):
-    st.r_status[i] = ST_DROPPED
-    st.r_finish[i] = t
+    st.rqi[RI_STATUS, i] = ST_DROPPED
+    st.rqf[RF_FINISH, i] = t
     st.cnt[K_DROPS] += 1
+
+
+@hot
+def finish_request(st, i, t):
+    st.rqi[RI_GENERATED, i] = st.rqi[RI_OUTPUT, i]
+    st.rqf[RF_FINISH, i] = t
+    st.rqi[RI_STATUS, i] = ST_FINISHED
+    st.cnt[K_FINISHED] += 1
+
+
+@hot
+def return_latency(st, r, i):
+    return st.region_lat[st.pooli[PI_REGION, st.repi[XI_POOL, r]], st.rqi[RI_REGION, i]]
 
 
 # ---------------------------------------------------------------- tenants (VTC bookkeeping)
 
 
-@njit(cache=True)
+@hot
 def backlog_inc(st, u):
     """A tenant joining the backlog has its counter lifted (VTC, Sheng et al. OSDI'24, Algorithm 2)."""
-    if st.t_waiting[u] == 0:
+    if st.ten[TF_WAITING, u] == 0:
         lift = INF
-        for v in range(st.t_waiting.shape[0]):
-            if v != u and st.t_waiting[v] > 0 and st.t_counter[v] < lift:
-                lift = st.t_counter[v]
+        for v in range(st.ten.shape[1]):
+            if v != u and st.ten[TF_WAITING, v] > 0 and st.ten[TF_COUNTER, v] < lift:
+                lift = st.ten[TF_COUNTER, v]
         if lift == INF:
             lift = st.clock[C_LAST_LEFT_COUNTER]
-        if st.t_counter[u] < lift:
-            st.t_counter[u] = lift
-    st.t_waiting[u] += 1
+        if st.ten[TF_COUNTER, u] < lift:
+            st.ten[TF_COUNTER, u] = lift
+    st.ten[TF_WAITING, u] += 1
 
 
-@njit(cache=True)
+@hot
 def backlog_dec(st, u):
-    st.t_waiting[u] -= 1
-    if st.t_waiting[u] == 0:
-        st.clock[C_LAST_LEFT_COUNTER] = st.t_counter[u]
+    st.ten[TF_WAITING, u] -= 1
+    if st.ten[TF_WAITING, u] == 0:
+        st.clock[C_LAST_LEFT_COUNTER] = st.ten[TF_COUNTER, u]
 
 
-@njit(cache=True)
+@kernel
 def sample_service_gap(st):
     lo = INF
     hi = -INF
-    for v in range(st.t_waiting.shape[0]):
-        if st.t_waiting[v] > 0:
-            c = st.t_counter[v]
+    for v in range(st.ten.shape[1]):
+        if st.ten[TF_WAITING, v] > 0:
+            c = st.ten[TF_COUNTER, v]
             lo = min(lo, c)
             hi = max(hi, c)
     if hi > lo and hi - lo > st.clock[C_MAX_GAP]:
@@ -109,40 +200,40 @@ def sample_service_gap(st):
 # ---------------------------------------------------------------- waiting queue
 
 
-@njit(cache=True)
+@hot
 def queue_push(st, r, i):
-    n = st.q_n[r]
-    if n >= st.q_req.shape[1]:
+    n = st.repi[XI_QN, r]
+    if n >= st.queue.shape[1]:
         return False
-    st.q_req[r, n] = i
-    st.q_n[r] = n + 1
-    backlog_inc(st, st.r_tenant[i])
+    st.queue[r, n] = i
+    st.repi[XI_QN, r] = n + 1
+    backlog_inc(st, st.rqi[RI_TENANT, i])
     return True
 
 
-@njit(cache=True)
+@hot
 def queue_remove_at(st, r, k):
-    i = st.q_req[r, k]
-    last = st.q_n[r] - 1
-    st.q_req[r, k] = st.q_req[r, last]
-    st.q_n[r] = last
-    backlog_dec(st, st.r_tenant[i])
+    i = st.queue[r, k]
+    last = st.repi[XI_QN, r] - 1
+    st.queue[r, k] = st.queue[r, last]
+    st.repi[XI_QN, r] = last
+    backlog_dec(st, st.rqi[RI_TENANT, i])
     return i
 
 
-@njit(cache=True, inline="always")
+@hot
 def next_deadline(st, i):
     """The deadline admission order can still affect: first token for interactive, completion for batch."""
-    if st.r_tier[i] == TIER_INTERACTIVE:
-        return st.r_arrival[i] + st.r_ttft_slo[i]
-    return st.r_deadline[i]
+    if st.rqi[RI_TIER, i] == TIER_INTERACTIVE:
+        return st.rqf[RF_ARRIVAL, i] + st.rqf[RF_TTFT_SLO, i]
+    return st.rqf[RF_DEADLINE, i]
 
 
-@njit(cache=True)
+@hot
 def expire_and_pick(st, r, now):
     """Drop requests that waited past max_wait, and return the queue index of the best visible request.
 
-    Returns -1 when no visible request waits.
+    Returns -1 when no visible request waits. Ties in score go to the lower request id (arrival order).
     """
     policy = st.cnt[K_BATCH_POLICY]
     max_wait = st.clock[C_MAX_WAIT]
@@ -150,9 +241,9 @@ def expire_and_pick(st, r, now):
     best_s = INF
     best_id = 0
     k = 0
-    while k < st.q_n[r]:
-        i = st.q_req[r, k]
-        vis = st.r_visible[i]
+    while k < st.repi[XI_QN, r]:
+        i = st.queue[r, k]
+        vis = st.rqf[RF_VISIBLE, i]
         if vis > now:
             k += 1
             continue
@@ -160,15 +251,15 @@ def expire_and_pick(st, r, now):
             queue_remove_at(st, r, k)
             drop_request(st, i, vis + max_wait)
             continue  # the swapped-in request now sits at k
-        u = st.r_tenant[i]
+        u = st.rqi[RI_TENANT, i]
         s = batch_score(
             policy,
-            st.r_arrival[i],
+            st.rqf[RF_ARRIVAL, i],
             next_deadline(st, i),
-            st.r_prompt[i],
-            st.r_tier[i],
-            st.t_counter[u],
-            st.t_weight[u],
+            st.rqi[RI_PROMPT, i],
+            st.rqi[RI_TIER, i],
+            st.ten[TF_COUNTER, u],
+            st.ten[TF_WEIGHT, u],
         )
         if s < best_s or (s == best_s and i < best_id):
             best_s = s
@@ -178,11 +269,11 @@ def expire_and_pick(st, r, now):
     return best
 
 
-@njit(cache=True)
+@kernel
 def next_visible_time(st, r, now):
     nxt = INF
-    for k in range(st.q_n[r]):
-        v = st.r_visible[st.q_req[r, k]]
+    for k in range(st.repi[XI_QN, r]):
+        v = st.rqf[RF_VISIBLE, st.queue[r, k]]
         if now < v < nxt:
             nxt = v
     return nxt
@@ -191,7 +282,7 @@ def next_visible_time(st, r, now):
 # ---------------------------------------------------------------- prefix cache (8-way set-associative LRU)
 
 
-@njit(cache=True, inline="always")
+@hot
 def _pc_set(h, sets):
     # Mooncake hash ids are small consecutive integers: mix them so that they spread over the sets.
     x = (h ^ (h >> 17)) * 0x5BD1E995
@@ -201,19 +292,20 @@ def _pc_set(h, sets):
     return x % sets
 
 
-@njit(cache=True)
+@hot
 def prefix_hits(st, r, i, touch):
     """Leading 512-token prefix blocks of request i that replica r holds in its prefix cache."""
-    sets = st.rep_pc_sets[r]
+    sets = st.repi[XI_PC_SETS, r]
     if sets == 0:
         return 0
     hits = 0
-    for j in range(st.r_pfx_off[i], st.r_pfx_off[i + 1]):
+    start = st.rqi[RI_PFX_START, i]
+    for j in range(start, start + st.rqi[RI_PFX_LEN, i]):
         h = st.pfx_hash[j]
         base = _pc_set(h, sets) * PREFIX_WAYS
         found = -1
         for w in range(PREFIX_WAYS):
-            if st.pc_key[r, base + w] == h:
+            if st.pc[0, r, base + w] == h:
                 found = base + w
                 break
         if found < 0:
@@ -221,159 +313,268 @@ def prefix_hits(st, r, i, touch):
         hits += 1
         if touch:
             st.cnt[K_PC_STAMP] += 1
-            st.pc_stamp[r, found] = st.cnt[K_PC_STAMP]
+            st.pc[1, r, found] = st.cnt[K_PC_STAMP]
     return hits
 
 
-@njit(cache=True)
+@hot
 def prefix_insert(st, r, i):
-    sets = st.rep_pc_sets[r]
+    sets = st.repi[XI_PC_SETS, r]
     if sets == 0:
         return
-    for j in range(st.r_pfx_off[i], st.r_pfx_off[i + 1]):
+    start = st.rqi[RI_PFX_START, i]
+    for j in range(start, start + st.rqi[RI_PFX_LEN, i]):
         h = st.pfx_hash[j]
         base = _pc_set(h, sets) * PREFIX_WAYS
-        slot = base
+        way = base
         for w in range(PREFIX_WAYS):
-            if st.pc_key[r, base + w] == h:
-                slot = base + w
+            if st.pc[0, r, base + w] == h:
+                way = base + w
                 break
-            if st.pc_stamp[r, base + w] < st.pc_stamp[r, slot]:
-                slot = base + w
-        st.pc_key[r, slot] = h
+            if st.pc[1, r, base + w] < st.pc[1, r, way]:
+                way = base + w
+        st.pc[0, r, way] = h
         st.cnt[K_PC_STAMP] += 1
-        st.pc_stamp[r, slot] = st.cnt[K_PC_STAMP]
+        st.pc[1, r, way] = st.cnt[K_PC_STAMP]
 
 
-# ---------------------------------------------------------------- running slots
+# ---------------------------------------------------------------- slots and the completion heap
 
 
-@njit(cache=True)
-def _remove_slot(st, r, k):
-    last = st.s_n[r] - 1
-    if k != last:
-        st.s_req[r, k] = st.s_req[r, last]
-        st.s_ctx[r, k] = st.s_ctx[r, last]
-        st.s_prefill_left[r, k] = st.s_prefill_left[r, last]
-        st.s_out_left[r, k] = st.s_out_left[r, last]
-        st.s_blocks[r, k] = st.s_blocks[r, last]
-        st.s_admit[r, k] = st.s_admit[r, last]
-        st.s_chunk[r, k] = st.s_chunk[r, last]
-    st.s_n[r] = last
+@hot
+def slot_alloc(st, r):
+    n = st.repi[XI_NFREE, r] - 1
+    st.repi[XI_NFREE, r] = n
+    return st.slot[LS_FREE, r, n]
 
 
-@njit(cache=True)
+@hot
+def slot_free(st, r, k):
+    st.slot[SL_REQ, r, k] = -1
+    n = st.repi[XI_NFREE, r]
+    st.slot[LS_FREE, r, n] = k
+    st.repi[XI_NFREE, r] = n + 1
+
+
+@hot
+def _heap_less(st, r, a, b):
+    ka = st.slot[LS_HEAP_KEY, r, a]
+    kb = st.slot[LS_HEAP_KEY, r, b]
+    return ka < kb or (ka == kb and st.slot[LS_HEAP_SLOT, r, a] < st.slot[LS_HEAP_SLOT, r, b])
+
+
+@hot
+def _heap_swap(st, r, a, b):
+    for f in (LS_HEAP_KEY, LS_HEAP_SLOT):
+        t = st.slot[f, r, a]
+        st.slot[f, r, a] = st.slot[f, r, b]
+        st.slot[f, r, b] = t
+
+
+@hot
+def _heap_fix(st, r, p):
+    n = st.repi[XI_ND, r]
+    while p > 0 and _heap_less(st, r, p, (p - 1) >> 1):
+        _heap_swap(st, r, p, (p - 1) >> 1)
+        p = (p - 1) >> 1
+    while True:
+        c = 2 * p + 1
+        if c >= n:
+            break
+        if c + 1 < n and _heap_less(st, r, c + 1, c):
+            c += 1
+        if not _heap_less(st, r, c, p):
+            break
+        _heap_swap(st, r, p, c)
+        p = c
+
+
+@hot
+def _heap_delete_at(st, r, p):
+    last = st.repi[XI_ND, r] - 1
+    st.repi[XI_ND, r] = last
+    if p != last:
+        st.slot[LS_HEAP_KEY, r, p] = st.slot[LS_HEAP_KEY, r, last]
+        st.slot[LS_HEAP_SLOT, r, p] = st.slot[LS_HEAP_SLOT, r, last]
+        _heap_fix(st, r, p)
+
+
+@hot
+def join_decode(st, r, k, ctx, it):
+    """Slot k finished its prefill with ``ctx`` tokens in KV at iteration count ``it``: it decodes from now on."""
+    i = st.slot[SL_REQ, r, k]
+    st.slot[SL_CTX, r, k] = ctx
+    st.slot[SL_IT0, r, k] = it
+    st.slot[SL_LEFT, r, k] = 0
+    ph = (ctx - it) % B
+    st.slot[SL_PHASE, r, k] = ph
+    st.slot[SL_END, r, k] = it + st.rqi[RI_OUTPUT, i] - st.rqi[RI_GENERATED, i]
+    st.repx[r, ph] += 1
+    st.repx[r, B + st.rqi[RI_TENANT, i]] += 1
+    st.repi[XI_DSUM, r] += ctx
+    n = st.repi[XI_ND, r]
+    st.slot[LS_HEAP_KEY, r, n] = st.slot[SL_END, r, k]
+    st.slot[LS_HEAP_SLOT, r, n] = k
+    st.repi[XI_ND, r] = n + 1
+    _heap_fix(st, r, n)
+
+
+@hot
+def leave_decode(st, r, k):
+    """Take decoding slot k out of the aggregates (not out of the heap); return its current KV context."""
+    i = st.slot[SL_REQ, r, k]
+    ctx = st.slot[SL_CTX, r, k] + st.repi[XI_IT, r] - st.slot[SL_IT0, r, k]
+    st.repi[XI_DSUM, r] -= ctx
+    st.repx[r, st.slot[SL_PHASE, r, k]] -= 1
+    st.repx[r, B + st.rqi[RI_TENANT, i]] -= 1
+    return ctx
+
+
+@kernel
+def _prefill_list_remove(st, r, k):
+    n = st.repi[XI_NPF, r]
+    for j in range(n):
+        if st.slot[LS_PREFILL, r, j] == k:
+            st.slot[LS_PREFILL, r, j] = st.slot[LS_PREFILL, r, n - 1]
+            st.repi[XI_NPF, r] = n - 1
+            return
+
+
+@kernel
 def preempt_slot(st, r, k, now):
     """Preemption by recompute: free the KV blocks and put the request back in its replica's queue."""
-    i = st.s_req[r, k]
+    i = st.slot[SL_REQ, r, k]
+    if st.slot[SL_LEFT, r, k] > 0:
+        _prefill_list_remove(st, r, k)
+        ctx = st.slot[SL_CTX, r, k]
+        blocks = blocks_for(st.rqi[RI_PROMPT, i] + st.rqi[RI_GENERATED, i])
+    else:
+        for p in range(st.repi[XI_ND, r]):
+            if st.slot[LS_HEAP_SLOT, r, p] == k:
+                _heap_delete_at(st, r, p)
+                break
+        ctx = leave_decode(st, r, k)
+        st.rqi[RI_GENERATED, i] = st.rqi[RI_OUTPUT, i] - (st.slot[SL_END, r, k] - st.repi[XI_IT, r])
+        blocks = blocks_for(ctx)
     kv_touch(st, r, now)
-    st.rep_kv_used[r] -= st.s_blocks[r, k]
-    st.r_recomputed[i] += st.s_ctx[r, k]
-    st.r_preempt[i] += 1
+    st.repi[XI_KV_USED, r] -= blocks
+    st.rqi[RI_RECOMPUTED, i] += ctx
+    st.rqi[RI_PREEMPT, i] += 1
     st.cnt[K_PREEMPTIONS] += 1
-    _remove_slot(st, r, k)
-    st.r_visible[i] = now  # its wait for max_wait restarts
+    slot_free(st, r, k)
+    st.rqf[RF_VISIBLE, i] = now  # its wait for max_wait restarts
     if not queue_push(st, r, i):
         drop_request(st, i, now)
 
 
-@njit(cache=True)
+@kernel
+def _most_recent_slot(st, r):
+    v = -1
+    for k in range(st.slot.shape[2]):
+        if st.slot[SL_REQ, r, k] >= 0 and (v < 0 or st.slot[SL_ADMIT, r, k] > st.slot[SL_ADMIT, r, v]):
+            v = k
+    return v
+
+
+@hot
 def prepare_running(st, r, now):
     """Schedule the running sequences' work for the next iteration; return the token budget left."""
-    pool = st.rep_pool[r]
-    need = 0
-    for k in range(st.s_n[r]):
-        st.s_chunk[r, k] = 0
-        if st.s_prefill_left[r, k] == 0 and st.s_ctx[r, k] + 1 > st.s_blocks[r, k] * KV_BLOCK_TOKENS:
-            need += 1
-    while need > st.rep_kv_cap[r] - st.rep_kv_used[r]:
-        v = 0
-        for k in range(1, st.s_n[r]):
-            if st.s_admit[r, k] > st.s_admit[r, v]:
-                v = k
-        if st.s_prefill_left[r, v] == 0 and st.s_ctx[r, v] + 1 > st.s_blocks[r, v] * KV_BLOCK_TOKENS:
+    it = st.repi[XI_IT, r]
+    phase_now = (-it) % B  # decoders whose context is a multiple of 16 need a block this iteration
+    need = st.repx[r, phase_now]
+    while need > st.repi[XI_KV_CAP, r] - st.repi[XI_KV_USED, r]:
+        v = _most_recent_slot(st, r)
+        if st.slot[SL_LEFT, r, v] == 0 and st.slot[SL_PHASE, r, v] == phase_now:
             need -= 1
         preempt_slot(st, r, v, now)
-    budget = st.p_max_tokens[pool]
     kv_touch(st, r, now)
-    for k in range(st.s_n[r]):
-        if st.s_prefill_left[r, k] == 0 and budget > 0:
-            if st.s_ctx[r, k] + 1 > st.s_blocks[r, k] * KV_BLOCK_TOKENS:
-                st.s_blocks[r, k] += 1
-                st.rep_kv_used[r] += 1
-            st.s_chunk[r, k] = 1
-            budget -= 1
-    for k in range(st.s_n[r]):
-        left = st.s_prefill_left[r, k]
-        if left > 0 and budget > 0:
-            c = min(left, budget)
-            st.s_chunk[r, k] = c
-            budget -= c
+    st.repi[XI_KV_USED, r] += need
+    nd = st.repi[XI_ND, r]
+    st.repi[XI_NDEC_ITER, r] = nd
+    # vLLM requires max_num_batched_tokens >= max_num_seqs (validated in the scenario), so decodes always fit.
+    budget = st.pooli[PI_MAX_TOKENS, st.repi[XI_POOL, r]] - nd
+    for j in range(st.repi[XI_NPF, r]):
+        k = st.slot[LS_PREFILL, r, j]
+        c = min(st.slot[SL_LEFT, r, k], max(budget, 0))
+        st.slot[SL_CHUNK, r, k] = c
+        budget -= c
     return budget
 
 
-@njit(cache=True)
+@hot
 def has_prefill(st, r):
-    for k in range(st.s_n[r]):
-        if st.s_chunk[r, k] > 0 and st.s_prefill_left[r, k] > 0:
+    for j in range(st.repi[XI_NPF, r]):
+        if st.slot[SL_CHUNK, r, st.slot[LS_PREFILL, r, j]] > 0:
             return True
     return False
 
 
-@njit(cache=True)
+@hot
+def budget_left(st, r):
+    used = st.repi[XI_NDEC_ITER, r]
+    for j in range(st.repi[XI_NPF, r]):
+        used += st.slot[SL_CHUNK, r, st.slot[LS_PREFILL, r, j]]
+    return st.pooli[PI_MAX_TOKENS, st.repi[XI_POOL, r]] - used
+
+
+@hot
 def admit_chunk(st, r, i, budget, prefill_scheduled):
     """Tokens request i would prefill this iteration if admitted now, or 0 if it does not fit."""
-    pool = st.rep_pool[r]
-    if st.s_n[r] >= st.p_max_seqs[pool] or budget <= 0:
+    pool = st.repi[XI_POOL, r]
+    if st.repi[XI_ND, r] + st.repi[XI_NPF, r] >= st.pooli[PI_MAX_SEQS, pool] or budget <= 0:
         return 0
-    total = st.r_prompt[i] + st.r_generated[i]
-    if st.rep_kv_used[r] + blocks_for(total) > st.rep_kv_cap[r] - kv_watermark(st, r):
+    total = st.rqi[RI_PROMPT, i] + st.rqi[RI_GENERATED, i]
+    if st.repi[XI_KV_USED, r] + blocks_for(total) > kv_limit(st, r):
         return 0
-    if st.p_chunked[pool]:
+    if st.pooli[PI_CHUNKED, pool]:
         return min(total, budget)
     if total <= budget or not prefill_scheduled:
         return total
     return 0
 
 
-@njit(cache=True)
+@hot
 def admit(st, r, i, budget, now):
-    """Move request i (already removed from the queue) into a running slot; return its prefill chunk."""
-    pool = st.rep_pool[r]
-    total = st.r_prompt[i] + st.r_generated[i]
+    """Move request i (already out of the queue) into a running slot; return its prefill chunk."""
+    pool = st.repi[XI_POOL, r]
+    total = st.rqi[RI_PROMPT, i] + st.rqi[RI_GENERATED, i]
     cached = 0
-    if st.p_prefix[pool]:
+    if st.pooli[PI_PREFIX, pool]:
         # vLLM always recomputes at least the last prompt token, so a full hit still prefills one token.
-        cached = min(prefix_hits(st, r, i, True) * PREFIX_BLOCK_TOKENS, st.r_prompt[i] - 1)
+        cached = min(prefix_hits(st, r, i, True) * PREFIX_BLOCK_TOKENS, st.rqi[RI_PROMPT, i] - 1)
     left = total - cached
-    c = min(left, budget) if st.p_chunked[pool] else left
-    if st.r_generated[i] == 0 and st.r_preempt[i] == 0:
-        st.t_counter[st.r_tenant[i]] += st.r_prompt[i]  # VTC charges 1 per input token at admission
-    st.r_cached[i] += cached
-    k = st.s_n[r]
-    st.s_n[r] = k + 1
-    nb = blocks_for(total)
-    kv_touch(st, r, now)
-    st.rep_kv_used[r] += nb
-    st.s_req[r, k] = i
-    st.s_ctx[r, k] = cached
-    st.s_prefill_left[r, k] = left
-    st.s_out_left[r, k] = st.r_output[i] - st.r_generated[i]
-    st.s_blocks[r, k] = nb
+    c = min(left, budget) if st.pooli[PI_CHUNKED, pool] else left
+    if st.rqi[RI_GENERATED, i] == 0 and st.rqi[RI_PREEMPT, i] == 0:
+        st.ten[TF_COUNTER, st.rqi[RI_TENANT, i]] += st.rqi[RI_PROMPT, i]  # VTC: 1 per input token
+    st.rqi[RI_CACHED, i] += cached
+    k = slot_alloc(st, r)
+    st.slot[SL_REQ, r, k] = i
     st.cnt[K_ADMIT_SEQ] += 1
-    st.s_admit[r, k] = st.cnt[K_ADMIT_SEQ]
-    st.s_chunk[r, k] = c
+    st.slot[SL_ADMIT, r, k] = st.cnt[K_ADMIT_SEQ]
+    st.slot[SL_CTX, r, k] = cached
+    st.slot[SL_LEFT, r, k] = left
+    st.slot[SL_CHUNK, r, k] = c
+    n = st.repi[XI_NPF, r]
+    st.slot[LS_PREFILL, r, n] = k
+    st.repi[XI_NPF, r] = n + 1
+    kv_touch(st, r, now)
+    st.repi[XI_KV_USED, r] += blocks_for(total)
     return c
 
 
-@njit(cache=True)
+@hot
 def admit_builtin(st, r, budget, now):
+    pool = st.repi[XI_POOL, r]
+    if st.repi[XI_ND, r] + st.repi[XI_NPF, r] >= st.pooli[PI_MAX_SEQS, pool]:
+        return  # full: skip the queue scan (expired requests are swept at the next control tick)
+    if st.repi[XI_KV_USED, r] >= kv_limit(st, r):
+        return
     prefill_scheduled = has_prefill(st, r)
     while budget > 0:
         k = expire_and_pick(st, r, now)
         if k < 0:
             break
-        i = st.q_req[r, k]
+        i = st.queue[r, k]
         if admit_chunk(st, r, i, budget, prefill_scheduled) == 0:
             break
         queue_remove_at(st, r, k)
@@ -381,118 +582,155 @@ def admit_builtin(st, r, budget, now):
         prefill_scheduled = True
 
 
-@njit(cache=True)
+@hot
 def launch(st, r, now):
     """Start the formed iteration (its length from the perf model), or go idle until the next queued arrival."""
-    pool = st.rep_pool[r]
+    pool = st.repi[XI_POOL, r]
     n_pf = 0
     pairs = 0.0
-    n_dec = 0
-    dctx = 0
-    for k in range(st.s_n[r]):
-        c = st.s_chunk[r, k]
-        if c == 0:
-            continue
-        if st.s_prefill_left[r, k] > 0:
-            n_pf += c
-            pairs += c * (st.s_ctx[r, k] + (c + 1) * 0.5)
-        else:
-            n_dec += 1
-            dctx += st.s_ctx[r, k]
+    for j in range(st.repi[XI_NPF, r]):
+        k = st.slot[LS_PREFILL, r, j]
+        c = st.slot[SL_CHUNK, r, k]
+        n_pf += c
+        pairs += c * (st.slot[SL_CTX, r, k] + (c + 1) * 0.5)
+    n_dec = st.repi[XI_NDEC_ITER, r]
     if n_pf + n_dec == 0:
-        st.rep_busy[r] = 0
-        if st.rep_state[r] == RS_DRAINING and st.s_n[r] == 0 and st.q_n[r] == 0:
+        st.repi[XI_BUSY, r] = 0
+        if (
+            st.repi[XI_STATE, r] == RS_DRAINING
+            and st.repi[XI_ND, r] + st.repi[XI_NPF, r] + st.repi[XI_QN, r] == 0
+        ):
             turn_off(st, r, now)
         else:
-            st.rep_next[r] = next_visible_time(st, r, now)
+            st.repf[XF_NEXT, r] = next_visible_time(st, r, now)
         return
-    dt = iteration_time_s(st.p_coef[pool], n_pf, pairs, n_dec, dctx)
-    st.rep_busy[r] = 1
-    st.rep_next[r] = now + dt
-    st.rep_busy_s[r] += dt
+    dt = iteration_time_s(st.coef[pool], n_pf, pairs, n_dec, st.repi[XI_DSUM, r])
+    st.repi[XI_BUSY, r] = 1
+    st.repf[XF_NEXT, r] = now + dt
+    st.repf[XF_BUSY_S, r] += dt
     st.cnt[K_ITERATIONS] += 1
 
 
-@njit(cache=True)
+@hot
 def complete_iteration(st, r, now):
-    """Apply the finished iteration: prefill progress, one token per scheduled sequence, completions."""
-    pool = st.rep_pool[r]
-    pool_region = st.p_region[pool]
-    prefix_on = st.p_prefix[pool]
-    k = st.s_n[r] - 1
-    while k >= 0:
-        c = st.s_chunk[r, k]
+    """Apply the finished iteration: one token per decoding sequence, prefill progress, completions."""
+    n_dec = st.repi[XI_NDEC_ITER, r]
+    if n_dec > 0:
+        st.repi[XI_DSUM, r] += n_dec
+        for u in range(st.cnt[K_N_TENANTS]):
+            st.ten[TF_COUNTER, u] += 2.0 * st.repx[r, B + u]  # VTC: 2 per output token
+    it = st.repi[XI_IT, r] + 1
+    st.repi[XI_IT, r] = it
+    st.repi[XI_NDEC_ITER, r] = 0
+    while st.repi[XI_ND, r] > 0 and st.slot[LS_HEAP_KEY, r, 0] <= it:
+        k = st.slot[LS_HEAP_SLOT, r, 0]
+        _heap_delete_at(st, r, 0)
+        i = st.slot[SL_REQ, r, k]
+        ctx = leave_decode(st, r, k)
+        kv_touch(st, r, now)
+        st.repi[XI_KV_USED, r] -= blocks_for(ctx)
+        finish_request(st, i, now + return_latency(st, r, i))
+        slot_free(st, r, k)
+    prefix_on = st.pooli[PI_PREFIX, st.repi[XI_POOL, r]]
+    j = st.repi[XI_NPF, r] - 1
+    while j >= 0:
+        k = st.slot[LS_PREFILL, r, j]
+        c = st.slot[SL_CHUNK, r, k]
         if c > 0:
-            i = st.s_req[r, k]
-            produced = False
-            if st.s_prefill_left[r, k] > 0:
-                st.s_prefill_left[r, k] -= c
-                st.s_ctx[r, k] += c
-                if st.s_prefill_left[r, k] == 0:
-                    produced = True  # the last prefill chunk samples the next token
-                    if prefix_on:
-                        prefix_insert(st, r, i)
-            else:
-                st.s_ctx[r, k] += 1
-                produced = True
-            st.s_chunk[r, k] = 0
-            if produced:
-                g = st.r_generated[i] + 1
-                st.r_generated[i] = g
-                st.s_out_left[r, k] -= 1
-                st.t_counter[st.r_tenant[i]] += 2.0  # VTC charges 2 per output token
-                back = st.region_lat[pool_region, st.r_region[i]]
+            st.slot[SL_CHUNK, r, k] = 0
+            st.slot[SL_CTX, r, k] += c
+            st.slot[SL_LEFT, r, k] -= c
+            if st.slot[SL_LEFT, r, k] == 0:
+                n = st.repi[XI_NPF, r] - 1
+                st.slot[LS_PREFILL, r, j] = st.slot[LS_PREFILL, r, n]
+                st.repi[XI_NPF, r] = n
+                i = st.slot[SL_REQ, r, k]
+                if prefix_on:
+                    prefix_insert(st, r, i)
+                g = st.rqi[RI_GENERATED, i] + 1  # the last prefill chunk samples the next token
+                st.rqi[RI_GENERATED, i] = g
+                u = st.rqi[RI_TENANT, i]
+                st.ten[TF_COUNTER, u] += 2.0
+                back = return_latency(st, r, i)
                 if g == 1:
-                    st.r_first[i] = now + back
-                if st.s_out_left[r, k] == 0:
-                    st.r_finish[i] = now + back
-                    st.r_status[i] = ST_FINISHED
-                    st.cnt[K_FINISHED] += 1
+                    st.rqf[RF_FIRST, i] = now + back
+                if g == st.rqi[RI_OUTPUT, i]:
                     kv_touch(st, r, now)
-                    st.rep_kv_used[r] -= st.s_blocks[r, k]
-                    _remove_slot(st, r, k)
-        k -= 1
-    st.rep_busy[r] = 0
+                    st.repi[XI_KV_USED, r] -= blocks_for(st.slot[SL_CTX, r, k])
+                    finish_request(st, i, now + back)
+                    slot_free(st, r, k)
+                else:
+                    join_decode(st, r, k, st.slot[SL_CTX, r, k], it)
+        j -= 1
+    st.repi[XI_BUSY, r] = 0
+
+
+@kernel
+def sync_generated(st):
+    """Write the exact generated-token count of every decoding sequence back to its request."""
+    for r in range(st.repi.shape[1]):
+        it = st.repi[XI_IT, r]
+        for p in range(st.repi[XI_ND, r]):
+            k = st.slot[LS_HEAP_SLOT, r, p]
+            i = st.slot[SL_REQ, r, k]
+            st.rqi[RI_GENERATED, i] = st.rqi[RI_OUTPUT, i] - (st.slot[SL_END, r, k] - it)
 
 
 # ---------------------------------------------------------------- lifecycle and billing
 
 
-@njit(cache=True)
+@kernel
 def turn_on(st, r, now):
-    p = st.rep_pool[r]
-    st.rep_state[r] = RS_STARTING
-    st.rep_on_since[r] = now
-    st.rep_ready[r] = now + st.p_cold_start[p]
-    st.rep_next[r] = st.rep_ready[r]
+    p = st.repi[XI_POOL, r]
+    st.repi[XI_STATE, r] = RS_STARTING
+    st.repf[XF_ON_SINCE, r] = now
+    st.repf[XF_READY, r] = now + st.poolf[PF_COLD_START, p]
+    st.repf[XF_NEXT, r] = st.repf[XF_READY, r]
 
 
-@njit(cache=True)
+@kernel
 def activate(st, r, now):
-    st.rep_state[r] = RS_ACTIVE
-    st.rep_up_since[r] = now
-    st.rep_next[r] = INF
-    st.rep_kv_t[r] = now
+    st.repi[XI_STATE, r] = RS_ACTIVE
+    st.repf[XF_UP_SINCE, r] = now
+    st.repf[XF_NEXT, r] = INF
+    st.repf[XF_KV_T, r] = now
 
 
-@njit(cache=True)
+@kernel
 def turn_off(st, r, now):
-    p = st.rep_pool[r]
-    if st.rep_state[r] == RS_ACTIVE or st.rep_state[r] == RS_DRAINING:
-        st.rep_up_s[r] += now - st.rep_up_since[r]
+    p = st.repi[XI_POOL, r]
+    s = st.repi[XI_STATE, r]
+    if s == RS_ACTIVE or s == RS_DRAINING:
+        st.repf[XF_UP_S, r] += now - st.repf[XF_UP_SINCE, r]
         kv_touch(st, r, now)
-    if st.rep_state[r] != RS_OFF:
-        st.p_billed_gpu_s[p] += (now - st.rep_on_since[r]) * st.p_tp[p]
-    st.rep_state[r] = RS_OFF
-    st.rep_next[r] = INF
-    st.rep_busy[r] = 0
+    if s != RS_OFF:
+        st.poolf[PF_BILLED_GPU_S, p] += (now - st.repf[XF_ON_SINCE, r]) * st.pooli[PI_TP, p]
+    st.repi[XI_STATE, r] = RS_OFF
+    st.repf[XF_NEXT, r] = INF
+    st.repi[XI_BUSY, r] = 0
 
 
-@njit(cache=True)
+@kernel
 def start_drain(st, r, now):
-    if st.rep_state[r] == RS_STARTING:
+    if st.repi[XI_STATE, r] == RS_STARTING:
         turn_off(st, r, now)
         return
-    st.rep_state[r] = RS_DRAINING
-    if st.rep_busy[r] == 0 and st.s_n[r] == 0 and st.q_n[r] == 0:
+    st.repi[XI_STATE, r] = RS_DRAINING
+    if st.repi[XI_BUSY, r] == 0 and st.repi[XI_ND, r] + st.repi[XI_NPF, r] + st.repi[XI_QN, r] == 0:
         turn_off(st, r, now)
+
+
+@kernel
+def expire_queues(st, now):
+    """Drop every visible request that has waited past max_wait (run at each control tick, and at the end)."""
+    max_wait = st.clock[C_MAX_WAIT]
+    for r in range(st.repi.shape[1]):
+        k = 0
+        while k < st.repi[XI_QN, r]:
+            i = st.queue[r, k]
+            vis = st.rqf[RF_VISIBLE, i]
+            if vis <= now and now - vis > max_wait:
+                queue_remove_at(st, r, k)
+                drop_request(st, i, vis + max_wait)
+            else:
+                k += 1

@@ -13,29 +13,12 @@ import numpy as np
 
 from envs.scenario import Scenario, load_scenario
 from envs.sim import core
+from envs.sim import state as S
+from envs.sim.audit import AUDIT_MESSAGES, audit
 from envs.sim.build import build_state
 from envs.sim.outcome import SimOutcome
-from envs.sim.state import (
-    C_MAX_GAP,
-    C_NOW,
-    EV_DONE,
-    EV_TIME,
-    K_EVENTS,
-    K_FINISHED,
-    K_FORM_REPLICA,
-    K_HOLD_N,
-    K_ITERATIONS,
-    K_NEXT_ARRIVAL,
-    K_PENDING_ROUTE,
-    K_PREEMPTIONS,
-    RS_ACTIVE,
-    RS_DRAINING,
-    RS_OFF,
-    ST_DROPPED,
-    ST_INFLIGHT,
-    SimState,
-    state_nbytes,
-)
+from envs.sim.replica import sync_generated
+from envs.sim.state import EV_DONE, EV_TIME, SimState, state_nbytes
 from envs.workloads.requests import RequestTable
 from envs.workloads.scenario_requests import requests_for_scenario
 
@@ -79,7 +62,7 @@ class Simulator:
     # ------------------------------------------------------------------ driving
     @property
     def now(self) -> float:
-        return float(self.state.clock[C_NOW])
+        return float(self.state.clock[S.C_NOW])
 
     def advance(self, t_limit: float = np.inf) -> int:
         """Run until a decision the caller controls is pending, ``t_limit``, or the horizon (EV_* code)."""
@@ -114,48 +97,53 @@ class Simulator:
         return bool(core.apply_start(self.state))
 
     def apply_scale(self, deltas: np.ndarray) -> None:
-        self.state.scale_delta[:] = np.asarray(deltas, dtype=np.int32)
+        self.state.pooli[S.PI_SCALE_DELTA] = np.asarray(deltas, dtype=np.int64)
         core.apply_scale(self.state)
 
     def route_mask(self) -> np.ndarray:
         """Replicas the pending request may go to (active, serving its model, with room for its context)."""
-        out = np.zeros(len(self.state.rep_pool), dtype=np.int8)
+        out = np.zeros(self.state.repi.shape[1], dtype=np.int8)
         core.route_mask(self.state, out)
         return out.astype(bool)
 
     def batch_candidates(self, limit: int | None = None) -> np.ndarray:
         """Ids of the waiting requests admissible into the batch being formed, in queue order."""
-        cap = limit if limit is not None else max(1, int(self.state.q_req.shape[1]))
+        cap = limit if limit is not None else int(self.state.queue.shape[1])
         out = np.empty(cap, dtype=np.int64)
         n = core.batch_candidates(self.state, out)
         return out[:n].copy()
 
     @property
     def pending_request(self) -> int:
-        return int(self.state.cnt[K_PENDING_ROUTE])
+        return int(self.state.cnt[S.K_PENDING_ROUTE])
 
     @property
     def forming_replica(self) -> int:
-        return int(self.state.cnt[K_FORM_REPLICA])
+        return int(self.state.cnt[S.K_FORM_REPLICA])
 
     # ------------------------------------------------------------------ observation of the state
     def counts(self) -> dict[str, int]:
         """Conservation counters: arrived = finished + dropped + in_flight must always hold."""
         st = self.state
-        status = st.r_status
+        status = st.rqi[S.RI_STATUS]
         return {
-            "arrived": int(st.cnt[K_NEXT_ARRIVAL]),
-            "finished": int(st.cnt[K_FINISHED]),
-            "dropped": int(np.count_nonzero(status == ST_DROPPED)),
-            "in_flight": int(np.count_nonzero(status == ST_INFLIGHT)),
-            "queued": int(st.q_n.sum()),
-            "running": int(st.s_n.sum()),
-            "held": int(st.cnt[K_HOLD_N]),
-            "pending_route": int(st.cnt[K_PENDING_ROUTE] >= 0),
-            "events": int(st.cnt[K_EVENTS]),
-            "iterations": int(st.cnt[K_ITERATIONS]),
-            "preemptions": int(st.cnt[K_PREEMPTIONS]),
+            "arrived": int(st.cnt[S.K_NEXT_ARRIVAL]),
+            "finished": int(st.cnt[S.K_FINISHED]),
+            "dropped": int(np.count_nonzero(status == S.ST_DROPPED)),
+            "in_flight": int(np.count_nonzero(status == S.ST_INFLIGHT)),
+            "queued": int(st.repi[S.XI_QN].sum()),
+            "running": int(st.repi[S.XI_ND].sum() + st.repi[S.XI_NPF].sum()),
+            "held": int(st.cnt[S.K_HOLD_N]),
+            "pending_route": int(st.cnt[S.K_PENDING_ROUTE] >= 0),
+            "events": int(st.cnt[S.K_EVENTS]),
+            "iterations": int(st.cnt[S.K_ITERATIONS]),
+            "preemptions": int(st.cnt[S.K_PREEMPTIONS]),
         }
+
+    def audit(self) -> str:
+        """Recompute every incremental aggregate of the core; '' when consistent, else what is wrong."""
+        code, where = audit(self.state)
+        return "" if code == 0 else f"{AUDIT_MESSAGES[int(code)]} (at index {int(where)}, t={self.now:.6f})"
 
     def nbytes(self) -> int:
         return state_nbytes(self.state)
@@ -165,14 +153,20 @@ class Simulator:
         st = self.state
         if final:
             core.finalize(st)
+        sync_generated(st)
         now = self.now
-        up = (st.rep_state == RS_ACTIVE) | (st.rep_state == RS_DRAINING)
-        on = st.rep_state != RS_OFF
-        open_bill = np.where(on, now - st.rep_on_since, 0.0) * st.p_tp[st.rep_pool]
-        billed = st.p_billed_gpu_s + np.bincount(st.rep_pool, weights=open_bill, minlength=len(st.p_tp))
-        up_s = st.rep_up_s + np.where(up, now - st.rep_up_since, 0.0)
-        kv_block_s = st.rep_kv_block_s + np.where(up, st.rep_kv_used * (now - st.rep_kv_t), 0.0)
-        dropped = st.r_status == ST_DROPPED
+        rstate = st.repi[S.XI_STATE]
+        pool = st.repi[S.XI_POOL]
+        up = (rstate == S.RS_ACTIVE) | (rstate == S.RS_DRAINING)
+        on = rstate != S.RS_OFF
+        open_bill = np.where(on, now - st.repf[S.XF_ON_SINCE], 0.0) * st.pooli[S.PI_TP][pool]
+        n_pool = st.pooli.shape[1]
+        billed = st.poolf[S.PF_BILLED_GPU_S] + np.bincount(pool, weights=open_bill, minlength=n_pool)
+        up_s = st.repf[S.XF_UP_S] + np.where(up, now - st.repf[S.XF_UP_SINCE], 0.0)
+        kv_open = np.where(up, st.repi[S.XI_KV_USED] * (now - st.repf[S.XF_KV_T]), 0.0)
+        status = st.rqi[S.RI_STATUS].astype(np.int8)
+        dropped = status == S.ST_DROPPED
+        finish = st.rqf[S.RF_FINISH]
         sc = self.scenario
         price = np.array(
             [
@@ -183,34 +177,34 @@ class Simulator:
         return SimOutcome(
             now_s=now,
             horizon_s=float(sc.horizon_s),
-            arrival_s=st.r_arrival,
-            prompt_tokens=st.r_prompt,
-            output_tokens=st.r_output,
-            tenant=st.r_tenant,
-            tier=st.r_tier,
-            ttft_slo_s=st.r_ttft_slo,
-            tpot_slo_s=st.r_tpot_slo,
-            deadline_s=st.r_deadline,
-            status=st.r_status.copy(),
-            first_token_s=st.r_first.copy(),
-            finish_s=np.where(dropped, np.nan, st.r_finish),
-            drop_s=np.where(dropped, st.r_finish, np.nan),
-            generated_tokens=st.r_generated.copy(),
-            cached_prompt_tokens=st.r_cached.copy(),
-            preemptions=st.r_preempt.copy(),
-            recomputed_tokens=st.r_recomputed.copy(),
+            arrival_s=st.rqf[S.RF_ARRIVAL],
+            prompt_tokens=st.rqi[S.RI_PROMPT],
+            output_tokens=st.rqi[S.RI_OUTPUT],
+            tenant=st.rqi[S.RI_TENANT].astype(np.int16),
+            tier=st.rqi[S.RI_TIER].astype(np.int8),
+            ttft_slo_s=st.rqf[S.RF_TTFT_SLO].astype(np.float32),
+            tpot_slo_s=st.rqf[S.RF_TPOT_SLO].astype(np.float32),
+            deadline_s=st.rqf[S.RF_DEADLINE],
+            status=status,
+            first_token_s=st.rqf[S.RF_FIRST].copy(),
+            finish_s=np.where(dropped, np.nan, finish),
+            drop_s=np.where(dropped, finish, np.nan),
+            generated_tokens=st.rqi[S.RI_GENERATED].copy(),
+            cached_prompt_tokens=st.rqi[S.RI_CACHED].copy(),
+            preemptions=st.rqi[S.RI_PREEMPT].astype(np.int16),
+            recomputed_tokens=st.rqi[S.RI_RECOMPUTED].copy(),
             tenant_names=tuple(t.name for t in sc.tenants),
-            tenant_weights=st.t_weight.copy(),
+            tenant_weights=st.ten[S.TF_WEIGHT].copy(),
             pool_names=tuple(p.name for p in sc.pools),
-            pool_gpus_per_replica=st.p_tp.copy(),
+            pool_gpus_per_replica=st.pooli[S.PI_TP].astype(np.int32),
             pool_price_per_gpu_hour=price,
             pool_billed_gpu_s=billed,
-            replica_pool=st.rep_pool.copy(),
-            replica_busy_s=st.rep_busy_s.copy(),
+            replica_pool=pool.astype(np.int32),
+            replica_busy_s=st.repf[S.XF_BUSY_S].copy(),
             replica_up_s=up_s,
-            replica_kv_block_s=kv_block_s,
-            replica_kv_capacity=st.rep_kv_cap.copy(),
-            max_service_gap=float(st.clock[C_MAX_GAP]),
+            replica_kv_block_s=st.repf[S.XF_KV_BLOCK_S] + kv_open,
+            replica_kv_capacity=st.repi[S.XI_KV_CAP].copy(),
+            max_service_gap=float(st.clock[S.C_MAX_GAP]),
         )
 
 

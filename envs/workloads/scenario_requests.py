@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from envs.scenario import LengthSpec as LengthConfig
-from envs.scenario import Scenario, ScenarioError, SyntheticSource, TraceSource
-from envs.workloads.requests import RequestTable
+from envs.scenario import PrefixSpec, Scenario, ScenarioError, SyntheticSource, TraceSource
+from envs.workloads.requests import PREFIX_BLOCK_TOKENS, RequestTable
 from envs.workloads.synthetic import ArrivalSpec, DiurnalSpec, LengthSpec, generate_tenant_requests
 
 
@@ -34,6 +34,33 @@ def length_spec(cfg: LengthConfig) -> LengthSpec:
     )
 
 
+def attach_prefixes(
+    table: RequestTable, spec: PrefixSpec, rng: np.random.Generator, tenant: int, source: int
+) -> RequestTable:
+    """Give every request Mooncake-style block hashes: ceil(prompt/512) blocks, the leading ones shared.
+
+    Shared block b of prefix group g of tenant t hashes to ((t+1) << 48) | (g << 20) | b, unique blocks to
+    negative numbers offset by the source index, so no two sources or tenants collide by accident.
+    """
+    n = len(table)
+    nb = (table.prompt_tokens.astype(np.int64) + PREFIX_BLOCK_TOKENS - 1) // PREFIX_BLOCK_TOKENS
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(nb, out=offsets[1:])
+    weights = 1.0 / np.arange(1, spec.groups + 1, dtype=np.float64) ** spec.zipf_s
+    group = rng.choice(spec.groups, size=n, p=weights / weights.sum())
+    owner = np.repeat(np.arange(n), nb)
+    pos = np.arange(offsets[-1], dtype=np.int64) - offsets[owner]
+    shared = pos < spec.shared_tokens // PREFIX_BLOCK_TOKENS
+    hashes = np.where(
+        shared,
+        ((tenant + 1) << 48) | (group[owner].astype(np.int64) << 20) | pos,
+        -(((source + 1) << 40) + np.arange(offsets[-1], dtype=np.int64)),
+    )
+    return RequestTable.from_arrays(
+        table.arrival_s, table.prompt_tokens, table.output_tokens, table.tenant, offsets, hashes
+    )
+
+
 def _synthetic(src: SyntheticSource, tenant: int, horizon_s: float, rng: np.random.Generator) -> RequestTable:
     a = src.arrival
     diurnal = None
@@ -41,6 +68,15 @@ def _synthetic(src: SyntheticSource, tenant: int, horizon_s: float, rng: np.rand
         diurnal = DiurnalSpec(a.diurnal.period_s, a.diurnal.peak_to_trough, a.diurnal.peak_time_s)
     arrival = ArrivalSpec(a.process, a.rate_per_s, a.cv, diurnal)
     return generate_tenant_requests(rng, tenant, horizon_s, arrival, length_spec(src.lengths))
+
+
+def _synthetic_with_prefixes(
+    src: SyntheticSource, tenant: int, horizon_s: float, rng: np.random.Generator, source: int
+) -> RequestTable:
+    table = _synthetic(src, tenant, horizon_s, rng)
+    if src.prefix is None:
+        return table
+    return attach_prefixes(table, src.prefix, rng, tenant, source)
 
 
 def _trace(src: TraceSource, tenants: dict[str, int]) -> RequestTable:
@@ -68,7 +104,7 @@ def requests_for_scenario(scenario: Scenario, rng: np.random.Generator) -> Reque
     for i, src in enumerate(scenario.sources):
         try:
             if isinstance(src, SyntheticSource):
-                tables.append(_synthetic(src, tenants[src.tenant], scenario.horizon_s, rng))
+                tables.append(_synthetic_with_prefixes(src, tenants[src.tenant], scenario.horizon_s, rng, i))
             else:
                 tables.append(_trace(src, tenants))
         except ValueError as e:

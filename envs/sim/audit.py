@@ -1,0 +1,146 @@
+"""A full consistency check of the simulator state, recomputing every incrementally kept aggregate.
+
+The hot path keeps sums, histograms and a heap instead of visiting sequences; ``audit`` recomputes them the
+slow way and compares. Tests call it at every stop of fuzzed runs; it is not used by the simulator itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from envs.sim.state import (
+    K_FINISHED,
+    K_FORM_REPLICA,
+    K_HOLD_N,
+    K_NEXT_ARRIVAL,
+    K_PENDING_ROUTE,
+    KV_BLOCK_TOKENS,
+    LS_HEAP_KEY,
+    LS_HEAP_SLOT,
+    LS_PREFILL,
+    RF_ARRIVAL,
+    RF_FINISH,
+    RF_FIRST,
+    RI_GENERATED,
+    RI_OUTPUT,
+    RI_PROMPT,
+    RI_STATUS,
+    RI_TENANT,
+    SL_CTX,
+    SL_END,
+    SL_IT0,
+    SL_LEFT,
+    SL_PHASE,
+    SL_REQ,
+    ST_DROPPED,
+    ST_FINISHED,
+    ST_INFLIGHT,
+    XI_DSUM,
+    XI_IT,
+    XI_KV_CAP,
+    XI_KV_USED,
+    XI_ND,
+    XI_NDEC_ITER,
+    XI_NFREE,
+    XI_NPF,
+    XI_QN,
+)
+
+AUDIT_MESSAGES = {
+    1: "KV blocks used outside [0, capacity]",
+    2: "KV blocks used differ from the blocks the running sequences hold",
+    3: "sum of decoding contexts is off",
+    4: "KV phase histogram is off",
+    5: "per-tenant decode counts are off",
+    6: "completion heap order violated",
+    7: "slots lost: decoding + prefilling + free != slots",
+    8: "conservation: arrived != finished + dropped + in flight",
+    9: "in-flight requests are not all queued, running, held or pending",
+    10: "generated tokens out of range",
+    11: "token times out of order",
+    12: "finished counter differs from finished requests",
+}
+
+
+@njit(cache=True)
+def audit(st):
+    """Return (0, -1) when consistent, else (error code, replica or request index)."""
+    B = KV_BLOCK_TOKENS
+    n_rep = st.repi.shape[1]
+    n_slots = st.slot.shape[2]
+    running = 0
+    for r in range(n_rep):
+        it = st.repi[XI_IT, r]
+        used = st.repi[XI_KV_USED, r]
+        if used < 0 or used > st.repi[XI_KV_CAP, r]:
+            return 1, r
+        nd = st.repi[XI_ND, r]
+        npf = st.repi[XI_NPF, r]
+        if nd + npf + st.repi[XI_NFREE, r] != n_slots:
+            return 7, r
+        blocks = 0
+        dsum = 0
+        hist = np.zeros(B, dtype=np.int64)
+        scheduled = 1 if st.repi[XI_NDEC_ITER, r] > 0 else 0
+        per_tenant = np.zeros(st.repx.shape[1] - B, dtype=np.int64)
+        for j in range(npf):
+            k = st.slot[LS_PREFILL, r, j]
+            i = st.slot[SL_REQ, r, k]
+            blocks += (st.rqi[RI_PROMPT, i] + st.rqi[RI_GENERATED, i] + B - 1) // B
+        for p in range(nd):
+            k = st.slot[LS_HEAP_SLOT, r, p]
+            i = st.slot[SL_REQ, r, k]
+            if st.slot[SL_LEFT, r, k] != 0 or st.slot[LS_HEAP_KEY, r, p] != st.slot[SL_END, r, k]:
+                return 6, r
+            if p > 0 and st.slot[LS_HEAP_KEY, r, (p - 1) >> 1] > st.slot[LS_HEAP_KEY, r, p]:
+                return 6, r
+            ctx = st.slot[SL_CTX, r, k] + it - st.slot[SL_IT0, r, k]
+            # during an iteration each decoder already holds the block for the token it is computing
+            blocks += (ctx + scheduled + B - 1) // B
+            dsum += ctx
+            hist[st.slot[SL_PHASE, r, k]] += 1
+            per_tenant[st.rqi[RI_TENANT, i]] += 1
+            if st.slot[SL_END, r, k] <= it:
+                return 6, r
+        if blocks != used:
+            return 2, r
+        if dsum != st.repi[XI_DSUM, r]:
+            return 3, r
+        for b in range(B):
+            if hist[b] != st.repx[r, b]:
+                return 4, r
+        for u in range(per_tenant.shape[0]):
+            if per_tenant[u] != st.repx[r, B + u]:
+                return 5, r
+        running += nd + npf
+
+    arrived = st.cnt[K_NEXT_ARRIVAL]
+    fin = 0
+    drop = 0
+    infl = 0
+    for i in range(arrived):
+        s = st.rqi[RI_STATUS, i]
+        if s == ST_FINISHED:
+            fin += 1
+            if st.rqi[RI_GENERATED, i] != st.rqi[RI_OUTPUT, i]:
+                return 10, i
+            if not (st.rqf[RF_ARRIVAL, i] <= st.rqf[RF_FIRST, i] <= st.rqf[RF_FINISH, i]):
+                return 11, i
+        elif s == ST_DROPPED:
+            drop += 1
+        elif s == ST_INFLIGHT:
+            infl += 1
+        if st.rqi[RI_GENERATED, i] < 0 or st.rqi[RI_GENERATED, i] > st.rqi[RI_OUTPUT, i]:
+            return 10, i
+    if fin + drop + infl != arrived:
+        return 8, -1
+    if fin != st.cnt[K_FINISHED]:
+        return 12, -1
+    queued = 0
+    for r in range(n_rep):
+        queued += st.repi[XI_QN, r]
+    pending = 1 if st.cnt[K_PENDING_ROUTE] >= 0 else 0
+    if infl != queued + running + st.cnt[K_HOLD_N] + pending:
+        return 9, st.cnt[K_FORM_REPLICA]
+    return 0, -1
