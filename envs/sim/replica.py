@@ -40,6 +40,9 @@ from envs.sim.state import (
     K_N_TENANTS,
     K_PC_STAMP,
     K_PREEMPTIONS,
+    K_SLO_MET,
+    K_SLO_MET_TOKENS,
+    K_SLO_MISSED_FINISHED,
     KV_BLOCK_TOKENS,
     LS_FREE,
     LS_HEAP_KEY,
@@ -59,6 +62,7 @@ from envs.sim.state import (
     RF_DEADLINE,
     RF_FINISH,
     RF_FIRST,
+    RF_TPOT_SLO,
     RF_TTFT_SLO,
     RF_VISIBLE,
     RI_CACHED,
@@ -148,10 +152,23 @@ def drop_request(st, i, t):
 
 @hot
 def finish_request(st, i, t):
-    st.rqi[RI_GENERATED, i] = st.rqi[RI_OUTPUT, i]
+    out = st.rqi[RI_OUTPUT, i]
+    st.rqi[RI_GENERATED, i] = out
     st.rqf[RF_FINISH, i] = t
     st.rqi[RI_STATUS, i] = ST_FINISHED
     st.cnt[K_FINISHED] += 1
+    # the SLO rule of envs/metrics.py, evaluated once here so that envs can reward per step
+    if st.rqi[RI_TIER, i] == TIER_INTERACTIVE:
+        first = st.rqf[RF_FIRST, i]
+        tpot = (t - first) / (out - 1) if out > 1 else 0.0
+        met = first - st.rqf[RF_ARRIVAL, i] <= st.rqf[RF_TTFT_SLO, i] and tpot <= st.rqf[RF_TPOT_SLO, i]
+    else:
+        met = t <= st.rqf[RF_DEADLINE, i]
+    if met:
+        st.cnt[K_SLO_MET] += 1
+        st.cnt[K_SLO_MET_TOKENS] += out
+    else:
+        st.cnt[K_SLO_MISSED_FINISHED] += 1
 
 
 @hot

@@ -134,8 +134,11 @@ N_CLOCK = 9
     K_HOLD_RETRY,  # a replica became active: route held requests again
     K_PC_STAMP,  # prefix-cache LRU clock
     K_N_TENANTS,
-) = range(23)
-N_CNT = 23
+    K_SLO_MET,  # finished requests that met their SLO (the metrics' definition), for per-step rewards
+    K_SLO_MET_TOKENS,  # their output tokens
+    K_SLO_MISSED_FINISHED,  # finished requests that missed it (drops are K_DROPS)
+) = range(26)
+N_CNT = 26
 
 # Event codes returned by advance().
 EV_DONE, EV_ROUTE, EV_BATCH, EV_SCALE, EV_TIME = 0, 1, 2, 3, 4
