@@ -72,8 +72,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"scaling={sc.policies.scaling}"
     )
     print(
-        f"{len(sim.requests):,} requests simulated in {t_run:.2f} s wall "
-        f"(build {t_build:.2f} s, includes numba compile on first use)\n"
+        f"{len(sim.requests):,} requests simulated in {t_run:.2f} s wall, workload built in {t_build:.2f} s "
+        f"(the first run on a machine also compiles the numba core, ~30 s, then caches it)\n"
     )
     print(format_metrics_table(metrics, None if args.all else SUMMARY_KEYS))
     if args.json:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         args = ap.parse_args(["simulate", *(argv or sys.argv[1:])])
     try:
         return {"simulate": cmd_simulate, "scenarios": cmd_list}[args.cmd](args)
-    except ScenarioError as e:
+    except (ScenarioError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,154 @@
+"""Scenario configs: every shipped scenario runs, and every kind of bad input names the file and key."""
+
+from __future__ import annotations
+
+import pytest
+
+from envs.cli import main as cli_main
+from envs.cli import parse_overrides
+from envs.metrics import compute_metrics
+from envs.scenario import ScenarioError, list_scenarios, load_scenario, scenario_from_dict
+from envs.sim.simulator import Simulator
+from tests.conftest import tiny_dict
+
+NEEDS_DATA = {"azure_conv_trace"}
+
+
+@pytest.mark.parametrize("name", list_scenarios())
+def test_every_shipped_scenario_runs(name, request):
+    if name in NEEDS_DATA:
+        request.getfixturevalue("data_dir")
+    sim = Simulator(name, overrides={"horizon_s": 60})
+    m = compute_metrics(sim.run())
+    assert sim.audit() == ""
+    assert m["arrived"] > 0
+    assert m["finished"] > 0
+    assert m["cost/usd"] > 0
+
+
+def test_trace_scenario_replays_the_azure_trace(data_dir):
+    sim = Simulator("azure_conv_trace", overrides={"horizon_s": 120})
+    # the first two minutes of AzureLLMInferenceTrace_conv.csv (5.5 req/s on average)
+    assert 300 < len(sim.requests) < 1000
+    assert sim.requests.arrival_s[0] == 0.0
+
+
+def _error(raw: dict) -> str:
+    with pytest.raises(ScenarioError) as e:
+        scenario_from_dict(raw, source="my.yaml")
+    return str(e.value)
+
+
+def test_unknown_key_names_its_path():
+    raw = tiny_dict()
+    raw["pools"][0]["gpus"] = 2
+    msg = _error(raw)
+    assert "my.yaml" in msg and "pools.0.gpus" in msg
+
+
+def test_bad_value_names_its_path():
+    raw = tiny_dict()
+    raw["pools"][0]["tp"] = 0
+    assert "pools.0.tp" in _error(raw)
+    raw = tiny_dict()
+    raw["sources"][0]["arrival"]["rate_per_s"] = -1
+    assert "sources.0.synthetic.arrival.rate_per_s" in _error(raw)
+
+
+def test_unknown_tenant_in_a_source():
+    raw = tiny_dict()
+    raw["sources"][0]["tenant"] = "nobody"
+    msg = _error(raw)
+    assert "sources.0.tenant" in msg and "nobody" in msg and "chat" in msg
+
+
+def test_interactive_tenant_needs_its_slos():
+    raw = tiny_dict()
+    del raw["tenants"][0]["tpot_slo_s"]
+    assert "tenants.0" in _error(raw) and "tpot_slo_s" in _error(raw)
+
+
+def test_replica_bounds_and_token_budget():
+    raw = tiny_dict()
+    raw["pools"][0]["initial_replicas"] = 9
+    assert "initial_replicas" in _error(raw)
+    raw = tiny_dict()
+    raw["pools"][0]["max_batched_tokens"] = 64
+    raw["pools"][0]["max_num_seqs"] = 128
+    assert "max_batched_tokens" in _error(raw)
+
+
+def test_unknown_gpu_is_named_when_building():
+    raw = tiny_dict()
+    raw["pools"][0]["gpu"] = "b200"
+    sc = scenario_from_dict(raw)
+    with pytest.raises(ScenarioError) as e:
+        Simulator(sc)
+    assert "pools.0" in str(e.value) and "b200" in str(e.value)
+
+
+def test_unsupported_tensor_parallelism_is_named():
+    raw = tiny_dict()
+    raw["pools"][0]["model"] = "llama-2-70b"
+    raw["pools"][0]["tp"] = 1  # 70B weights do not fit one 80 GB GPU
+    with pytest.raises(ScenarioError) as e:
+        Simulator(scenario_from_dict(raw))
+    assert "pools.0" in str(e.value)
+
+
+def test_unknown_scenario_and_bad_yaml(tmp_path):
+    with pytest.raises(ScenarioError) as e:
+        load_scenario("no_such_scenario")
+    assert "chat_azure" in str(e.value)  # lists the known ones
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ScenarioError) as e:
+        load_scenario(bad)
+    assert str(bad) in str(e.value)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ScenarioError, match="mapping"):
+        load_scenario(bad)
+
+
+def test_trace_errors_name_file_line_and_field(tmp_path, monkeypatch):
+    monkeypatch.setenv("SERVEGYM_DATA_DIR", str(tmp_path))
+    (tmp_path / "t.csv").write_text(
+        "arrival_s,prompt_tokens,output_tokens,tenant\n0.5,100,10,chat\n1.0,-5,10,chat\n"
+    )
+    raw = tiny_dict(sources=[{"kind": "trace", "format": "generic", "file": "t.csv"}])
+    with pytest.raises(ScenarioError) as e:
+        Simulator(scenario_from_dict(raw))
+    msg = str(e.value)
+    assert "t.csv" in msg and "line 3" in msg and "prompt_tokens" in msg
+    (tmp_path / "t.csv").write_text("arrival_s,prompt_tokens,output_tokens,tenant\n0.5,100,10,mallory\n")
+    with pytest.raises(ScenarioError) as e:
+        Simulator(scenario_from_dict(raw))
+    assert "mallory" in str(e.value) and "line 2" in str(e.value)
+
+
+def test_missing_trace_file_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("SERVEGYM_DATA_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError) as e:
+        Simulator("azure_conv_trace")
+    assert "SERVEGYM_DATA_DIR" in str(e.value) and "fetch" in str(e.value)
+
+
+def test_overrides_parse_and_apply():
+    assert parse_overrides(["horizon_s=30", "policies.batching=edf"]) == {
+        "horizon_s": 30,
+        "policies": {"batching": "edf"},
+    }
+    sc = load_scenario("chat_azure", parse_overrides(["policies.routing=jsq"]))
+    assert sc.policies.routing == "jsq"
+    with pytest.raises(ScenarioError, match="KEY=VALUE"):
+        parse_overrides(["horizon_s"])
+
+
+def test_cli_prints_the_metrics_table(capsys, tmp_path):
+    out_json = tmp_path / "m.json"
+    assert cli_main(["simulate", "--set", "horizon_s=30", "--quiet", "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert "slo_attainment" in text and "cost/usd" in text
+    assert out_json.exists()
+    assert cli_main(["simulate", "--set", "pools=3", "--quiet"]) == 2
+    assert "invalid scenario" in capsys.readouterr().err
