@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "configs" / "scenarios"
 
 BATCHING_POLICIES = ("fcfs", "edf", "sjf", "vtc", "wfs", "tier_priority")
-ROUTING_POLICIES = ("round_robin", "random", "jsq", "lor", "least_kv", "p2c", "prefix_affinity")
-SCALING_POLICIES = ("static", "reactive")
+ROUTING_POLICIES = ("round_robin", "random", "jsq", "lor", "least_kv", "p2c", "prefix_affinity", "cost_aware")
+SCALING_POLICIES = ("static", "reactive", "target_util", "forecast")
 
 
 class ScenarioError(ValueError):
@@ -178,6 +178,38 @@ class PoliciesConfig(_Strict):
     # SageServe's reactive rule: scale up above 50% memory utilization, down below 25%.
     reactive_up: Annotated[float, Field(gt=0, le=1)] = 0.5
     reactive_down: Annotated[float, Field(ge=0, lt=1)] = 0.25
+    # Cost-aware routing: a replica is predicted to meet the SLO while at most cost_aware_max_queue requests
+    # wait there and its KV cache is at most cost_aware_max_kv full (the KV fill stands for the batch size,
+    # which sets the decode time; a large model with a tight TPOT SLO needs a low value, see docs/baselines.md).
+    cost_aware_max_queue: Annotated[int, Field(ge=0)] = 0
+    cost_aware_max_kv: Annotated[float, Field(gt=0, le=1)] = 0.4
+    # target_util and forecast scalers size each pool to serve its demand at target_utilization of its
+    # capacity: replica_capacity_rps, the requests/s one replica sustains within the SLO (measure it with
+    # scripts/goodput_sweep.py). One number for every pool, or {pool name: number}.
+    target_utilization: Annotated[float, Field(gt=0, le=1)] = 0.8
+    replica_capacity_rps: Annotated[float, Field(gt=0)] | dict[str, Annotated[float, Field(gt=0)]] | None = (
+        None
+    )
+    # forecast scaler: Holt's linear smoothing of the arrivals per control interval (SageServe forecasts the
+    # arrival rate to scale ahead of demand); it sizes for the forecast one interval plus a cold start ahead.
+    forecast_alpha: Annotated[float, Field(gt=0, le=1)] = 0.5
+    forecast_beta: Annotated[float, Field(ge=0, le=1)] = 0.2
+    # target_util and forecast: no scale-down this soon after a scale-up of the pool (Kubernetes HPA's default
+    # scale-down stabilization window), so that a short dip does not undo a scale-up that just paid a cold start.
+    scale_down_cooldown_s: Annotated[float, Field(ge=0)] = 300.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PoliciesConfig:
+        if self.reactive_down >= self.reactive_up:
+            raise ValueError(
+                f"reactive_down ({self.reactive_down}) must be below reactive_up ({self.reactive_up})"
+            )
+        if self.scaling in ("target_util", "forecast") and self.replica_capacity_rps is None:
+            raise ValueError(
+                f"scaling {self.scaling!r} needs replica_capacity_rps (requests/s one replica sustains within "
+                "the SLO; scripts/goodput_sweep.py measures it)"
+            )
+        return self
 
 
 class Scenario(_Strict):
@@ -209,6 +241,18 @@ class Scenario(_Strict):
                 )
             if src.kind == "trace" and src.tenant is None and src.format != "generic":
                 raise ValueError(f"sources.{i}.tenant: format {src.format!r} has no tenant column; name one")
+        cap = self.policies.replica_capacity_rps
+        if isinstance(cap, dict):
+            pools = {p.name for p in self.pools}
+            unknown = sorted(set(cap) - pools)
+            if unknown:
+                raise ValueError(
+                    f"policies.replica_capacity_rps: unknown pools {unknown}; pools: {sorted(pools)}"
+                )
+            if self.policies.scaling in ("target_util", "forecast") and pools - set(cap):
+                raise ValueError(
+                    f"policies.replica_capacity_rps: no capacity for pools {sorted(pools - set(cap))}"
+                )
         models = {p.model for p in self.pools}
         regions = {p.region for p in self.pools}
         for i, t in enumerate(self.tenants):

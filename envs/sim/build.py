@@ -10,7 +10,7 @@ import numpy as np
 
 from envs.perf.model import kv_cache_blocks, load_perf_coefficients
 from envs.perf.specs import get_gpu
-from envs.scenario import Scenario, ScenarioError
+from envs.scenario import PoolConfig, Scenario, ScenarioError
 from envs.sim import state as S
 from envs.sim.policies import BATCHING_IDS, ROUTING_IDS, SCALING_IDS
 from envs.sim.state import SimState
@@ -32,6 +32,21 @@ def pool_kv_blocks(scenario: Scenario) -> list[int]:
         except (KeyError, ValueError) as e:
             raise ScenarioError(f"scenario {scenario.name!r}: pools.{i} ({p.name}): {e}") from None
     return out
+
+
+def pool_price_per_gpu_hour(pool: PoolConfig) -> float:
+    """The pool's price, or its GPU's default price from the perf tables (Vidur's published prices)."""
+    if pool.price_per_gpu_hour is not None:
+        return float(pool.price_per_gpu_hour)
+    return float(get_gpu(pool.gpu).price_per_hour)
+
+
+def pool_capacities(scenario: Scenario) -> list[float]:
+    """Requests/s per replica of each pool for the capacity-based scalers (NaN where not given)."""
+    cap = scenario.policies.replica_capacity_rps
+    if isinstance(cap, dict):
+        return [float(cap.get(p.name, np.nan)) for p in scenario.pools]
+    return [np.nan if cap is None else float(cap)] * len(scenario.pools)
 
 
 def build_state(
@@ -110,6 +125,13 @@ def build_state(
     clock[S.C_MAX_WAIT] = scenario.max_wait_s
     clock[S.C_REACTIVE_UP] = scenario.policies.reactive_up
     clock[S.C_REACTIVE_DOWN] = scenario.policies.reactive_down
+    pol = scenario.policies
+    clock[S.C_COST_MAX_QUEUE] = pol.cost_aware_max_queue
+    clock[S.C_COST_MAX_KV] = pol.cost_aware_max_kv
+    clock[S.C_TARGET_UTIL] = pol.target_utilization
+    clock[S.C_HOLT_ALPHA] = pol.forecast_alpha
+    clock[S.C_HOLT_BETA] = pol.forecast_beta
+    clock[S.C_DOWN_COOLDOWN] = pol.scale_down_cooldown_s
     cnt = np.zeros(S.N_CNT, dtype=np.int64)
     cnt[S.K_PENDING_ROUTE] = -1
     cnt[S.K_FORM_REPLICA] = -1
@@ -141,6 +163,10 @@ def build_state(
 
     poolf = np.zeros((S.N_PF, n_pool))
     poolf[S.PF_COLD_START] = [p.cold_start_s for p in pools]
+    poolf[S.PF_PRICE] = [pool_price_per_gpu_hour(p) for p in pools]
+    poolf[S.PF_FC_LEVEL] = np.nan  # no forecast before the first control tick
+    poolf[S.PF_LAST_UP] = -np.inf
+    poolf[S.PF_CAPACITY] = pool_capacities(scenario)
     pooli = np.zeros((S.N_PI, n_pool), dtype=np.int64)
     pooli[S.PI_MODEL] = [models.index(p.model) for p in pools]
     pooli[S.PI_REGION] = [regions.index(p.region) for p in pools]

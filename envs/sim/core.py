@@ -14,12 +14,23 @@ import numpy as np
 
 from envs.sim.jit import hot, kernel
 from envs.sim.policies import (
+    ROUTE_COST,
     ROUTE_P2C,
     ROUTE_PREFIX,
     ROUTE_RANDOM,
     ROUTE_RR,
+    SCALE_FORECAST,
+    SCALE_REACTIVE,
+    SCALE_STATIC,
+    cost_route_score,
+    demand_replicas,
+    holt_forecast,
+    holt_update,
+    pool_share,
     reactive_scale_delta,
+    replica_cost,
     route_score,
+    sized_scale_delta,
 )
 from envs.sim.replica import (
     activate,
@@ -44,12 +55,18 @@ from envs.sim.replica import (
     turn_on,
 )
 from envs.sim.state import (
+    C_COST_MAX_KV,
+    C_COST_MAX_QUEUE,
+    C_DOWN_COOLDOWN,
+    C_HOLT_ALPHA,
+    C_HOLT_BETA,
     C_HORIZON,
     C_MAX_WAIT,
     C_NEXT_TICK,
     C_NOW,
     C_REACTIVE_DOWN,
     C_REACTIVE_UP,
+    C_TARGET_UTIL,
     C_TICK_S,
     EV_BATCH,
     EV_DONE,
@@ -71,12 +88,23 @@ from envs.sim.state import (
     K_RR,
     K_SCALE_POLICY,
     K_TICKS,
+    PF_ARR_LAST,
+    PF_ARRIVALS,
+    PF_CAPACITY,
+    PF_COLD_START,
+    PF_FC_LEVEL,
+    PF_FC_TREND,
+    PF_LAST_UP,
+    PF_PRICE,
+    PF_ROUTED,
+    PF_ROUTED_LAST,
     PI_FIRST_REP,
     PI_MAX,
     PI_MIN,
     PI_MODEL,
     PI_REGION,
     PI_SCALE_DELTA,
+    PI_TP,
     RF_ARRIVAL,
     RF_VISIBLE,
     RI_MODEL,
@@ -185,8 +213,19 @@ def builtin_route(st, i):
             hits = prefix_hits(st, r, i, False)
         kv_frac = st.repi[XI_KV_USED, r] / st.repi[XI_KV_CAP, r]
         running = st.repi[XI_ND, r] + st.repi[XI_NPF, r]
-        rank = (k - rr) % ncand if policy == ROUTE_RR else 0
-        s = route_score(policy, st.repi[XI_QN, r], running, kv_frac, hits, rank, rand)
+        if policy == ROUTE_COST:
+            p = st.repi[XI_POOL, r]
+            s = cost_route_score(
+                replica_cost(st.poolf[PF_PRICE, p], st.pooli[PI_TP, p], st.poolf[PF_CAPACITY, p]),
+                st.repi[XI_QN, r],
+                running,
+                kv_frac,
+                int(st.clock[C_COST_MAX_QUEUE]),
+                st.clock[C_COST_MAX_KV],
+            )
+        else:
+            rank = (k - rr) % ncand if policy == ROUTE_RR else 0
+            s = route_score(policy, st.repi[XI_QN, r], running, kv_frac, hits, rank, rand)
         if s < best_s:
             best_s = s
             best = r
@@ -198,6 +237,7 @@ def builtin_route(st, i):
 def enqueue(st, i, r, now):
     """Send request i to replica r: it joins r's queue after the inter-region latency."""
     st.rqi[RI_REPLICA, i] = r
+    st.poolf[PF_ROUTED, st.repi[XI_POOL, r]] += 1.0  # the pool's share of its model's demand (scalers)
     vis = now + st.region_lat[st.rqi[RI_REGION, i], st.pooli[PI_REGION, st.repi[XI_POOL, r]]]
     st.rqf[RF_VISIBLE, i] = vis
     if not queue_push(st, r, i):
@@ -311,30 +351,98 @@ def scale_pool(st, p, delta, now):
 
 
 @kernel
+def roll_pool_stats(st):
+    """At a control tick: close the interval's arrival counts per pool (its model's) and update their forecast.
+
+    Runs at every tick whoever scales, so that an external scaler sees the same counts; O(pools).
+    """
+    alpha = st.clock[C_HOLT_ALPHA]
+    beta = st.clock[C_HOLT_BETA]
+    n_pool = st.pooli.shape[1]
+    for p in range(n_pool):  # PF_ARRIVALS is indexed by model id
+        st.poolf[PF_ARR_LAST, p] = st.poolf[PF_ARRIVALS, st.pooli[PI_MODEL, p]]
+        st.poolf[PF_ROUTED_LAST, p] = st.poolf[PF_ROUTED, p]
+        st.poolf[PF_ROUTED, p] = 0.0
+    for p in range(n_pool):
+        st.poolf[PF_ARRIVALS, p] = 0.0
+    for p in range(n_pool):
+        x = st.poolf[PF_ARR_LAST, p]
+        level, trend = holt_update(st.poolf[PF_FC_LEVEL, p], st.poolf[PF_FC_TREND, p], x, alpha, beta)
+        st.poolf[PF_FC_LEVEL, p] = level
+        st.poolf[PF_FC_TREND, p] = trend
+
+
+@kernel
+def pool_load(st, p):
+    """(mean KV utilization of the active replicas, waiting requests on them) of pool p.
+
+    With no active replica, requests held for lack of one are its unmet demand (utilization 1, all queued).
+    """
+    n_active = 0
+    used = 0.0
+    queued = 0
+    first = st.pooli[PI_FIRST_REP, p]
+    for r in range(first, first + st.pooli[PI_MAX, p]):
+        if st.repi[XI_STATE, r] == RS_ACTIVE:
+            n_active += 1
+            used += st.repi[XI_KV_USED, r] / st.repi[XI_KV_CAP, r]
+            queued += st.repi[XI_QN, r]
+    if n_active > 0:
+        return used / n_active, queued
+    held = st.cnt[K_HOLD_N]
+    return (1.0 if held > 0 else 0.0), held
+
+
+@kernel
+def model_totals(st, p):
+    """(requests routed last interval, replicas up x capacity) summed over the pools of pool p's model."""
+    routed = 0.0
+    cap_up = 0.0
+    for q in range(st.pooli.shape[1]):
+        if st.pooli[PI_MODEL, q] == st.pooli[PI_MODEL, p]:
+            n_up, _ = pool_counts(st, q)
+            routed += st.poolf[PF_ROUTED_LAST, q]
+            cap_up += n_up * st.poolf[PF_CAPACITY, q]
+    return routed, cap_up
+
+
+@kernel
 def builtin_scale(st, now):
-    if st.cnt[K_SCALE_POLICY] == 0:  # static
+    policy = st.cnt[K_SCALE_POLICY]
+    if policy == SCALE_STATIC:
         return
+    interval = st.clock[C_TICK_S]
+    # decide every pool on the same snapshot: a pool scaled first must not change the next one's share
     for p in range(st.pooli.shape[1]):
+        st.pooli[PI_SCALE_DELTA, p] = 0
         n_up, n_active = pool_counts(st, p)
-        used = 0.0
-        first = st.pooli[PI_FIRST_REP, p]
-        for r in range(first, first + st.pooli[PI_MAX, p]):
-            if st.repi[XI_STATE, r] == RS_ACTIVE:
-                used += st.repi[XI_KV_USED, r] / st.repi[XI_KV_CAP, r]
-        if n_active > 0:
-            util = used / n_active
+        util, queued = pool_load(st, p)
+        n_min = st.pooli[PI_MIN, p]
+        n_max = st.pooli[PI_MAX, p]
+        if policy == SCALE_REACTIVE:
+            d = reactive_scale_delta(
+                util, st.clock[C_REACTIVE_UP], st.clock[C_REACTIVE_DOWN], n_up, n_min, n_max
+            )
         else:
-            util = 1.0 if st.cnt[K_HOLD_N] > 0 else 0.0  # held requests are unmet demand
-        d = reactive_scale_delta(
-            util,
-            st.clock[C_REACTIVE_UP],
-            st.clock[C_REACTIVE_DOWN],
-            n_up,
-            st.pooli[PI_MIN, p],
-            st.pooli[PI_MAX, p],
-        )
+            if policy == SCALE_FORECAST:
+                horizon = 1.0 + st.poolf[PF_COLD_START, p] / interval
+                count = holt_forecast(st.poolf[PF_FC_LEVEL, p], st.poolf[PF_FC_TREND, p], horizon)
+            else:
+                count = st.poolf[PF_ARR_LAST, p]
+            routed, cap_up = model_totals(st, p)
+            cap = st.poolf[PF_CAPACITY, p]
+            share = pool_share(st.poolf[PF_ROUTED_LAST, p], routed, n_up * cap, cap_up)
+            desired = demand_replicas(count / interval, share, queued, interval, cap, st.clock[C_TARGET_UTIL])
+            cooling = now - st.poolf[PF_LAST_UP, p] < st.clock[C_DOWN_COOLDOWN]
+            d = sized_scale_delta(desired, n_up, n_min, n_max, cooling)
+            if d > 0:
+                st.poolf[PF_LAST_UP, p] = now
+        st.pooli[PI_SCALE_DELTA, p] = d
+    for p in range(st.pooli.shape[1]):
+        d = st.pooli[PI_SCALE_DELTA, p]
         if d != 0:
             scale_pool(st, p, d, now)
+        st.pooli[PI_SCALE_DELTA, p] = 0
 
 
 # ---------------------------------------------------------------- batching decisions
@@ -422,6 +530,7 @@ def advance(st, t_limit):
             i = na
             st.cnt[K_NEXT_ARRIVAL] = na + 1
             st.rqi[RI_STATUS, i] = ST_INFLIGHT
+            st.poolf[PF_ARRIVALS, st.rqi[RI_MODEL, i]] += 1.0  # demand per model, for the forecast scaler
             if (i & 63) == 0:
                 sample_service_gap(st)
             if not fits_any_pool(st, i):
@@ -443,6 +552,7 @@ def advance(st, t_limit):
             st.cnt[K_TICKS] += 1
             expire_queues(st, t)
             sample_service_gap(st)
+            roll_pool_stats(st)
             if st.cnt[K_CTRL_SCALE]:
                 st.cnt[K_PENDING_SCALE] = 1
                 return EV_SCALE

@@ -13,7 +13,7 @@ from numba import njit
 BATCH_FCFS, BATCH_EDF, BATCH_SJF, BATCH_VTC, BATCH_WFS, BATCH_TIER = range(6)
 BATCHING_IDS = {"fcfs": 0, "edf": 1, "sjf": 2, "vtc": 3, "wfs": 4, "tier_priority": 5}
 
-ROUTE_RR, ROUTE_RANDOM, ROUTE_JSQ, ROUTE_LOR, ROUTE_LEAST_KV, ROUTE_P2C, ROUTE_PREFIX = range(7)
+ROUTE_RR, ROUTE_RANDOM, ROUTE_JSQ, ROUTE_LOR, ROUTE_LEAST_KV, ROUTE_P2C, ROUTE_PREFIX, ROUTE_COST = range(8)
 ROUTING_IDS = {
     "round_robin": 0,
     "random": 1,
@@ -22,10 +22,11 @@ ROUTING_IDS = {
     "least_kv": 4,
     "p2c": 5,
     "prefix_affinity": 6,
+    "cost_aware": 7,
 }
 
-SCALE_STATIC, SCALE_REACTIVE = range(2)
-SCALING_IDS = {"static": 0, "reactive": 1}
+SCALE_STATIC, SCALE_REACTIVE, SCALE_TARGET, SCALE_FORECAST = range(4)
+SCALING_IDS = {"static": 0, "reactive": 1, "target_util": 2, "forecast": 3}
 
 # Tier priority must dominate any arrival time; 1e12 s is ~31,000 years of simulated time.
 _TIER_STRIDE = 1e12
@@ -33,6 +34,12 @@ _TIER_STRIDE = 1e12
 _PREFIX_STRIDE = 1e6
 # A secondary key that cannot outweigh one unit of the primary (running sequences are < 1e6).
 _TIE = 1e-6
+# Cost-aware routing: cost ($/replica-hour or $/(req/s)-hour, < 1e6) dominates load (< 1e6 outstanding
+# requests), and any replica predicted to meet the SLO beats every replica that is not.
+_PRICE_STRIDE = 1e6
+_NO_SLO = 1e15
+# Kubernetes HPA's default tolerance (--horizontal-pod-autoscaler-tolerance): no change within 10% of target.
+_HPA_TOLERANCE = 0.1
 
 
 @njit(cache=True, inline="always")
@@ -99,11 +106,119 @@ def route_score(
     return -prefix_hit_blocks * _PREFIX_STRIDE + float(queue_len + running)
 
 
+@njit(cache=True, inline="always")
+def replica_cost(price_per_gpu_hour: float, tp: int, capacity_rps: float) -> float:
+    """What the cost-aware router minimizes: $ per replica-hour, per request/s of capacity when known.
+
+    A faster GPU can cost more per hour and less per request (Llama-2-70B: an H100 replica serves ~2.5x the
+    requests of an A100 one at ~1.9x the price), so with ``capacity_rps`` (NaN: unknown) the router compares
+    the cost of serving a request, not of renting the replica.
+    """
+    per_hour = price_per_gpu_hour * tp
+    if capacity_rps == capacity_rps and capacity_rps > 0.0:
+        return per_hour / capacity_rps
+    return per_hour
+
+
+@njit(cache=True, inline="always")
+def cost_route_score(
+    replica_cost: float,
+    queue_len: int,
+    running: int,
+    kv_frac: float,
+    max_queue: int,
+    max_kv: float,
+) -> float:
+    """Cost-aware routing for heterogeneous pools: the cheapest replica predicted to meet the SLO.
+
+    A replica is predicted to meet the SLO when at most ``max_queue`` requests wait there and its KV cache is
+    at most ``max_kv`` full (the scenario's ``cost_aware_max_kv``). vLLM-style continuous batching admits a
+    request at the next iteration whenever the sequence limit, the token budget and the KV cache allow, so a
+    short queue predicts a TTFT of about one prefill; the KV fill stands for the batch size, which sets the
+    decode iteration time and so the TPOT. Among such replicas the cheapest per replica-hour wins, then the
+    least loaded; if none qualifies, the least loaded replica anywhere (least outstanding requests).
+    ``replica_cost`` comes from ``replica_cost()``.
+    """
+    load = float(queue_len + running)
+    if queue_len <= max_queue and kv_frac <= max_kv:
+        return replica_cost * _PRICE_STRIDE + load
+    return _NO_SLO + load
+
+
 @njit(cache=True)
 def reactive_scale_delta(util: float, up: float, down: float, n_up: int, n_min: int, n_max: int) -> int:
     """SageServe's reactive rule: one more replica above ``up`` utilization, one fewer below ``down``."""
     if util > up and n_up < n_max:
         return 1
     if util < down and n_up > n_min:
+        return -1
+    return 0
+
+
+@njit(cache=True)
+def holt_update(level: float, trend: float, x: float, alpha: float, beta: float) -> tuple[float, float]:
+    """One step of Holt's linear (double exponential) smoothing of a series; NaN level = first sample."""
+    if level != level:
+        return x, 0.0
+    new_level = alpha * x + (1.0 - alpha) * (level + trend)
+    return new_level, beta * (new_level - level) + (1.0 - beta) * trend
+
+
+@njit(cache=True)
+def holt_forecast(level: float, trend: float, horizon_intervals: float) -> float:
+    """Holt's forecast ``horizon_intervals`` ahead (never negative); 0 before the first sample."""
+    if level != level:
+        return 0.0
+    return max(level + trend * horizon_intervals, 0.0)
+
+
+@njit(cache=True)
+def pool_share(routed: float, model_routed: float, capacity_up: float, model_capacity_up: float) -> float:
+    """The share of its model's demand a pool serves (pools of one model split it; a lone pool serves all).
+
+    The pool's share of the requests routed to the model's pools in the last interval, so that the scaler
+    follows the router (a cost-aware router concentrates load on the cheaper pool, which then grows); with
+    nothing routed, its share of the capacity up (replicas up x capacity); with nothing up, all of it.
+    """
+    if model_routed > 0.0:
+        return routed / model_routed
+    if model_capacity_up > 0.0:
+        return capacity_up / model_capacity_up
+    return 1.0
+
+
+@njit(cache=True)
+def demand_replicas(
+    model_rate_per_s: float,
+    share: float,
+    queued: int,
+    interval_s: float,
+    capacity_rps: float,
+    target_util: float,
+) -> float:
+    """Replicas a pool needs for its share of its model's arrival rate plus its backlog, at ``target_util``.
+
+    Load is measured in requests per second against the per-replica capacity ``capacity_rps`` (the highest
+    rate one replica sustains within the SLO, e.g. from the goodput sweep): a signal linear in load, unlike
+    KV utilization, which stays low until a replica nears saturation and then jumps. The pool's ``queued``
+    waiting requests are to be cleared within one control interval.
+    """
+    return (share * model_rate_per_s + queued / interval_s) / (target_util * capacity_rps)
+
+
+@njit(cache=True)
+def sized_scale_delta(desired: float, n_up: int, n_min: int, n_max: int, cooling: bool) -> int:
+    """Replica delta towards ``desired`` replicas: up at once, down by one per tick and not while ``cooling``.
+
+    Kubernetes HPA's tolerance leaves the pool alone while ``desired`` is within 10% of the replicas up
+    (active or starting). Scale-down is damped: one replica per control tick, none during the cooldown after
+    a scale-up (HPA's scale-down stabilization window).
+    """
+    if n_up > 0 and abs(desired / n_up - 1.0) <= _HPA_TOLERANCE:
+        return 0
+    want = min(max(int(np.ceil(desired - 1e-9)), n_min), n_max)
+    if want > n_up:
+        return want - n_up
+    if want < n_up and not cooling:
         return -1
     return 0

@@ -45,8 +45,22 @@ N_RF = 7
 N_RI = 14
 
 # poolf[field, pool] float64 / pooli[field, pool] int64
-PF_COLD_START, PF_BILLED_GPU_S = range(2)
-N_PF = 2
+(
+    PF_COLD_START,
+    PF_BILLED_GPU_S,
+    PF_PRICE,  # $ per GPU-hour (cost-aware routing)
+    # Arrivals since the last control tick, indexed by MODEL id (models <= pools, so the row has room): the
+    # demand a pool sees is that of its model, counted at arrival, independent of routing and scaling.
+    PF_ARRIVALS,
+    PF_ARR_LAST,  # arrivals for the pool's model during the last complete control interval
+    PF_FC_LEVEL,  # Holt forecast of PF_ARR_LAST: level (NaN before the first tick) ...
+    PF_FC_TREND,  # ... and trend per interval
+    PF_LAST_UP,  # time of the built-in scaler's last scale-up of the pool (scale-down cooldown)
+    PF_CAPACITY,  # requests/s one replica sustains within the SLO (target_util and forecast scalers)
+    PF_ROUTED,  # requests routed to the pool since the last control tick ...
+    PF_ROUTED_LAST,  # ... and during the last complete interval: the pool's share of its model's demand
+) = range(11)
+N_PF = 11
 (
     PI_MODEL,
     PI_REGION,
@@ -107,7 +121,16 @@ N_TF = 3
 # clock[] float64 scalars
 C_NOW, C_NEXT_TICK, C_HORIZON, C_TICK_S, C_MAX_WAIT, C_MAX_GAP, C_LAST_LEFT_COUNTER = range(7)
 C_REACTIVE_UP, C_REACTIVE_DOWN = 7, 8
-N_CLOCK = 9
+# parameters of the cost-aware router and the target-utilization and forecast scalers (PoliciesConfig)
+(
+    C_COST_MAX_QUEUE,
+    C_COST_MAX_KV,
+    C_TARGET_UTIL,
+    C_HOLT_ALPHA,
+    C_HOLT_BETA,
+    C_DOWN_COOLDOWN,
+) = range(9, 15)
+N_CLOCK = 15
 
 # cnt[] int64 scalars
 (

@@ -1,0 +1,234 @@
+"""Policies by name (Vidur-style registry), so scripts and the leaderboard take a name or a checkpoint path.
+
+Names:
+- a single rule: a batching (``"edf"``), routing (``"jsq"``) or scaling (``"reactive"``) baseline;
+- a combination for ``Cluster-v0``: rules joined by ``+``, at most one per decision kind, in any order
+  (``"edf+jsq+reactive"``);
+- a path to a checkpoint (a file that exists, or a name ending in ``.zip``/``.pt``), loaded by the loader
+  registered for its suffix (``register_checkpoint_loader``).
+
+Every built-in name is also a rule of the simulator core, so ``builtin_policies(name)`` gives the scenario
+override (``{"batching": ..., "routing": ..., "scaling": ...}``) that runs it inside the core, exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from baselines.batching import DESCRIPTIONS as BATCHING_DESCRIPTIONS
+from baselines.batching import BatchingRule
+from baselines.policy import BasePolicy, Policy, PolicyError
+from baselines.routing import DESCRIPTIONS as ROUTING_DESCRIPTIONS
+from baselines.routing import RoutingRule
+from baselines.scaling import DESCRIPTIONS as SCALING_DESCRIPTIONS
+from baselines.scaling import ScalingRule
+
+KIND_TO_POLICY_KEY = {"batch": "batching", "route": "routing", "scale": "scaling"}
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    name: str
+    kind: str  # "batch", "route", "scale" (the decision it answers)
+    factory: Callable[..., Policy]
+    description: str = ""
+    builtin: bool = False  # also a rule of the simulator core (runs exactly via scenario overrides)
+
+
+_REGISTRY: dict[str, PolicySpec] = {}
+_CHECKPOINT_LOADERS: dict[str, Callable[..., Policy]] = {}
+
+
+def register(
+    name: str,
+    kind: str,
+    factory: Callable[..., Policy],
+    description: str = "",
+    builtin: bool = False,
+    overwrite: bool = False,
+) -> None:
+    """Register a policy factory under ``name`` for decisions of ``kind``."""
+    if kind not in KIND_TO_POLICY_KEY:
+        raise ValueError(f"register({name!r}): kind must be one of {list(KIND_TO_POLICY_KEY)}, got {kind!r}")
+    if "+" in name:
+        raise ValueError(f"register({name!r}): '+' joins names of a combination and cannot be in a name")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"register({name!r}): already registered (pass overwrite=True to replace it)")
+    _REGISTRY[name] = PolicySpec(name, kind, factory, description, builtin)
+
+
+def register_checkpoint_loader(suffix: str, loader: Callable[..., Policy]) -> None:
+    """``loader(path, **kw) -> Policy`` for checkpoint files ending in ``suffix`` (e.g. ``".zip"``)."""
+    _CHECKPOINT_LOADERS[suffix] = loader
+
+
+def list_policies(kind: str | None = None) -> list[str]:
+    """Registered single-rule names (combine them with ``+``), optionally only those answering ``kind``."""
+    return [n for n, s in _REGISTRY.items() if kind is None or s.kind == kind]
+
+
+def policy_spec(name: str) -> PolicySpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise PolicyError(f"unknown policy {name!r}; known: {list_policies()}") from None
+
+
+def split_combination(name: str) -> dict[str, str]:
+    """``"edf+jsq+reactive"`` -> ``{"batch": "edf", "route": "jsq", "scale": "reactive"}``."""
+    parts = [p.strip() for p in name.split("+")]
+    out: dict[str, str] = {}
+    for part in parts:
+        spec = policy_spec(part)
+        if spec.kind in out:
+            raise PolicyError(
+                f"policy {name!r}: {out[spec.kind]!r} and {part!r} both answer {spec.kind!r} decisions"
+            )
+        out[spec.kind] = part
+    return out
+
+
+def is_checkpoint(name_or_path: str | Path) -> bool:
+    p = Path(name_or_path)
+    return p.suffix in (".zip", ".pt", ".pth", ".ckpt") or (p.exists() and p.is_file())
+
+
+def builtin_policies(name: str) -> dict[str, str] | None:
+    """The scenario ``policies`` override that runs ``name`` inside the core, or None if it cannot be."""
+    if is_checkpoint(name):
+        return None
+    parts = split_combination(name)
+    if not all(_REGISTRY[n].builtin for n in parts.values()):
+        return None
+    return {KIND_TO_POLICY_KEY[k]: n for k, n in parts.items()}
+
+
+def make_policy(name_or_path: str | Path, **kwargs: Any) -> Policy:
+    """A fresh policy by registered name, ``+`` combination, or checkpoint path.
+
+    ``kwargs`` go to the factories; for a combination each factory gets the keyword arguments its rule
+    accepts (e.g. ``replica_capacity_rps`` reaches the scaler, ``max_queue`` the router).
+    """
+    if is_checkpoint(name_or_path):
+        path = Path(name_or_path)
+        loader = _CHECKPOINT_LOADERS.get(path.suffix)
+        if loader is None:
+            raise PolicyError(
+                f"no checkpoint loader for {str(path)!r} (suffix {path.suffix!r}); "
+                f"registered: {sorted(_CHECKPOINT_LOADERS)}"
+            )
+        return loader(path, **kwargs)
+    name = str(name_or_path)
+    parts = split_combination(name)
+    if len(parts) == 1:
+        spec = _REGISTRY[name.strip()]
+        return spec.factory(**kwargs)
+    subs = {
+        kind: _REGISTRY[n].factory(**_accepted(_REGISTRY[n].factory, kwargs)) for kind, n in parts.items()
+    }
+    return ClusterPolicy(name, subs)
+
+
+def _accepted(factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(kwargs)
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+class ClusterPolicy(BasePolicy):
+    """One sub-policy per decision kind; each decision goes to the one that answers ``info["decision"]``."""
+
+    def __init__(self, name: str, subs: Mapping[str, Policy]) -> None:
+        super().__init__()
+        self.name = name
+        self.subs = dict(subs)
+        self.decisions = tuple(self.subs)
+
+    def reset(self, seed: int | None = None) -> None:
+        super().reset(seed)
+        # distinct, reproducible seeds per sub-policy
+        for j, kind in enumerate(sorted(self.subs)):
+            sub_seed = None if seed is None else int(np.random.SeedSequence([seed, j]).generate_state(1)[0])
+            self.subs[kind].reset(sub_seed)
+
+    def decide(self, obs: Any, info: Mapping[str, Any], st: dict[str, Any]) -> Any:
+        kind = info.get("decision")
+        sub = self.subs.get(kind)
+        if sub is None:
+            raise PolicyError(
+                f"policy {self.name!r} has no rule for decision={kind!r}; it answers {list(self.subs)}"
+            )
+        if isinstance(sub, BasePolicy):
+            return sub.decide(obs, info, sub.state(st["env"]))
+        return sub.act(obs, info)
+
+
+def _register_builtins() -> None:
+    # partial() keeps the rule classes' keyword signatures visible to _accepted()
+    for rule, desc in BATCHING_DESCRIPTIONS.items():
+        register(rule, "batch", functools.partial(BatchingRule, rule), desc, builtin=True)
+    for rule, desc in ROUTING_DESCRIPTIONS.items():
+        register(rule, "route", functools.partial(RoutingRule, rule), desc, builtin=True)
+    for rule, desc in SCALING_DESCRIPTIONS.items():
+        register(rule, "scale", functools.partial(ScalingRule, rule), desc, builtin=True)
+
+
+def _load_sb3(path: Path, algo: str = "PPO", **kwargs: Any) -> Policy:
+    """A Stable-Baselines3 (or sb3-contrib) checkpoint; ``algo`` names its class (``PPO``, ``MaskablePPO``)."""
+    import importlib
+
+    for module in ("stable_baselines3", "sb3_contrib"):
+        cls = getattr(importlib.import_module(module), algo, None)
+        if cls is not None:
+            return SB3Policy(str(path), cls.load(str(path), **kwargs))
+    raise PolicyError(
+        f"checkpoint {str(path)!r}: no algorithm class {algo!r} in stable_baselines3/sb3_contrib"
+    )
+
+
+class SB3Policy:
+    """A trained SB3 model as a policy: deterministic ``predict``, with the action mask when it takes one."""
+
+    def __init__(self, name: str, model: Any) -> None:
+        self.name = name
+        self.model = model
+
+    def reset(self, seed: int | None = None) -> None:
+        if seed is not None:
+            self.model.set_random_seed(seed)
+
+    def _predict(self, obs: Any, masks: Any) -> Any:
+        import inspect
+
+        if masks is not None and "action_masks" in inspect.signature(self.model.predict).parameters:
+            return self.model.predict(obs, deterministic=True, action_masks=masks)[0]
+        return self.model.predict(obs, deterministic=True)[0]
+
+    def act(self, obs: Any, info: Mapping[str, Any]) -> Any:
+        return self._predict(obs, info.get("action_mask"))
+
+    def act_batch(self, obs: Any, infos: Any) -> np.ndarray:
+        from baselines.policy import unbatch_infos
+
+        per_env = unbatch_infos(
+            infos, len(obs) if not isinstance(obs, Mapping) else len(next(iter(obs.values())))
+        )
+        masks = [i.get("action_mask") for i in per_env]
+        stacked = None if any(m is None for m in masks) else np.stack([np.asarray(m) for m in masks])
+        return np.asarray(self._predict(obs, stacked))
+
+
+_register_builtins()
+register_checkpoint_loader(".zip", _load_sb3)
