@@ -20,7 +20,7 @@ def _numba_cache_dir() -> None:
         return
     here = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for sub in ("sim", "perf"):
+    for sub in ("sim", "perf", "gym"):
         for f in sorted((here / sub).glob("*.py")):
             h.update(f.name.encode())
             h.update(f.read_bytes())
@@ -29,3 +29,33 @@ def _numba_cache_dir() -> None:
 
 
 _numba_cache_dir()
+
+
+# ---------------------------------------------------------------- Gymnasium registration (envs/gym)
+def register_envs() -> None:
+    """Register the servegym envs; ``import envs`` does it, so ``gymnasium.make("servegym/Route-v0")`` works.
+
+    No ``max_episode_steps``: every env truncates itself at the scenario's simulated horizon, and the number
+    of steps until then is random for the event-driven envs (and follows horizon_s for Scale), so a fixed
+    step limit would silently cut episodes short when a user changes horizon_s.
+    """
+    from gymnasium.envs.registration import register, registry
+
+    for name, module, cls in (
+        ("Route", "route", "RouteEnv"),
+        ("Batch", "batch", "BatchEnv"),
+        ("Scale", "scale", "ScaleEnv"),
+        ("Cluster", "cluster", "ClusterEnv"),
+    ):
+        env_id = f"servegym/{name}-v0"
+        if env_id in registry:
+            continue
+        register(
+            id=env_id,
+            entry_point=f"envs.gym.{module}:{cls}",
+            vector_entry_point=f"envs.gym.vector:{name}VectorEnv",
+            kwargs={"scenario": "chat_azure" if name in ("Route", "Batch") else "hetero_a100_h100"},
+        )
+
+
+register_envs()

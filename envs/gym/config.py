@@ -1,0 +1,326 @@
+"""Env configuration: defaults, validation of overrides, and the fixed layout of observations and actions.
+
+A config is a plain dict (highway-env style). ``default_config()`` of each env class gives every key; a user
+overrides keys through constructor keyword arguments, a ``config=`` dict, or per episode through
+``reset(options={"config": {...}})``. Unknown keys raise a ``ConfigError`` naming the key. Keys that size the
+spaces (``SPACE_KEYS``) are fixed when the env is built, because Gymnasium spaces cannot change.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from envs.sim.policies import BATCHING_IDS
+
+MODE_ROUTE, MODE_BATCH, MODE_SCALE, MODE_CLUSTER = range(4)
+MODE_NAMES = ("route", "batch", "scale", "cluster")
+CONTROLS = {
+    MODE_ROUTE: ("route",),
+    MODE_BATCH: ("batch",),
+    MODE_SCALE: ("scale",),
+    MODE_CLUSTER: ("route", "batch", "scale"),
+}
+DECISIONS = ("none", "route", "batch", "scale")  # indexed by the core's EV_* code (EV_DONE=0 -> "none")
+
+# Raw reward components, in the order the kernel writes them; the weighted reward follows them.
+REWARD_KEYS = (
+    "slo_met",
+    "slo_met_tokens",
+    "slo_missed",
+    "drops",
+    "cost_usd",
+    "fairness_gap",
+    "invalid_action",
+)
+# +1: a good thing per unit, -1: a cost per unit. reward = sum(sign * weight * component).
+REWARD_SIGNS = (1.0, 1.0, -1.0, -1.0, -1.0, -1.0, -1.0)
+NORM_KEYS = (
+    "prompt_tokens",
+    "queue",
+    "slack_s",
+    "wait_s",
+    "counter",
+    "rate_per_s",
+    "cost_usd_per_hour",
+    "price_per_hour",
+    "cold_start_s",
+    "tpot_s",
+)
+SPACE_KEYS = ("max_replicas", "max_pools", "top_k", "scale_step", "rate_bins")
+INVALID_MODES = ("raise", "noop_penalty")
+
+
+class ConfigError(ValueError):
+    """A config key or value that the env does not accept; the message names the key."""
+
+
+def base_config() -> dict[str, Any]:
+    """Every key an env accepts, with its default (the env classes change ``scenario`` and a few more)."""
+    return {
+        # A scenario name under configs/scenarios/ or a path to a YAML file.
+        "scenario": "chat_azure",
+        # Deep-merged over the scenario's YAML mapping (lists are replaced whole), e.g. {"policies": {...}}.
+        "scenario_overrides": {},
+        # Shortcut for scenario_overrides["horizon_s"]; None keeps the scenario's horizon.
+        "horizon_s": None,
+        # None: every episode draws a fresh workload seed from the env's np_random (seeded by reset(seed=...)).
+        # An int: the same workload every episode (evaluation on a fixed trace sample).
+        "sim_seed": None,
+        # Padding of the variable-size parts; None takes the size of the scenario the env is built with.
+        "max_replicas": None,
+        "max_pools": None,
+        # Batch: the K best waiting requests (in `batch_order`) the agent picks from; action K starts the batch.
+        "top_k": 8,
+        # "scenario" ranks the K slots by the scenario's batching rule, or name one of envs.sim.policies.
+        "batch_order": "scenario",
+        # Scale: each pool's action is a replica delta in [-scale_step, scale_step].
+        "scale_step": 2,
+        # Arrival-rate history in the global features: rate_bins bins of rate_bin_s seconds, per tier.
+        "rate_bins": 4,
+        "rate_bin_s": 15.0,
+        # Period of the time-of-day features; None takes the scenario's diurnal period, else one day.
+        "day_period_s": None,
+        # "raise": an out-of-range or masked action raises InvalidActionError. "noop_penalty": it is replaced
+        # by the decision's no-op (route: the scenario's built-in rule; batch: start now; scale: hold) and the
+        # step's invalid_action component is 1.
+        "invalid_action": "raise",
+        # Raw candidate features of the pending decision in info (docs/envs.md); False saves ~3 us per step.
+        "info_features": True,
+        # Weights of the reward components (docs/envs.md): reward = sum(sign * weight * component).
+        "reward": {
+            "slo_met": 1.0,  # per completion that met its SLO
+            "slo_met_tokens": 0.0,  # per output token of those completions
+            "slo_missed": 1.0,  # per completion that missed its SLO
+            "drops": 1.0,  # per dropped request
+            "cost_usd": 100.0,  # per USD of GPU time billed: a met request is worth 1 cent
+            "fairness_gap": 0.0,  # per VTC token of growth of the max service gap between tenants
+            "invalid_action": 1.0,  # per replaced invalid action (invalid_action="noop_penalty")
+        },
+        # Scales that map raw features to ~[0, 1] (values beyond are clipped to the Box bounds).
+        "norm": {
+            "prompt_tokens": 8192.0,
+            "queue": 64.0,
+            "slack_s": 10.0,
+            "wait_s": 10.0,
+            "counter": 100000.0,
+            "rate_per_s": 20.0,
+            "cost_usd_per_hour": 100.0,
+            "price_per_hour": 50.0,  # per replica (price per GPU-hour x tp)
+            "cold_start_s": 600.0,
+            "tpot_s": 0.5,
+        },
+    }
+
+
+def merge_config(base: dict[str, Any], override: dict[str, Any] | None, where: str) -> dict[str, Any]:
+    """``base`` updated by ``override``; unknown keys (also inside ``reward`` and ``norm``) raise ConfigError."""
+    out = copy.deepcopy(base)
+    if not override:
+        return out
+    if not isinstance(override, dict):
+        raise ConfigError(f"{where}: expected a dict of config keys, got {type(override).__name__}")
+    for key, val in override.items():
+        if key not in out:
+            raise ConfigError(f"{where}: unknown config key {key!r}; known keys: {sorted(out)}")
+        if key in ("reward", "norm"):
+            if not isinstance(val, dict):
+                raise ConfigError(f"{where}: config key {key!r} must be a dict, got {type(val).__name__}")
+            for sub, x in val.items():
+                if sub not in out[key]:
+                    raise ConfigError(f"{where}: unknown key {key}.{sub!r}; known: {sorted(out[key])}")
+                out[key][sub] = x
+        elif key == "scenario_overrides":
+            if not isinstance(val, dict):
+                raise ConfigError(f"{where}: scenario_overrides must be a dict, got {type(val).__name__}")
+            out[key] = copy.deepcopy(val)
+        else:
+            out[key] = copy.deepcopy(val)
+    return out
+
+
+def check_values(cfg: dict[str, Any], where: str) -> None:
+    """Type and range checks of the scalar keys, so a bad value fails here and not inside the kernel."""
+
+    def need(cond: bool, key: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{where}: config key {key!r} {msg}, got {cfg[key]!r}")
+
+    def is_int(x: Any) -> bool:
+        return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+    def is_num(x: Any) -> bool:
+        return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+    need(cfg["invalid_action"] in INVALID_MODES, "invalid_action", f"must be one of {INVALID_MODES}")
+    need(
+        cfg["batch_order"] == "scenario" or cfg["batch_order"] in BATCHING_IDS,
+        "batch_order",
+        f"must be 'scenario' or one of {sorted(BATCHING_IDS)}",
+    )
+    need(is_int(cfg["top_k"]) and 1 <= cfg["top_k"] <= 256, "top_k", "must be an int in [1, 256]")
+    need(
+        is_int(cfg["scale_step"]) and 1 <= cfg["scale_step"] <= 64, "scale_step", "must be an int in [1, 64]"
+    )
+    need(is_int(cfg["rate_bins"]) and 1 <= cfg["rate_bins"] <= 64, "rate_bins", "must be an int in [1, 64]")
+    need(is_num(cfg["rate_bin_s"]) and cfg["rate_bin_s"] > 0, "rate_bin_s", "must be a number > 0")
+    for key in ("max_replicas", "max_pools"):
+        need(cfg[key] is None or (is_int(cfg[key]) and cfg[key] >= 1), key, "must be None or an int >= 1")
+    for key in ("horizon_s", "day_period_s"):
+        need(cfg[key] is None or (is_num(cfg[key]) and cfg[key] > 0), key, "must be None or a number > 0")
+    need(cfg["sim_seed"] is None or is_int(cfg["sim_seed"]), "sim_seed", "must be None or an int")
+    need(isinstance(cfg["info_features"], bool), "info_features", "must be a bool")
+    for sub, x in cfg["reward"].items():
+        if not (is_num(x) and np.isfinite(x)):
+            raise ConfigError(f"{where}: reward.{sub} must be a finite number, got {x!r}")
+    for sub, x in cfg["norm"].items():
+        if not (is_num(x) and np.isfinite(x) and x > 0):
+            raise ConfigError(f"{where}: norm.{sub} must be a finite number > 0, got {x!r}")
+
+
+# ---------------------------------------------------------------- observation layout
+
+REQUEST_FEATURES = (
+    "valid",
+    "prompt_tokens",
+    "tier_interactive",
+    "tier_batch",
+    "slack",
+    "slack_fraction",
+    "tenant_counter",
+    "tenant_weight",
+    "tpot_slo",
+)
+REPLICA_FEATURES = (
+    "exists",
+    "starting",
+    "active",
+    "draining",
+    "queue_len",
+    "running",
+    "kv_frac",
+    "wait_estimate",
+    "busy",
+    "startup_left",
+)  # followed by a one-hot of the replica's pool (max_pools entries)
+POOL_FEATURES = (
+    "exists",
+    "n_up",
+    "n_active",
+    "n_starting",
+    "n_draining",
+    "min_replicas",
+    "max_replicas",
+    "kv_util",
+    "queue_len",
+    "price",
+    "cold_start",
+    "tp",
+)
+GLOBAL_FEATURES = (
+    "time_of_day_sin",
+    "time_of_day_cos",
+    "progress",
+    "cost_rate",
+    "slo_attainment",
+    "drop_fraction",
+    "held",
+)  # followed by arrival rates: tier-major, newest bin first (2 x rate_bins entries)
+CANDIDATE_FEATURES = (
+    "present",
+    "admissible",
+    "prompt_tokens",
+    "tier_interactive",
+    "tier_batch",
+    "slack",
+    "slack_fraction",
+    "waited",
+    "tenant_counter",
+    "tenant_weight",
+    "preempted",
+)
+FORMING_FEATURES = (
+    "valid",
+    "running",
+    "kv_frac",
+    "budget_left",
+    "prefilling",
+    "queue_len",
+    "visible_waiting",
+)  # followed by a one-hot of the replica's pool
+# Features with range [-1, 1]; everything else is in [0, 1].
+SIGNED = {"slack", "slack_fraction", "time_of_day_sin", "time_of_day_cos"}
+
+GROUPS = ("decision", "request", "prefix_hits", "candidates", "forming", "replicas", "pools", "global")
+MODE_GROUPS = {
+    MODE_ROUTE: ("request", "prefix_hits", "replicas", "pools", "global"),
+    MODE_BATCH: ("candidates", "forming", "replicas", "pools", "global"),
+    MODE_SCALE: ("pools", "replicas", "global"),
+    MODE_CLUSTER: GROUPS,
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Sizes and offsets shared by the Python side and the kernels (packed into the aux ``ai`` array)."""
+
+    mode: int
+    r_pad: int
+    p_pad: int
+    k: int
+    scale_step: int
+    rate_bins: int
+    names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # feature names per obs key
+    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # [start, stop) in the flat buffer
+    obs_size: int = 0
+    nvec: tuple[int, ...] = ()  # action dims
+    act_offsets: tuple[int, int, int] = (-1, -1, -1)  # action index of the route / batch / first scale dim
+    mask_offsets: tuple[int, int, int] = (-1, -1, -1)
+
+    @staticmethod
+    def build(mode: int, r_pad: int, p_pad: int, k: int, scale_step: int, rate_bins: int) -> Layout:
+        pool_onehot = tuple(f"pool_{p}" for p in range(p_pad))
+        per = {
+            "decision": ("route", "batch", "scale"),
+            "request": REQUEST_FEATURES,
+            "prefix_hits": tuple(f"replica_{r}" for r in range(r_pad)),
+            "candidates": tuple(f"{j}/{f}" for j in range(k) for f in CANDIDATE_FEATURES),
+            "forming": FORMING_FEATURES + pool_onehot,
+            "replicas": tuple(f"{r}/{f}" for r in range(r_pad) for f in REPLICA_FEATURES + pool_onehot),
+            "pools": tuple(f"{p}/{f}" for p in range(p_pad) for f in POOL_FEATURES),
+            "global": GLOBAL_FEATURES
+            + tuple(f"rate/{tier}/{b}" for tier in ("interactive", "batch") for b in range(rate_bins)),
+        }
+        names: dict[str, tuple[str, ...]] = {}
+        offsets: dict[str, tuple[int, int]] = {}
+        pos = 0
+        for g in MODE_GROUPS[mode]:
+            names[g] = per[g]
+            offsets[g] = (pos, pos + len(per[g]))
+            pos += len(per[g])
+        ns = 2 * scale_step + 1
+        if mode == MODE_ROUTE:
+            nvec, act, msk = (r_pad,), (0, -1, -1), (0, -1, -1)
+        elif mode == MODE_BATCH:
+            nvec, act, msk = (k + 1,), (-1, 0, -1), (-1, 0, -1)
+        elif mode == MODE_SCALE:
+            nvec, act, msk = (ns,) * p_pad, (-1, -1, 0), (-1, -1, 0)
+        else:
+            nvec, act, msk = (r_pad, k + 1) + (ns,) * p_pad, (0, 1, 2), (0, r_pad, r_pad + k + 1)
+        return Layout(mode, r_pad, p_pad, k, scale_step, rate_bins, names, offsets, pos, nvec, act, msk)
+
+    def low(self, group: str) -> np.ndarray:
+        """Lower Box bound per feature: -1 for signed features, else 0 (the upper bound is always 1)."""
+        return np.array(
+            [-1.0 if n.rsplit("/", 1)[-1] in SIGNED else 0.0 for n in self.names[group]], np.float32
+        )
+
+    def off(self, group: str) -> int:
+        return self.offsets[group][0] if group in self.offsets else -1
+
+    @property
+    def mask_size(self) -> int:
+        return int(sum(self.nvec))
