@@ -14,6 +14,7 @@ override (``{"batching": ..., "routing": ..., "scaling": ...}``) that runs it in
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,14 +186,50 @@ def _register_builtins() -> None:
         register(rule, "scale", functools.partial(ScalingRule, rule), desc, builtin=True)
 
 
-def _load_sb3(path: Path, algo: str = "PPO", **kwargs: Any) -> Policy:
-    """A Stable-Baselines3 (or sb3-contrib) checkpoint; ``algo`` names its class (``PPO``, ``MaskablePPO``)."""
-    import importlib
+def run_files(path: Path) -> dict[str, Path]:
+    """The files scripts/train.py writes beside a model: its run folder holds config.yaml and vecnormalize.pkl.
 
+    A model may be the run's model.zip, best/best_model.zip or checkpoints/model_<n>_steps.zip.
+    """
+    out: dict[str, Path] = {}
+    for folder in (path.parent, path.parent.parent):
+        if "config" not in out and (folder / "config.yaml").exists():
+            out["config"] = folder / "config.yaml"
+    m = re.match(r"model_(\d+)_steps\.zip$", path.name)
+    stats = [path.parent / f"model_vecnormalize_{m.group(1)}_steps.pkl"] if m else []
+    stats += [path.parent / "vecnormalize.pkl", path.parent.parent / "vecnormalize.pkl"]
+    for s in stats:
+        if s.exists():
+            out["vecnormalize"] = s
+            break
+    return out
+
+
+def _load_sb3(path: Path, algo: str | None = None, **kwargs: Any) -> Policy:
+    """A Stable-Baselines3 (or sb3-contrib) checkpoint; ``algo`` names its class (``PPO``, ``MaskablePPO``).
+
+    Without ``algo``, the run's config.yaml says which (scripts/train.py writes it); observation
+    normalization statistics saved beside the model are applied before ``predict``.
+    """
+    import importlib
+    import pickle
+
+    import yaml
+
+    files = run_files(Path(path))
+    run_cfg = yaml.safe_load(files["config"].read_text()) if "config" in files else {}
+    if algo is None:
+        algo = {"maskable_ppo": "MaskablePPO", "ppo": "PPO"}.get(run_cfg.get("algo", "ppo"), "PPO")
+    obs_norm = None
+    if "vecnormalize" in files and run_cfg.get("normalize_obs", False):
+        with open(files["vecnormalize"], "rb") as f:
+            obs_norm = pickle.load(f)
     for module in ("stable_baselines3", "sb3_contrib"):
         cls = getattr(importlib.import_module(module), algo, None)
         if cls is not None:
-            return SB3Policy(str(path), cls.load(str(path), **kwargs))
+            policy = SB3Policy(str(path), cls.load(str(path), device="cpu", **kwargs), obs_norm)
+            policy.env_id = run_cfg.get("env_id")
+            return policy
     raise PolicyError(
         f"checkpoint {str(path)!r}: no algorithm class {algo!r} in stable_baselines3/sb3_contrib"
     )
@@ -201,9 +238,11 @@ def _load_sb3(path: Path, algo: str = "PPO", **kwargs: Any) -> Policy:
 class SB3Policy:
     """A trained SB3 model as a policy: deterministic ``predict``, with the action mask when it takes one."""
 
-    def __init__(self, name: str, model: Any) -> None:
+    def __init__(self, name: str, model: Any, obs_norm: Any = None) -> None:
         self.name = name
         self.model = model
+        self.obs_norm = obs_norm  # a VecNormalize whose statistics were saved with the model, or None
+        self.env_id: str | None = None  # the env the model was trained on, when its run config says
 
     def reset(self, seed: int | None = None) -> None:
         if seed is not None:
@@ -212,6 +251,8 @@ class SB3Policy:
     def _predict(self, obs: Any, masks: Any) -> Any:
         import inspect
 
+        if self.obs_norm is not None:
+            obs = self.obs_norm.normalize_obs(obs)
         if masks is not None and "action_masks" in inspect.signature(self.model.predict).parameters:
             return self.model.predict(obs, deterministic=True, action_masks=masks)[0]
         return self.model.predict(obs, deterministic=True)[0]

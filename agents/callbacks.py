@@ -1,0 +1,56 @@
+"""TensorBoard charts of the episode metrics, per rollout, for SB3 training.
+
+The envs put the full metrics dict (envs/metrics.py) in the final ``info`` of every episode and the reward
+components in every ``info``; this callback averages them over the episodes that ended during a rollout and
+logs them under ``charts/`` and ``reward/``, beside SB3's own ``rollout/`` and ``train/`` scalars.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+# metric key in envs/metrics.py -> TensorBoard tag
+CHART_KEYS = {
+    "slo_attainment": "charts/slo_attainment",
+    "goodput/req_per_s": "charts/goodput_req_per_s",
+    "goodput/req_per_s_per_gpu": "charts/goodput_req_per_s_per_gpu",
+    "cost/usd": "charts/cost_usd",
+    "cost/usd_per_1m_output_tokens": "charts/cost_usd_per_1m_tokens",
+    "ttft_s/p99": "charts/ttft_p99_s",
+    "fairness/jain": "charts/fairness_jain",
+    "dropped": "charts/drops",
+    "drop_rate": "charts/drop_rate",
+}
+
+
+class ChartsCallback(BaseCallback):
+    def __init__(self, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self._episodes: dict[str, list[float]] = defaultdict(list)
+        self._components: dict[str, list[float]] = defaultdict(list)
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", ()):
+            metrics = info.get("metrics")
+            if metrics:
+                for key, tag in CHART_KEYS.items():
+                    v = metrics.get(key)
+                    if v is not None and math.isfinite(float(v)):
+                        self._episodes[tag].append(float(v))
+            for key, v in (info.get("reward_components") or {}).items():
+                self._components[f"reward/{key}"].append(float(v))
+        return True
+
+    def _on_rollout_end(self) -> None:
+        for tag, vals in self._episodes.items():
+            self.logger.record(tag, float(np.mean(vals)))
+        if self._episodes:
+            self.logger.record("charts/episodes", len(next(iter(self._episodes.values()))))
+        for tag, vals in self._components.items():
+            self.logger.record(tag, float(np.sum(vals)) / max(1, self.training_env.num_envs))
+        self._episodes.clear()
+        self._components.clear()

@@ -1,0 +1,86 @@
+"""Agent hyperparameters: one YAML file per (env id, scenario) under ``configs/agents/``, rl-zoo style.
+
+Validated like the scenarios: an unknown key or a bad value names the file and key path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+AGENT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "agents"
+
+
+class AgentConfigError(ValueError):
+    """An agent config that does not validate; the message names the file and key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PPOParams(_Strict):
+    """stable-baselines3 PPO arguments (defaults are SB3's unless a comment says otherwise)."""
+
+    learning_rate: Annotated[float, Field(gt=0)] = 3e-4
+    n_steps: Annotated[int, Field(ge=8)] = 256  # per env; SB3's 2048 is slow feedback for short episodes
+    batch_size: Annotated[int, Field(ge=8)] = 256
+    n_epochs: Annotated[int, Field(ge=1)] = 10
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.99
+    gae_lambda: Annotated[float, Field(gt=0, le=1)] = 0.95
+    clip_range: Annotated[float, Field(gt=0)] = 0.2
+    ent_coef: Annotated[float, Field(ge=0)] = 0.01  # some exploration: masked discrete actions collapse early
+    vf_coef: Annotated[float, Field(ge=0)] = 0.5
+    max_grad_norm: Annotated[float, Field(gt=0)] = 0.5
+
+
+class NetworkConfig(_Strict):
+    extractor: Literal["set", "flat"] = "set"  # set: shared MLP over slots + pooling; flat: concatenation
+    slot_hidden: Annotated[int, Field(ge=4)] = 64
+    global_hidden: Annotated[int, Field(ge=4)] = 64
+    net_arch: list[Annotated[int, Field(ge=4)]] = [64, 64]
+
+
+class AgentConfig(_Strict):
+    env_id: str
+    scenario: str
+    env_config: dict[str, Any] = {}  # keyword overrides of the env's default_config()
+    algo: Literal["ppo", "maskable_ppo"] = "maskable_ppo"
+    total_timesteps: Annotated[int, Field(ge=1)] = 50_000
+    n_envs: Annotated[int, Field(ge=1)] = 4
+    normalize_obs: bool = False
+    normalize_reward: bool = True
+    train_seeds: list[int] = list(range(0, 100))
+    eval_seeds: list[int] = list(range(1000, 1005))  # held out: never used for training
+    eval_freq: Annotated[int, Field(ge=1)] = 10_000  # total env steps between evaluations
+    checkpoint_freq: Annotated[int, Field(ge=1)] = 10_000
+    ppo: PPOParams = PPOParams()
+    network: NetworkConfig = NetworkConfig()
+
+
+def agent_config_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return AGENT_CONFIG_DIR / f"{name_or_path}.yaml"
+
+
+def load_agent_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> AgentConfig:
+    path = agent_config_path(name_or_path)
+    if not path.exists():
+        known = sorted(p.stem for p in AGENT_CONFIG_DIR.glob("*.yaml"))
+        raise AgentConfigError(f"{path}: no such agent config; known: {known}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise AgentConfigError(f"{path}: not valid YAML: {e}") from None
+    raw.update(overrides or {})
+    try:
+        return AgentConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{path}: invalid agent config"]
+        lines += [f"  {'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise AgentConfigError("\n".join(lines)) from None

@@ -1,0 +1,210 @@
+"""Train a (maskable) PPO agent on a servegym env; read top to bottom, CleanRL style.
+
+    python scripts/train.py --env servegym/Route-v0 --scenario chat_azure --timesteps 20000 --out runs/route
+
+Writes under ``--out``: ``model.zip`` (final), ``best/best_model.zip`` (best on the held-out eval seeds),
+``checkpoints/`` (with VecNormalize statistics), ``tb/`` (TensorBoard: SB3's scalars plus ``charts/...``),
+``config.yaml`` (the resolved config) and ``meta.json`` (versions, git commit, command, wall time).
+``--resume`` continues from the newest checkpoint in ``--out`` and keeps counting steps from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from agents.config import AgentConfig, load_agent_config
+
+
+def default_config_name(env_id: str, scenario: str) -> str:
+    return f"{env_id.split('/')[-1].split('-')[0].lower()}_{scenario}"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted(
+        (out / "checkpoints").glob("model_*_steps.zip"),
+        key=lambda p: int(re.search(r"_(\d+)_steps", p.name).group(1)),  # type: ignore[union-attr]
+    )
+    return ckpts[-1] if ckpts else None
+
+
+def make_vec_env(cfg: AgentConfig, n_envs: int, seed: int):
+    """The native numba vector env behind SB3's VecEnv interface (falls back to the env's defaults)."""
+    from envs.gym.sb3 import SB3VecEnv
+
+    venv = SB3VecEnv(cfg.env_id, num_envs=n_envs, scenario=cfg.scenario, **cfg.env_config)
+    venv.seed(seed)
+    return venv
+
+
+def build_model(cfg: AgentConfig, venv, out: Path, seed: int):
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3 import PPO
+
+    from agents.extractors import SetExtractor
+
+    feature_names = venv.get_attr("obs_features", [0])[0] if cfg.network.extractor == "set" else {}
+    policy_kwargs: dict[str, Any] = {"net_arch": list(cfg.network.net_arch)}
+    if cfg.network.extractor == "set":
+        policy_kwargs["features_extractor_class"] = SetExtractor
+        policy_kwargs["features_extractor_kwargs"] = {
+            "feature_names": feature_names,
+            "slot_hidden": cfg.network.slot_hidden,
+            "global_hidden": cfg.network.global_hidden,
+        }
+    algo = MaskablePPO if cfg.algo == "maskable_ppo" else PPO
+    return algo(
+        "MultiInputPolicy",
+        venv,
+        seed=seed,
+        device="cpu",
+        tensorboard_log=str(out / "tb"),
+        policy_kwargs=policy_kwargs,
+        verbose=0,
+        **cfg.ppo.model_dump(),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--env", default="servegym/Route-v0")
+    ap.add_argument("--scenario", default="chat_azure")
+    ap.add_argument(
+        "--config", default=None, help="configs/agents/<name>.yaml or a path (default: <env>_<scenario>)"
+    )
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timesteps", type=int, default=None, help="override total_timesteps")
+    ap.add_argument("--n-envs", type=int, default=None)
+    ap.add_argument("--out", default=None, help="run folder (default runs/<config>_s<seed>)")
+    ap.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+
+    # 1. config: the YAML, with the command line on top
+    name = args.config or default_config_name(args.env, args.scenario)
+    overrides: dict[str, Any] = {"env_id": args.env, "scenario": args.scenario}
+    if args.timesteps is not None:
+        overrides["total_timesteps"] = args.timesteps
+    if args.n_envs is not None:
+        overrides["n_envs"] = args.n_envs
+    cfg = load_agent_config(name, overrides)
+    out = Path(args.out or f"runs/{Path(name).stem}_s{args.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    # 2. seeding: python, numpy and torch, explicitly; the envs take theirs from venv.seed()
+    random.seed(args.seed)
+    np.random.seed(args.seed)  # noqa: NPY002  (SB3 and torch helpers draw from the legacy global state)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(1)  # tiny MLPs: threads cost more than they give on 2 cores
+
+    # 3. envs: training on the train seed stream, evaluation on the held-out eval seeds
+    from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
+    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    venv = make_vec_env(cfg, cfg.n_envs, cfg.train_seeds[args.seed % len(cfg.train_seeds)] + 7919 * args.seed)
+    eval_env = make_vec_env(cfg, 1, cfg.eval_seeds[0])
+    if cfg.normalize_obs or cfg.normalize_reward:
+        venv = VecNormalize(venv, norm_obs=cfg.normalize_obs, norm_reward=cfg.normalize_reward)
+        eval_env = VecNormalize(eval_env, norm_obs=cfg.normalize_obs, norm_reward=False, training=False)
+
+    # 4. model: new, or the newest checkpoint with its normalization statistics
+    ckpt = latest_checkpoint(out) if args.resume else None
+    if args.resume and ckpt is None:
+        print(f"--resume: no checkpoint in {out / 'checkpoints'}; starting fresh", file=sys.stderr)
+    if ckpt is not None:
+        from sb3_contrib import MaskablePPO
+        from stable_baselines3 import PPO
+
+        stats = ckpt.with_name(ckpt.name.replace("model_", "model_vecnormalize_").replace(".zip", ".pkl"))
+        if isinstance(venv, VecNormalize) and stats.exists():
+            venv = VecNormalize.load(str(stats), venv.venv)
+        algo = MaskablePPO if cfg.algo == "maskable_ppo" else PPO
+        model = algo.load(str(ckpt), env=venv, device="cpu", tensorboard_log=str(out / "tb"))
+    else:
+        model = build_model(cfg, venv, out, args.seed)
+
+    # 5. callbacks: charts/..., held-out evaluation keeping the best model, checkpoints
+    from agents.callbacks import ChartsCallback
+
+    per_env = max(1, cfg.n_envs)
+    callbacks = CallbackList(
+        [
+            ChartsCallback(),
+            MaskableEvalCallback(
+                eval_env,
+                n_eval_episodes=len(cfg.eval_seeds),
+                eval_freq=max(1, cfg.eval_freq // per_env),
+                best_model_save_path=str(out / "best"),
+                log_path=str(out / "eval"),
+                deterministic=True,
+                use_masking=cfg.algo == "maskable_ppo",
+                verbose=0,
+            ),
+            CheckpointCallback(
+                save_freq=max(1, cfg.checkpoint_freq // per_env),
+                save_path=str(out / "checkpoints"),
+                name_prefix="model",
+                save_vecnormalize=True,
+            ),
+        ]
+    )
+
+    # 6. train
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    done = model.num_timesteps
+    remaining = max(0, cfg.total_timesteps - done)
+    t0 = time.perf_counter()
+    model.learn(
+        total_timesteps=remaining,
+        callback=callbacks,
+        reset_num_timesteps=ckpt is None,
+        progress_bar=not args.no_progress,
+        tb_log_name="ppo",
+    )
+    wall = time.perf_counter() - t0
+
+    # 7. save the model, its normalization statistics and what produced them
+    model.save(str(out / "model.zip"))
+    if isinstance(venv, VecNormalize):
+        venv.save(str(out / "vecnormalize.pkl"))
+    import envs
+
+    meta = {
+        "package_version": envs.__version__,
+        "git_commit": git_commit(),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "seed": args.seed,
+        "timesteps": int(model.num_timesteps),
+        "resumed_from": str(ckpt) if ckpt else None,
+        "wall_s": round(wall, 1),
+        "torch": torch.__version__,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    print(f"trained {model.num_timesteps} steps in {wall:.0f} s -> {out / 'model.zip'}")
+    venv.close()
+    eval_env.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
