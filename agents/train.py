@@ -49,11 +49,13 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 def make_vec_env(cfg: AgentConfig, n_envs: int, seed: int):
     """The native numba vector env behind SB3's VecEnv interface (falls back to the env's defaults)."""
+    from stable_baselines3.common.vec_env import VecMonitor
+
     from envs.gym.sb3 import SB3VecEnv
 
     venv = SB3VecEnv(cfg.env_id, num_envs=n_envs, scenario=cfg.scenario, **cfg.env_config)
     venv.seed(seed)
-    return venv
+    return VecMonitor(venv)  # episode returns and lengths for rollout/ep_rew_mean and the evaluations
 
 
 def build_model(cfg: AgentConfig, venv, out: Path, seed: int):
