@@ -18,6 +18,13 @@ sum for every pool, which is the same thing when all pools serve one model. Pool
 (Holt level and trend per pool), updated once per decision as the core updates it once per control tick;
 both keep the time of each pool's last scale-up for the scale-down cooldown.
 
+``reactive_replace`` is the reactive rule plus the replacement of every replica of a pool lost to a failure
+or a spot reclaim warning during the last interval (``info["scale"]["lost_last_interval"]``). ``spot_mix``
+sizes pools as ``forecast`` does, but splits the demand by capacity class (``info["scale"]["spot"]``): the
+on-demand pools of a model cover its interactive tier's share of the forecast, the spot pools the rest
+(``policies.spot_mix_rate``); it reads the interactive tier's arrivals from per-tier
+``arrivals_last_interval`` or from ``interactive_last_interval``.
+
 Reactive thresholds: an explicit constructor argument wins, else ``info["scale"]["reactive_up"/"_down"]``
 (the scenario's values, when the env gives them), else SageServe's 0.5 / 0.25.
 """
@@ -34,6 +41,8 @@ from envs.scenario import PoliciesConfig, Scenario
 from envs.sim.policies import (
     SCALE_FORECAST,
     SCALE_REACTIVE,
+    SCALE_REPLACE,
+    SCALE_SPOT_MIX,
     SCALE_STATIC,
     SCALING_IDS,
     demand_replicas,
@@ -41,7 +50,9 @@ from envs.sim.policies import (
     holt_update,
     pool_share,
     reactive_scale_delta,
+    replace_scale_delta,
     sized_scale_delta,
+    spot_mix_rate,
 )
 
 DESCRIPTIONS = {
@@ -49,6 +60,8 @@ DESCRIPTIONS = {
     "reactive": "SageServe: +1 replica above 50% mean KV utilization, -1 below 25% (per pool)",
     "target_util": "size pools to last interval's arrival rate + backlog at a target utilization of capacity",
     "forecast": "as target_util, on a Holt forecast of the arrival rate one interval + a cold start ahead",
+    "reactive_replace": "reactive, and every replica lost to a failure or spot reclaim is replaced at once",
+    "spot_mix": "on-demand floor sized to the interactive forecast, the rest of the forecast on spot pools",
 }
 
 _DEFAULTS = PoliciesConfig()
@@ -77,7 +90,7 @@ class ScalingRule(BasePolicy):
             raise PolicyError(f"unknown scaling rule {rule!r}; known: {sorted(SCALING_IDS)}")
         self.name = rule
         self.rule_id = SCALING_IDS[rule]
-        if self.rule_id not in (SCALE_STATIC, SCALE_REACTIVE) and replica_capacity_rps is None:
+        if self.rule_id not in (SCALE_STATIC, SCALE_REACTIVE, SCALE_REPLACE) and replica_capacity_rps is None:
             raise PolicyError(
                 f"policy {rule!r} needs replica_capacity_rps (requests/s one replica sustains within the SLO)"
             )
@@ -116,7 +129,7 @@ class ScalingRule(BasePolicy):
         n_min = feature(name, sec, "min", "scale").astype(np.int64)
         n_max = feature(name, sec, "max", "scale").astype(np.int64)
         out = np.zeros(n_pool, dtype=np.int64)
-        if self.rule_id == SCALE_REACTIVE:
+        if self.rule_id in (SCALE_REACTIVE, SCALE_REPLACE):
             up = self.up if self.up is not None else float(sec.get("reactive_up", _DEFAULTS.reactive_up))
             down = self.down
             if down is None:
@@ -125,9 +138,24 @@ class ScalingRule(BasePolicy):
                 out[p] = reactive_scale_delta(
                     float(util[p]), up, down, int(n_up[p]), int(n_min[p]), int(n_max[p])
                 )
+            if self.rule_id == SCALE_REPLACE:
+                lost = np.asarray(sec.get("lost_last_interval", np.zeros(n_pool)), dtype=np.int64)
+                for p in range(n_pool):
+                    out[p] = replace_scale_delta(int(out[p]), int(lost[p]), int(n_up[p]), int(n_max[p]))
             return out
         queue = feature(name, sec, "queue_len", "scale").astype(np.int64)
         arrivals = feature(name, sec, "arrivals_last_interval", "scale").astype(np.float64)
+        interactive = None
+        if self.rule_id == SCALE_SPOT_MIX:
+            if "interactive_last_interval" in sec:
+                interactive = np.asarray(sec["interactive_last_interval"], dtype=np.float64)
+            elif arrivals.shape == (2,):  # the env's per-tier counts: interactive first
+                interactive = np.full(n_pool, arrivals[0])
+            else:
+                raise PolicyError(
+                    f"policy {name!r}: needs the interactive tier's arrivals (per-tier "
+                    "arrivals_last_interval or interactive_last_interval)"
+                )
         if arrivals.shape != (n_pool,):
             arrivals = np.full(n_pool, arrivals.sum())
         cap = np.broadcast_to(self.capacity, (n_pool,)) if self.capacity.ndim == 0 else self.capacity
@@ -138,12 +166,13 @@ class ScalingRule(BasePolicy):
             st["last_up"] = np.full(n_pool, -np.inf)
             st["level"] = np.full(n_pool, np.nan)
             st["trend"] = np.zeros(n_pool)
-        if self.rule_id == SCALE_FORECAST:
+        if self.rule_id in (SCALE_FORECAST, SCALE_SPOT_MIX):
             cold = feature(name, sec, "cold_start_s", "scale").astype(np.float64)
+        spot = np.asarray(sec.get("spot", np.zeros(n_pool, dtype=np.int64))).astype(bool)
         cap_up = n_up * cap
         routed = np.asarray(sec.get("routed_last_interval", np.zeros(n_pool)), dtype=np.float64)
         for p in range(n_pool):
-            if self.rule_id == SCALE_FORECAST:
+            if self.rule_id in (SCALE_FORECAST, SCALE_SPOT_MIX):
                 level, trend = holt_update(
                     float(st["level"][p]), float(st["trend"][p]), float(arrivals[p]), self.alpha, self.beta
                 )
@@ -152,12 +181,26 @@ class ScalingRule(BasePolicy):
             else:
                 count = float(arrivals[p])
             same = model == model[p]
-            share = pool_share(
-                float(routed[p]), float(routed[same].sum()), float(cap_up[p]), float(cap_up[same].sum())
-            )
-            desired = demand_replicas(
-                count / self.interval_s, share, int(queue[p]), self.interval_s, float(cap[p]), self.target
-            )
+            if self.rule_id == SCALE_SPOT_MIX:
+                total = count / self.interval_s
+                inter = total * interactive[p] / arrivals[p] if arrivals[p] > 0 else 0.0
+                rate = spot_mix_rate(
+                    bool(spot[p]),
+                    inter,
+                    total,
+                    int(np.count_nonzero(same & (spot == spot[p]))),
+                    bool(np.any(same & (spot != spot[p]))),
+                )
+                desired = demand_replicas(
+                    rate, 1.0, int(queue[p]), self.interval_s, float(cap[p]), self.target
+                )
+            else:
+                share = pool_share(
+                    float(routed[p]), float(routed[same].sum()), float(cap_up[p]), float(cap_up[same].sum())
+                )
+                desired = demand_replicas(
+                    count / self.interval_s, share, int(queue[p]), self.interval_s, float(cap[p]), self.target
+                )
             cooling = st["t"] - st["last_up"][p] < self.cooldown_s
             d = sized_scale_delta(desired, int(n_up[p]), int(n_min[p]), int(n_max[p]), bool(cooling))
             if d > 0:

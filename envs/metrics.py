@@ -27,7 +27,8 @@ Throughput and goodput (per second of ``now_s``; NaN when now_s == 0)
 Cost
     ``cost/gpu_hours/<pool>`` = pool_billed_gpu_s / 3600; ``cost/gpu_hours`` their sum; ``cost/usd`` =
     sum over pools of GPU-hours x price_per_gpu_hour; ``cost/usd_per_1m_output_tokens`` = cost/usd /
-    sum(generated_tokens) x 1e6 (NaN with no tokens).
+    sum(generated_tokens) x 1e6 (NaN with no tokens).  ``cost/usd/on_demand`` and ``cost/usd/spot`` split
+    cost/usd by the pools' capacity class (``spot: true`` pools).
 
 Fairness (VTC service, Sheng et al., OSDI'24: 1 per input token, 2 per output token)
     service_i = sum over tenant i's requests of (prompt_tokens if the request produced a first token
@@ -49,7 +50,10 @@ Utilization
 Counters
     arrived, finished, dropped, in_flight, judged, unjudged, slo_met, slo_missed, preemptions,
     recomputed_tokens, cached_prompt_tokens, generated_tokens (sums over arrived requests, ints) and
-    drop_rate = dropped / arrived (NaN with no arrivals).  ``now_s`` and ``horizon_s`` are echoed.
+    drop_rate = dropped / arrived (NaN with no arrivals).  Failures and spot: ``failures`` (replica
+    failures), ``reclaims`` (spot reclaim warnings), ``evicted`` (times requests were sent back for
+    re-routing by a failure or a forced reclaim; their lost KV state is in recomputed_tokens) and
+    ``evicted_requests`` (arrived requests evicted at least once).  ``now_s`` and ``horizon_s`` are echoed.
 
 Values are Python ints/floats, so ``json.dumps`` works; NaN is emitted as the (non-standard) ``NaN``.
 Cost is O(N) time with a handful of N-sized temporaries; the only Python loops are over tenants/pools.
@@ -112,6 +116,10 @@ def compute_metrics(o: SimOutcome) -> dict[str, int | float]:
     m["cost/gpu_hours"] = float(gpu_hours.sum())
     for name, h in zip(o.pool_names, gpu_hours.tolist(), strict=True):
         m[f"cost/gpu_hours/{name}"] = h
+    spot = o.pool_spot.astype(bool) if o.pool_spot is not None else np.zeros(len(o.pool_names), bool)
+    usd_pool = gpu_hours * o.pool_price_per_gpu_hour
+    m["cost/usd/on_demand"] = float(usd_pool[~spot].sum())
+    m["cost/usd/spot"] = float(usd_pool[spot].sum())
 
     _fairness_metrics(o, m, arrived, tenant, n_tenants)
 
@@ -127,6 +135,11 @@ def compute_metrics(o: SimOutcome) -> dict[str, int | float]:
     m["recomputed_tokens"] = int(o.recomputed_tokens.sum(where=arrived, dtype=np.int64))
     m["cached_prompt_tokens"] = int(o.cached_prompt_tokens.sum(where=arrived, dtype=np.int64))
     m["generated_tokens"] = generated
+    m["failures"] = int(o.failures)
+    m["reclaims"] = int(o.reclaims)
+    ev = o.evictions
+    m["evicted"] = int(ev.sum(where=arrived, dtype=np.int64)) if ev is not None else 0
+    m["evicted_requests"] = int(np.count_nonzero((ev > 0) & arrived)) if ev is not None else 0
     m["drop_rate"] = _div(counts["dropped"], counts["arrived"])
     return m
 

@@ -18,7 +18,9 @@ SCENARIO_DIR = Path(__file__).resolve().parent.parent / "configs" / "scenarios"
 
 BATCHING_POLICIES = ("fcfs", "edf", "sjf", "vtc", "wfs", "tier_priority")
 ROUTING_POLICIES = ("round_robin", "random", "jsq", "lor", "least_kv", "p2c", "prefix_affinity", "cost_aware")
-SCALING_POLICIES = ("static", "reactive", "target_util", "forecast")
+SCALING_POLICIES = ("static", "reactive", "target_util", "forecast", "reactive_replace", "spot_mix")
+# scaling rules that size pools from the arrival rate against a per-replica capacity
+CAPACITY_SCALERS = ("target_util", "forecast", "spot_mix")
 
 
 class ScenarioError(ValueError):
@@ -55,9 +57,26 @@ class PoolConfig(_Strict):
     prefix_cache_blocks: Annotated[int, Field(ge=1)] | None = None
     # vLLM's default gpu_memory_utilization.
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    # Failures: mean time between failures of one replica while it is on (exponential); None: never fails.
+    mtbf_s: Annotated[float, Field(gt=0)] | None = None
+    # Mean repair time of a failed replica (exponential), after which it is off and may be started again;
+    # None: the pool's cold start (a failed VM is replaced by a fresh one, which takes a VM start).
+    repair_s: Annotated[float, Field(ge=0)] | None = None
+    # Spot / low-priority capacity: cheaper, and reclaimed by the provider with a short warning.
+    spot: bool = False
+    # Mean time between reclaims of one spot replica while it is on (exponential); None: never reclaimed.
+    reclaim_mtbr_s: Annotated[float, Field(gt=0)] | None = None
+    # SageServe (Jaiswal et al., 2025) works with a 65 s warning before a low-priority VM is reclaimed.
+    reclaim_warning_s: Annotated[float, Field(ge=0)] = 65.0
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> PoolConfig:
+        if self.reclaim_mtbr_s is not None and not self.spot:
+            raise ValueError("reclaim_mtbr_s applies to spot pools only; set spot: true")
+        if self.spot and self.price_per_gpu_hour is None:
+            raise ValueError(
+                "a spot pool needs price_per_gpu_hour (the GPU's default price is an on-demand price)"
+            )
         if self.max_batched_tokens < self.max_num_seqs:
             raise ValueError(
                 f"max_batched_tokens ({self.max_batched_tokens}) must be >= max_num_seqs ({self.max_num_seqs}), "
@@ -204,7 +223,7 @@ class PoliciesConfig(_Strict):
             raise ValueError(
                 f"reactive_down ({self.reactive_down}) must be below reactive_up ({self.reactive_up})"
             )
-        if self.scaling in ("target_util", "forecast") and self.replica_capacity_rps is None:
+        if self.scaling in CAPACITY_SCALERS and self.replica_capacity_rps is None:
             raise ValueError(
                 f"scaling {self.scaling!r} needs replica_capacity_rps (requests/s one replica sustains within "
                 "the SLO; scripts/goodput_sweep.py measures it)"
@@ -249,7 +268,7 @@ class Scenario(_Strict):
                 raise ValueError(
                     f"policies.replica_capacity_rps: unknown pools {unknown}; pools: {sorted(pools)}"
                 )
-            if self.policies.scaling in ("target_util", "forecast") and pools - set(cap):
+            if self.policies.scaling in CAPACITY_SCALERS and pools - set(cap):
                 raise ValueError(
                     f"policies.replica_capacity_rps: no capacity for pools {sorted(pools - set(cap))}"
                 )

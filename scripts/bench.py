@@ -5,6 +5,11 @@ Two runs, built-in policies only:
   shared prompt prefixes, VTC fair-share batching over three tenants and two tiers, prefix-affinity routing,
   two regions, reactive autoscaling), one simulated hour.
 - ``synthetic``: 10 million synthetic requests (Azure-conversation lengths) on 16 replicas at ~80% load.
+- ``features``: the cost of each optional feature, as the ``cluster16`` run with that feature on over the
+  same run with it off (``faults``: replica failures in both pools and one pool on spot capacity with
+  reclaims, at stress rates: MTBF 1800 s, a reclaim every 900 s on average per replica; lost capacity makes
+  queues longer, which is most of its cost; ``faults_armed_idle``: the same with rates so low that nothing
+  fires, the cost of the mechanism alone).
 
 The JIT warm-up (compiling, or loading numba's cache, on a tiny horizon) is timed separately and excluded.
 Peak memory is what numpy allocated for the run (tracemalloc), divided by the request count; the process's
@@ -12,6 +17,7 @@ peak RSS is reported beside it. Targets (issue 2): >= 1,000,000 simulated reques
 
     python scripts/bench.py               # both runs
     python scripts/bench.py --quick       # 1M requests instead of 10M, for a fast look
+    python scripts/bench.py --only features
 """
 
 from __future__ import annotations
@@ -74,6 +80,13 @@ def cluster16(horizon_s: float) -> dict:
         ],
         "policies": {"batching": "vtc", "routing": "prefix_affinity", "scaling": "reactive"},
     }
+
+
+def with_faults(raw: dict, mtbf_s: float = 1800.0, reclaim_s: float = 900.0) -> dict:
+    """``raw`` with failures in every pool and its last pool on spot capacity that gets reclaimed."""
+    pools = [{**p, "mtbf_s": mtbf_s} for p in raw["pools"]]
+    pools[-1] = {**pools[-1], "spot": True, "price_per_gpu_hour": 0.884, "reclaim_mtbr_s": reclaim_s}
+    return {**raw, "name": raw["name"] + "_faults", "pools": pools}
 
 
 def synthetic(n_requests: int, replicas: int = 16, rate_per_replica: float = RATE_80) -> dict:
@@ -140,7 +153,7 @@ def measure(raw: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1M synthetic requests instead of 10M")
-    ap.add_argument("--only", choices=["cluster16", "synthetic"], default=None)
+    ap.add_argument("--only", choices=["cluster16", "synthetic", "features"], default=None)
     args = ap.parse_args()
     out: dict = {}
     if args.only in (None, "cluster16"):
@@ -148,6 +161,18 @@ def main() -> None:
     if args.only in (None, "synthetic"):
         n = 1_000_000 if args.quick else 10_000_000
         out["synthetic"] = measure(synthetic(n))
+    if args.only in (None, "features"):
+        base = out.get("cluster16") or measure(cluster16(horizon_s=3600.0))
+        feats: dict = {}
+        for name, raw in (
+            ("faults", with_faults(cluster16(horizon_s=3600.0))),
+            # armed but (almost) never firing: the bookkeeping's own cost, without the changed dynamics
+            ("faults_armed_idle", with_faults(cluster16(horizon_s=3600.0), 1e12, 1e12)),
+        ):
+            r = measure(raw)
+            r["slowdown_vs_off"] = round(base["sim_requests_per_s"] / r["sim_requests_per_s"], 3)
+            feats[name] = r
+        out["features"] = feats
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(json.dumps(out))
 

@@ -95,7 +95,14 @@ def test_registry_lists_every_rule_by_kind():
         "prefix_affinity",
         "cost_aware",
     ]
-    assert list_policies("scale") == ["static", "reactive", "target_util", "forecast"]
+    assert list_policies("scale") == [
+        "static",
+        "reactive",
+        "target_util",
+        "forecast",
+        "reactive_replace",
+        "spot_mix",
+    ]
     assert builtin_policies("edf+jsq+reactive") == {
         "batching": "edf",
         "routing": "jsq",
@@ -381,6 +388,9 @@ def core_scale_info(sim: Simulator) -> dict[str, Any]:
             "arrivals_last_interval": st.poolf[S.PF_ARR_LAST].copy(),
             "routed_last_interval": st.poolf[S.PF_ROUTED_LAST].copy(),
             "cold_start_s": st.poolf[S.PF_COLD_START].copy(),
+            "spot": st.pooli[S.PI_SPOT].copy(),
+            "lost_last_interval": st.poolf[S.PF_LOST_LAST].astype(np.int64),
+            "interactive_last_interval": st.poolf[S.PF_ARR_INTER_LAST].copy(),
         },
     }
 

@@ -219,6 +219,9 @@ POOL_FEATURES = (
     "price",
     "cold_start",
     "tp",
+    "spot",
+    "n_failed",
+    "n_reclaiming",
 )
 GLOBAL_FEATURES = (
     "time_of_day_sin",

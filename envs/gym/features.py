@@ -37,6 +37,7 @@ from envs.sim.state import (
     EV_BATCH,
     EV_ROUTE,
     EV_SCALE,
+    FK_KILL,
     K_BATCH_POLICY,
     K_DROPS,
     K_FINISHED,
@@ -48,11 +49,13 @@ from envs.sim.state import (
     K_SLO_MISSED_FINISHED,
     PF_BILLED_GPU_S,
     PF_COLD_START,
+    PF_LOST_LAST,
     PI_FIRST_REP,
     PI_MAX,
     PI_MAX_SEQS,
     PI_MAX_TOKENS,
     PI_MIN,
+    PI_SPOT,
     PI_TP,
     RF_ARRIVAL,
     RF_DEADLINE,
@@ -68,6 +71,7 @@ from envs.sim.state import (
     RI_TIER,
     RS_ACTIVE,
     RS_DRAINING,
+    RS_FAILED,
     RS_OFF,
     RS_STARTING,
     TF_COUNTER,
@@ -78,6 +82,7 @@ from envs.sim.state import (
     XF_READY,
     XI_BUSY,
     XI_DSUM,
+    XI_FKIND,
     XI_KV_CAP,
     XI_KV_USED,
     XI_ND,
@@ -151,7 +156,7 @@ AF_W = 10  # 7 weights, already multiplied by their sign
 AF_DAY, AF_BIN_S, AF_PREV_COST, AF_PREV_GAP = 17, 18, 19, 20
 N_AF = 21
 
-F_REQ, F_POOL, F_CAND, F_GLOB0, F_FORM0, F_REP0 = 9, 12, 11, 7, 7, 10
+F_REQ, F_POOL, F_CAND, F_GLOB0, F_FORM0, F_REP0 = 9, 15, 11, 7, 7, 10
 # Route info: ints (5 per replica + 6 request scalars), floats (2 per replica + 4 request scalars).
 N_ROUTE_I, N_ROUTE_F = 6, 4
 
@@ -173,7 +178,7 @@ def info_sizes(r_pad: int, p_pad: int, k: int) -> tuple[int, int, int, int, int,
     i_s = ib + 4 * k
     fb = 2 * r_pad + N_ROUTE_F
     f_s = fb + 4 * k
-    return ib, i_s, i_s + 6 * p_pad + 2, fb, f_s, f_s + 3 * p_pad + 2
+    return ib, i_s, i_s + 8 * p_pad + 2, fb, f_s, f_s + 3 * p_pad + 2
 
 
 # ---------------------------------------------------------------- small helpers
@@ -317,6 +322,8 @@ def pool_features(st, ax, obs, mask, ii, ff, now, scale_pending):
         n_start = 0
         n_act = 0
         n_drain = 0
+        n_failed = 0
+        n_reclaim = 0
         used = 0.0
         qsum = 0
         for r in range(first, first + mx):
@@ -329,6 +336,10 @@ def pool_features(st, ax, obs, mask, ii, ff, now, scale_pending):
                 used += st.repi[XI_KV_USED, r] / st.repi[XI_KV_CAP, r]
             elif s == RS_DRAINING:
                 n_drain += 1
+                if st.repi[XI_FKIND, r] == FK_KILL:
+                    n_reclaim += 1
+            elif s == RS_FAILED:
+                n_failed += 1
         n_up = n_start + n_act
         # the utilization the built-in reactive rule sees (core.builtin_scale): held requests are demand
         if n_act > 0:
@@ -350,6 +361,9 @@ def pool_features(st, ax, obs, mask, ii, ff, now, scale_pending):
             obs[b + 9] = clip01(ax.price[p] * tp / af[AF_N_PRICE])
             obs[b + 10] = clip01(st.poolf[PF_COLD_START, p] / af[AF_N_COLD])
             obs[b + 11] = clip01(tp / 8.0)
+            obs[b + 12] = 1.0 if st.pooli[PI_SPOT, p] else 0.0
+            obs[b + 13] = n_failed / mx
+            obs[b + 14] = n_reclaim / mx
         if scale_pending:
             m = ai[AI_M_SCALE] + p * ns
             lo = st.pooli[PI_MIN, p]
@@ -373,6 +387,9 @@ def pool_features(st, ax, obs, mask, ii, ff, now, scale_pending):
         i0 = ai[AI_IS] + 6 * pp
         ii[i0] = ax.cum[0, na] - ax.cum[0, lo_i]
         ii[i0 + 1] = ax.cum[1, na] - ax.cum[1, lo_i]
+        for p in range(n_pool):  # after the per-tier arrivals, so that older offsets stay put
+            ii[i0 + 2 + p] = st.pooli[PI_SPOT, p]
+            ii[i0 + 2 + pp + p] = int(st.poolf[PF_LOST_LAST, p])
         f0 = ai[AI_FS] + 3 * pp
         ff[f0] = st.clock[C_REACTIVE_UP]
         ff[f0 + 1] = st.clock[C_REACTIVE_DOWN]

@@ -89,6 +89,8 @@ def scale_info(lay: Layout, ii: np.ndarray, ff: np.ndarray, batched: bool = Fals
             "tp": ii[..., i0 + 5 * p : i0 + 6 * p],
             "reactive_up": _scalar(ff, f0 + 3 * p, batched),
             "reactive_down": _scalar(ff, f0 + 3 * p + 1, batched),
+            "spot": ii[..., i0 + 6 * p + 2 : i0 + 7 * p + 2],
+            "lost_last_interval": ii[..., i0 + 7 * p + 2 : i0 + 8 * p + 2],
         },
         "scale_deltas": np.arange(-lay.scale_step, lay.scale_step + 1),
     }

@@ -10,7 +10,13 @@ import numpy as np
 from envs.sim import state as S
 from envs.sim.simulator import Simulator
 
-STATE_NAMES = {S.RS_OFF: "off", S.RS_STARTING: "starting", S.RS_ACTIVE: "active", S.RS_DRAINING: "draining"}
+STATE_NAMES = {
+    S.RS_OFF: "off",
+    S.RS_STARTING: "starting",
+    S.RS_ACTIVE: "active",
+    S.RS_DRAINING: "draining",
+    S.RS_FAILED: "failed",
+}
 
 
 def ansi(sim: Simulator, decision: str) -> str:

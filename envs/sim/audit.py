@@ -10,6 +10,12 @@ import numpy as np
 from numba import njit
 
 from envs.sim.state import (
+    C_NEXT_FAULT,
+    FK_KILL,
+    FK_NONE,
+    FK_REPAIR,
+    K_EVICTED,
+    K_FAILURES,
     K_FINISHED,
     K_FORM_REPLICA,
     K_HOLD_N,
@@ -22,11 +28,15 @@ from envs.sim.state import (
     RF_ARRIVAL,
     RF_FINISH,
     RF_FIRST,
+    RI_EVICT,
     RI_GENERATED,
     RI_OUTPUT,
     RI_PROMPT,
     RI_STATUS,
     RI_TENANT,
+    RS_DRAINING,
+    RS_FAILED,
+    RS_OFF,
     SL_CTX,
     SL_END,
     SL_IT0,
@@ -36,7 +46,10 @@ from envs.sim.state import (
     ST_DROPPED,
     ST_FINISHED,
     ST_INFLIGHT,
+    XF_FAULT,
+    XI_BUSY,
     XI_DSUM,
+    XI_FKIND,
     XI_IT,
     XI_KV_CAP,
     XI_KV_USED,
@@ -45,6 +58,7 @@ from envs.sim.state import (
     XI_NFREE,
     XI_NPF,
     XI_QN,
+    XI_STATE,
 )
 
 AUDIT_MESSAGES = {
@@ -60,6 +74,9 @@ AUDIT_MESSAGES = {
     10: "generated tokens out of range",
     11: "token times out of order",
     12: "finished counter differs from finished requests",
+    13: "eviction counter differs from the requests' evictions",
+    14: "a replica that is off or failed holds work, KV blocks or a running iteration",
+    15: "fault bookkeeping: next-fault bound, pending fault of an off replica, or fault kind vs state",
 }
 
 
@@ -70,7 +87,25 @@ def audit(st):
     n_rep = st.repi.shape[1]
     n_slots = st.slot.shape[2]
     running = 0
+    fault_min = np.inf
+    n_failed = 0
     for r in range(n_rep):
+        s = st.repi[XI_STATE, r]
+        kind = st.repi[XI_FKIND, r]
+        fault_min = min(fault_min, st.repf[XF_FAULT, r])
+        if s == RS_OFF or s == RS_FAILED:
+            if (
+                st.repi[XI_QN, r] + st.repi[XI_ND, r] + st.repi[XI_NPF, r] + st.repi[XI_KV_USED, r] != 0
+                or st.repi[XI_BUSY, r] != 0
+            ):
+                return 14, r
+        if s == RS_OFF and kind != FK_NONE:
+            return 15, r
+        if (s == RS_FAILED) != (kind == FK_REPAIR) or (kind == FK_KILL and s != RS_DRAINING):
+            return 15, r
+        if (kind == FK_NONE) != (st.repf[XF_FAULT, r] == np.inf):
+            return 15, r
+        n_failed += 1 if s == RS_FAILED else 0
         it = st.repi[XI_IT, r]
         used = st.repi[XI_KV_USED, r]
         if used < 0 or used > st.repi[XI_KV_CAP, r]:
@@ -116,10 +151,14 @@ def audit(st):
         running += nd + npf
 
     arrived = st.cnt[K_NEXT_ARRIVAL]
+    if st.clock[C_NEXT_FAULT] > fault_min or n_failed > st.cnt[K_FAILURES]:
+        return 15, -1
     fin = 0
     drop = 0
     infl = 0
+    evicted = 0
     for i in range(arrived):
+        evicted += st.rqi[RI_EVICT, i]
         s = st.rqi[RI_STATUS, i]
         if s == ST_FINISHED:
             fin += 1
@@ -137,6 +176,8 @@ def audit(st):
         return 8, -1
     if fin != st.cnt[K_FINISHED]:
         return 12, -1
+    if evicted != st.cnt[K_EVICTED]:
+        return 13, -1
     queued = 0
     for r in range(n_rep):
         queued += st.repi[XI_QN, r]

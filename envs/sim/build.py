@@ -12,6 +12,7 @@ from envs.perf.model import kv_cache_blocks, load_perf_coefficients
 from envs.perf.specs import get_gpu
 from envs.scenario import PoolConfig, Scenario, ScenarioError
 from envs.sim import state as S
+from envs.sim.faults import arm_initial_faults
 from envs.sim.policies import BATCHING_IDS, ROUTING_IDS, SCALING_IDS
 from envs.sim.state import SimState
 from envs.workloads.requests import RequestTable
@@ -132,6 +133,7 @@ def build_state(
     clock[S.C_HOLT_ALPHA] = pol.forecast_alpha
     clock[S.C_HOLT_BETA] = pol.forecast_beta
     clock[S.C_DOWN_COOLDOWN] = pol.scale_down_cooldown_s
+    clock[S.C_NEXT_FAULT] = np.inf
     cnt = np.zeros(S.N_CNT, dtype=np.int64)
     cnt[S.K_PENDING_ROUTE] = -1
     cnt[S.K_FORM_REPLICA] = -1
@@ -167,6 +169,10 @@ def build_state(
     poolf[S.PF_FC_LEVEL] = np.nan  # no forecast before the first control tick
     poolf[S.PF_LAST_UP] = -np.inf
     poolf[S.PF_CAPACITY] = pool_capacities(scenario)
+    poolf[S.PF_MTBF] = [p.mtbf_s or 0.0 for p in pools]
+    poolf[S.PF_REPAIR] = [p.cold_start_s if p.repair_s is None else p.repair_s for p in pools]
+    poolf[S.PF_RECLAIM_MTBR] = [p.reclaim_mtbr_s or 0.0 for p in pools]
+    poolf[S.PF_RECLAIM_WARN] = [p.reclaim_warning_s for p in pools]
     pooli = np.zeros((S.N_PI, n_pool), dtype=np.int64)
     pooli[S.PI_MODEL] = [models.index(p.model) for p in pools]
     pooli[S.PI_REGION] = [regions.index(p.region) for p in pools]
@@ -178,9 +184,11 @@ def build_state(
     pooli[S.PI_CHUNKED] = [p.chunked_prefill for p in pools]
     pooli[S.PI_PREFIX] = [p.prefix_cache for p in pools]
     pooli[S.PI_FIRST_REP] = p_first
+    pooli[S.PI_SPOT] = [p.spot for p in pools]
 
     repf = np.zeros((S.N_XF, n_rep))
     repf[S.XF_NEXT] = np.inf
+    repf[S.XF_FAULT] = np.inf
     repi = np.zeros((S.N_XI, n_rep), dtype=np.int64)
     repi[S.XI_POOL] = rep_pool
     repi[S.XI_KV_CAP] = rep_kv_cap
@@ -219,4 +227,6 @@ def build_state(
         ten=ten,
         region_lat=lat,
     )
+    if any(p.mtbf_s or (p.spot and p.reclaim_mtbr_s) for p in pools):
+        arm_initial_faults(st)  # draws only when the feature is on: other runs keep their random stream
     return st

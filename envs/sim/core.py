@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from envs.sim.faults import arm_faults, handle_fault, next_fault, reclaim_pending
 from envs.sim.jit import hot, kernel
 from envs.sim.policies import (
     ROUTE_COST,
@@ -21,6 +22,8 @@ from envs.sim.policies import (
     ROUTE_RR,
     SCALE_FORECAST,
     SCALE_REACTIVE,
+    SCALE_REPLACE,
+    SCALE_SPOT_MIX,
     SCALE_STATIC,
     cost_route_score,
     demand_replicas,
@@ -28,9 +31,11 @@ from envs.sim.policies import (
     holt_update,
     pool_share,
     reactive_scale_delta,
+    replace_scale_delta,
     replica_cost,
     route_score,
     sized_scale_delta,
+    spot_mix_rate,
 )
 from envs.sim.replica import (
     activate,
@@ -44,12 +49,15 @@ from envs.sim.replica import (
     expire_and_pick,
     expire_queues,
     has_prefill,
+    hold_pop,
+    hold_push,
     kv_limit,
     launch,
     prefix_hits,
     prepare_running,
     queue_push,
     queue_remove_at,
+    rng_uniform,
     sample_service_gap,
     start_drain,
     turn_on,
@@ -62,6 +70,7 @@ from envs.sim.state import (
     C_HOLT_BETA,
     C_HORIZON,
     C_MAX_WAIT,
+    C_NEXT_FAULT,
     C_NEXT_TICK,
     C_NOW,
     C_REACTIVE_DOWN,
@@ -78,7 +87,6 @@ from envs.sim.state import (
     K_CTRL_SCALE,
     K_EVENTS,
     K_FORM_REPLICA,
-    K_HOLD_HEAD,
     K_HOLD_N,
     K_HOLD_RETRY,
     K_NEXT_ARRIVAL,
@@ -88,6 +96,8 @@ from envs.sim.state import (
     K_RR,
     K_SCALE_POLICY,
     K_TICKS,
+    PF_ARR_INTER,
+    PF_ARR_INTER_LAST,
     PF_ARR_LAST,
     PF_ARRIVALS,
     PF_CAPACITY,
@@ -95,6 +105,8 @@ from envs.sim.state import (
     PF_FC_LEVEL,
     PF_FC_TREND,
     PF_LAST_UP,
+    PF_LOST,
+    PF_LOST_LAST,
     PF_PRICE,
     PF_ROUTED,
     PF_ROUTED_LAST,
@@ -104,6 +116,7 @@ from envs.sim.state import (
     PI_MODEL,
     PI_REGION,
     PI_SCALE_DELTA,
+    PI_SPOT,
     PI_TP,
     RF_ARRIVAL,
     RF_VISIBLE,
@@ -113,11 +126,13 @@ from envs.sim.state import (
     RI_REGION,
     RI_REPLICA,
     RI_STATUS,
+    RI_TIER,
     RS_ACTIVE,
     RS_DRAINING,
     RS_OFF,
     RS_STARTING,
     ST_INFLIGHT,
+    TIER_INTERACTIVE,
     XF_NEXT,
     XF_READY,
     XI_BUSY,
@@ -131,17 +146,6 @@ from envs.sim.state import (
 )
 
 INF = np.inf
-
-
-@hot
-def rng_uniform(st):
-    """xorshift64* (Vigna 2016): the core's single random stream, seeded from the scenario's generator."""
-    x = st.rng[0]
-    x ^= x >> np.uint64(12)
-    x ^= x << np.uint64(25)
-    x ^= x >> np.uint64(27)
-    st.rng[0] = x
-    return float((x * np.uint64(0x2545F4914F6CDD1D)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
 # ---------------------------------------------------------------- routing
@@ -248,34 +252,14 @@ def enqueue(st, i, r, now):
 
 
 @kernel
-def hold_push(st, i, now):
-    row = st.queue.shape[0] - 1
-    cap = st.queue.shape[1]
-    n = st.cnt[K_HOLD_N]
-    if n >= cap:
-        drop_request(st, i, now)
-        return
-    st.queue[row, (st.cnt[K_HOLD_HEAD] + n) % cap] = i
-    st.cnt[K_HOLD_N] = n + 1
-
-
-@kernel
-def hold_pop(st):
-    row = st.queue.shape[0] - 1
-    i = st.queue[row, st.cnt[K_HOLD_HEAD]]
-    st.cnt[K_HOLD_HEAD] = (st.cnt[K_HOLD_HEAD] + 1) % st.queue.shape[1]
-    st.cnt[K_HOLD_N] -= 1
-    return i
-
-
-@kernel
 def retry_held(st, now):
     """Route requests held for lack of an active replica; returns EV_ROUTE when the caller must decide."""
     max_wait = st.clock[C_MAX_WAIT]
     for _ in range(st.cnt[K_HOLD_N]):
         i = hold_pop(st)
-        if now - st.rqf[RF_ARRIVAL, i] > max_wait:
-            drop_request(st, i, st.rqf[RF_ARRIVAL, i] + max_wait)
+        # RF_VISIBLE: when it started waiting here (its arrival, or its eviction by a failure or reclaim)
+        if now - st.rqf[RF_VISIBLE, i] > max_wait:
+            drop_request(st, i, st.rqf[RF_VISIBLE, i] + max_wait)
             continue
         if n_candidates(st, i) == 0:
             hold_push(st, i, now)
@@ -317,7 +301,7 @@ def scale_pool(st, p, delta, now):
         for _ in range(min(delta, st.pooli[PI_MAX, p] - n_up)):
             pick = -1
             for r in range(first, last):  # a draining replica is warm: revive it before starting a new one
-                if st.repi[XI_STATE, r] == RS_DRAINING:
+                if st.repi[XI_STATE, r] == RS_DRAINING and not reclaim_pending(st, r):
                     pick = r
                     break
             if pick >= 0:
@@ -328,7 +312,10 @@ def scale_pool(st, p, delta, now):
                     if st.repi[XI_STATE, r] == RS_OFF:
                         pick = r
                         break
+                if pick < 0:
+                    break  # the rest are failed (in repair) or under a reclaim warning
                 turn_on(st, pick, now)
+                arm_faults(st, pick, now)
             applied += 1
     elif delta < 0:
         for _ in range(min(-delta, n_up - st.pooli[PI_MIN, p])):
@@ -363,8 +350,12 @@ def roll_pool_stats(st):
         st.poolf[PF_ARR_LAST, p] = st.poolf[PF_ARRIVALS, st.pooli[PI_MODEL, p]]
         st.poolf[PF_ROUTED_LAST, p] = st.poolf[PF_ROUTED, p]
         st.poolf[PF_ROUTED, p] = 0.0
+        st.poolf[PF_ARR_INTER_LAST, p] = st.poolf[PF_ARR_INTER, st.pooli[PI_MODEL, p]]
+        st.poolf[PF_LOST_LAST, p] = st.poolf[PF_LOST, p]
+        st.poolf[PF_LOST, p] = 0.0
     for p in range(n_pool):
         st.poolf[PF_ARRIVALS, p] = 0.0
+        st.poolf[PF_ARR_INTER, p] = 0.0
     for p in range(n_pool):
         x = st.poolf[PF_ARR_LAST, p]
         level, trend = holt_update(st.poolf[PF_FC_LEVEL, p], st.poolf[PF_FC_TREND, p], x, alpha, beta)
@@ -407,6 +398,30 @@ def model_totals(st, p):
 
 
 @kernel
+def spot_mix_desired(st, p, queued, interval):
+    """Replicas pool p wants under the on-demand/spot mix rule (policies.spot_mix_rate).
+
+    Demand is the Holt forecast of the model's arrivals one interval plus a cold start ahead (as the
+    forecast scaler), its interactive part scaled by the interactive share of the last interval.
+    """
+    horizon = 1.0 + st.poolf[PF_COLD_START, p] / interval
+    total = holt_forecast(st.poolf[PF_FC_LEVEL, p], st.poolf[PF_FC_TREND, p], horizon) / interval
+    last = st.poolf[PF_ARR_LAST, p]
+    inter = total * (st.poolf[PF_ARR_INTER_LAST, p] / last) if last > 0 else 0.0
+    spot = st.pooli[PI_SPOT, p] != 0
+    n_same = 0
+    other = False
+    for q in range(st.pooli.shape[1]):
+        if st.pooli[PI_MODEL, q] == st.pooli[PI_MODEL, p]:
+            if (st.pooli[PI_SPOT, q] != 0) == spot:
+                n_same += 1
+            else:
+                other = True
+    rate = spot_mix_rate(spot, inter, total, n_same, other)
+    return demand_replicas(rate, 1.0, queued, interval, st.poolf[PF_CAPACITY, p], st.clock[C_TARGET_UTIL])
+
+
+@kernel
 def builtin_scale(st, now):
     policy = st.cnt[K_SCALE_POLICY]
     if policy == SCALE_STATIC:
@@ -419,10 +434,18 @@ def builtin_scale(st, now):
         util, queued = pool_load(st, p)
         n_min = st.pooli[PI_MIN, p]
         n_max = st.pooli[PI_MAX, p]
-        if policy == SCALE_REACTIVE:
+        if policy == SCALE_REACTIVE or policy == SCALE_REPLACE:
             d = reactive_scale_delta(
                 util, st.clock[C_REACTIVE_UP], st.clock[C_REACTIVE_DOWN], n_up, n_min, n_max
             )
+            if policy == SCALE_REPLACE:
+                d = replace_scale_delta(d, int(st.poolf[PF_LOST_LAST, p]), n_up, n_max)
+        elif policy == SCALE_SPOT_MIX:
+            desired = spot_mix_desired(st, p, queued, interval)
+            cooling = now - st.poolf[PF_LAST_UP, p] < st.clock[C_DOWN_COOLDOWN]
+            d = sized_scale_delta(desired, n_up, n_min, n_max, cooling)
+            if d > 0:
+                st.poolf[PF_LAST_UP, p] = now
         else:
             if policy == SCALE_FORECAST:
                 horizon = 1.0 + st.poolf[PF_COLD_START, p] / interval
@@ -501,7 +524,8 @@ def advance(st, t_limit):
                 t_rep = st.repf[XF_NEXT, r]
                 r_min = r
         t_tick = st.clock[C_NEXT_TICK]
-        t = min(t_rep, t_arr, t_tick)
+        t_fault = st.clock[C_NEXT_FAULT]
+        t = min(t_rep, t_arr, t_tick, t_fault)
         if t > st.clock[C_HORIZON]:
             st.clock[C_NOW] = max(now, min(st.clock[C_HORIZON], t_limit))
             return EV_DONE if t_limit >= st.clock[C_HORIZON] else EV_TIME
@@ -511,6 +535,12 @@ def advance(st, t_limit):
         st.clock[C_NOW] = t
         st.cnt[K_EVENTS] += 1
 
+        if t_fault <= t:  # faults first among simultaneous events (rare: one comparison on the hot path)
+            rf, tf = next_fault(st)
+            if tf <= t:
+                handle_fault(st, rf, t)
+                next_fault(st)
+            continue
         if r_min >= 0 and t_rep <= t_arr and t_rep <= t_tick:
             r = r_min
             st.repf[XF_NEXT, r] = INF
@@ -531,6 +561,9 @@ def advance(st, t_limit):
             st.cnt[K_NEXT_ARRIVAL] = na + 1
             st.rqi[RI_STATUS, i] = ST_INFLIGHT
             st.poolf[PF_ARRIVALS, st.rqi[RI_MODEL, i]] += 1.0  # demand per model, for the forecast scaler
+            if st.rqi[RI_TIER, i] == TIER_INTERACTIVE:
+                st.poolf[PF_ARR_INTER, st.rqi[RI_MODEL, i]] += 1.0  # the spot-mix scaler's on-demand floor
+            st.rqf[RF_VISIBLE, i] = t  # a held request waits from its arrival (retry_held, finalize)
             if (i & 63) == 0:
                 sample_service_gap(st)
             if not fits_any_pool(st, i):
@@ -621,8 +654,8 @@ def finalize(st):
     max_wait = st.clock[C_MAX_WAIT]
     for _ in range(st.cnt[K_HOLD_N]):
         i = hold_pop(st)
-        if now - st.rqf[RF_ARRIVAL, i] > max_wait:
-            drop_request(st, i, st.rqf[RF_ARRIVAL, i] + max_wait)
+        if now - st.rqf[RF_VISIBLE, i] > max_wait:
+            drop_request(st, i, st.rqf[RF_VISIBLE, i] + max_wait)
         else:
             hold_push(st, i, now)
     expire_queues(st, now)

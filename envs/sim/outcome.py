@@ -97,6 +97,11 @@ class SimOutcome:
     replica_kv_capacity: np.ndarray  # blocks
     # --- counters
     max_service_gap: float  # max over sampled instants of (max - min) VTC counter among backlogged tenants
+    # --- failures and spot capacity (defaults: none, every pool on-demand)
+    pool_spot: np.ndarray | None = None  # int8 per pool: 1 for spot capacity; None: all on-demand
+    evictions: np.ndarray | None = None  # int16 per request: times sent back by a failure or reclaim
+    failures: int = 0  # replica failures
+    reclaims: int = 0  # spot reclaim warnings
 
     @property
     def n_requests(self) -> int:
@@ -108,7 +113,7 @@ class SimOutcome:
         Ranges are checked as well as dtypes because the metrics use `np.bincount` on `tenant` and
         `status`, which would otherwise fail (or silently mis-count) on out-of-range codes.
         """
-        for name in ("now_s", "horizon_s", "max_service_gap"):
+        for name in ("now_s", "horizon_s", "max_service_gap", "failures", "reclaims"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
                 raise ValueError(f"SimOutcome.{name}: expected a real number, got {type(value).__name__}")
@@ -128,6 +133,17 @@ class SimOutcome:
         _check_group(self, _POOL_FIELDS, "pool_names", len(self.pool_names))
         _check_group(self, _REPLICA_FIELDS, "replica_pool", None)
 
+        for name, dtype, length in (
+            ("pool_spot", np.int8, len(self.pool_names)),
+            ("evictions", np.int16, n),
+        ):
+            arr = getattr(self, name)
+            if arr is not None and (
+                not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.shape != (length,)
+            ):
+                raise ValueError(
+                    f"SimOutcome.{name}: expected None or a {np.dtype(dtype)} array of length {length}"
+                )
         n_tenants, n_pools = len(self.tenant_names), len(self.pool_names)
         if n > 0:
             _check_range(self, "status", STATUS_NOT_ARRIVED, STATUS_DROPPED)
@@ -184,4 +200,5 @@ assert {f.name for f in fields(SimOutcome)} == (
     | set(_POOL_FIELDS)
     | set(_REPLICA_FIELDS)
     | {"now_s", "horizon_s", "max_service_gap", "tenant_names", "pool_names"}
+    | {"pool_spot", "evictions", "failures", "reclaims"}
 )

@@ -25,8 +25,15 @@ ROUTING_IDS = {
     "cost_aware": 7,
 }
 
-SCALE_STATIC, SCALE_REACTIVE, SCALE_TARGET, SCALE_FORECAST = range(4)
-SCALING_IDS = {"static": 0, "reactive": 1, "target_util": 2, "forecast": 3}
+SCALE_STATIC, SCALE_REACTIVE, SCALE_TARGET, SCALE_FORECAST, SCALE_REPLACE, SCALE_SPOT_MIX = range(6)
+SCALING_IDS = {
+    "static": 0,
+    "reactive": 1,
+    "target_util": 2,
+    "forecast": 3,
+    "reactive_replace": 4,
+    "spot_mix": 5,
+}
 
 # Tier priority must dominate any arrival time; 1e12 s is ~31,000 years of simulated time.
 _TIER_STRIDE = 1e12
@@ -222,3 +229,31 @@ def sized_scale_delta(desired: float, n_up: int, n_min: int, n_max: int, cooling
     if want < n_up and not cooling:
         return -1
     return 0
+
+
+@njit(cache=True)
+def replace_scale_delta(reactive_delta: int, lost: int, n_up: int, n_max: int) -> int:
+    """Reactive scaling that replaces lost capacity: every replica of the pool that failed or got a spot
+    reclaim warning during the last interval is replaced at once (a new start, with its cold start), on top
+    of the reactive rule's scale-up; a scale-down waits for a tick without losses."""
+    if lost > 0:
+        return min(max(reactive_delta, 0) + lost, n_max - n_up)
+    return reactive_delta
+
+
+@njit(cache=True)
+def spot_mix_rate(
+    spot: bool, interactive_rate: float, total_rate: float, n_same_class: int, other_class: bool
+) -> float:
+    """On-demand/spot mix: the request rate one pool is sized for.
+
+    A floor of on-demand capacity covers the interactive tier's demand, so that a reclaim never leaves
+    latency-critical traffic without servers; spot capacity serves the rest (the batch tier and the
+    interactive overflow). Pools of one class and model split their class's rate evenly. When a model has
+    pools of only one class, that class serves all of its demand.
+    """
+    if spot:
+        rate = total_rate - interactive_rate if other_class else total_rate
+    else:
+        rate = interactive_rate if other_class else total_rate
+    return max(rate, 0.0) / max(n_same_class, 1)

@@ -32,10 +32,13 @@ from envs.sim.state import (
     C_LAST_LEFT_COUNTER,
     C_MAX_GAP,
     C_MAX_WAIT,
+    FK_NONE,
     K_ADMIT_SEQ,
     K_BATCH_POLICY,
     K_DROPS,
     K_FINISHED,
+    K_HOLD_HEAD,
+    K_HOLD_N,
     K_ITERATIONS,
     K_N_TENANTS,
     K_PC_STAMP,
@@ -96,6 +99,7 @@ from envs.sim.state import (
     TF_WEIGHT,
     TIER_INTERACTIVE,
     XF_BUSY_S,
+    XF_FAULT,
     XF_KV_BLOCK_S,
     XF_KV_T,
     XF_NEXT,
@@ -105,6 +109,7 @@ from envs.sim.state import (
     XF_UP_SINCE,
     XI_BUSY,
     XI_DSUM,
+    XI_FKIND,
     XI_IT,
     XI_KV_CAP,
     XI_KV_USED,
@@ -174,6 +179,38 @@ def finish_request(st, i, t):
 @hot
 def return_latency(st, r, i):
     return st.region_lat[st.pooli[PI_REGION, st.repi[XI_POOL, r]], st.rqi[RI_REGION, i]]
+
+
+@hot
+def rng_uniform(st):
+    """xorshift64* (Vigna 2016): the core's single random stream, seeded from the scenario's generator."""
+    x = st.rng[0]
+    x ^= x >> np.uint64(12)
+    x ^= x << np.uint64(25)
+    x ^= x >> np.uint64(27)
+    st.rng[0] = x
+    return float((x * np.uint64(0x2545F4914F6CDD1D)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@kernel
+def hold_push(st, i, now):
+    row = st.queue.shape[0] - 1
+    cap = st.queue.shape[1]
+    n = st.cnt[K_HOLD_N]
+    if n >= cap:
+        drop_request(st, i, now)
+        return
+    st.queue[row, (st.cnt[K_HOLD_HEAD] + n) % cap] = i
+    st.cnt[K_HOLD_N] = n + 1
+
+
+@kernel
+def hold_pop(st):
+    row = st.queue.shape[0] - 1
+    i = st.queue[row, st.cnt[K_HOLD_HEAD]]
+    st.cnt[K_HOLD_HEAD] = (st.cnt[K_HOLD_HEAD] + 1) % st.queue.shape[1]
+    st.cnt[K_HOLD_N] -= 1
+    return i
 
 
 # ---------------------------------------------------------------- tenants (VTC bookkeeping)
@@ -725,6 +762,9 @@ def turn_off(st, r, now):
     st.repi[XI_STATE, r] = RS_OFF
     st.repf[XF_NEXT, r] = INF
     st.repi[XI_BUSY, r] = 0
+    # a replica that is off cannot fail or be reclaimed (C_NEXT_FAULT may go stale: see state.py)
+    st.repf[XF_FAULT, r] = INF
+    st.repi[XI_FKIND, r] = FK_NONE
 
 
 @kernel

@@ -138,6 +138,10 @@ class Simulator:
             "events": int(st.cnt[S.K_EVENTS]),
             "iterations": int(st.cnt[S.K_ITERATIONS]),
             "preemptions": int(st.cnt[S.K_PREEMPTIONS]),
+            "failures": int(st.cnt[S.K_FAILURES]),
+            "reclaims": int(st.cnt[S.K_RECLAIMS]),
+            "evicted": int(st.cnt[S.K_EVICTED]),
+            "failed_replicas": int(np.count_nonzero(st.repi[S.XI_STATE] == S.RS_FAILED)),
         }
 
     def audit(self) -> str:
@@ -205,6 +209,10 @@ class Simulator:
             replica_kv_block_s=st.repf[S.XF_KV_BLOCK_S] + kv_open,
             replica_kv_capacity=st.repi[S.XI_KV_CAP].copy(),
             max_service_gap=float(st.clock[S.C_MAX_GAP]),
+            pool_spot=st.pooli[S.PI_SPOT].astype(np.int8),
+            evictions=st.rqi[S.RI_EVICT].astype(np.int16),
+            failures=int(st.cnt[S.K_FAILURES]),
+            reclaims=int(st.cnt[S.K_RECLAIMS]),
         )
 
 

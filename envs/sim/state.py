@@ -3,7 +3,7 @@
 Everything the numba kernels touch lives in one ``SimState`` namedtuple of numpy arrays: no Python object per
 request, no jitclass. Fields of one entity kind share a 2-D array indexed by the constants below
 (``st.rqf[RF_ARRIVAL, i]``), which keeps the tuple short: numba passes a namedtuple to every kernel call as
-its flattened array descriptors, so 17 arrays instead of ~75 cut both call overhead and compile time.
+its flattened array descriptors, so 17 arrays instead of ~80 cut both call overhead and compile time.
 
 Entity prefixes: ``RF_``/``RI_`` request floats/ints, ``PF_``/``PI_`` pool, ``XF_``/``XI_`` replica,
 ``SL_``/``LS_`` per-replica slot fields and lists, ``TF_`` tenant, ``C_`` clock scalars, ``K_`` counters.
@@ -18,7 +18,11 @@ import numpy as np
 # Request status.
 ST_FUTURE, ST_INFLIGHT, ST_FINISHED, ST_DROPPED = 0, 1, 2, 3
 # Replica lifecycle: off -> starting (billed) -> active -> draining (billed, no new work) -> off.
-RS_OFF, RS_STARTING, RS_ACTIVE, RS_DRAINING = 0, 1, 2, 3
+# A failure sends a replica that is on to failed (not billed, holds nothing) for its repair time, then off.
+RS_OFF, RS_STARTING, RS_ACTIVE, RS_DRAINING, RS_FAILED = 0, 1, 2, 3, 4
+# The pending fault of a replica (XI_FKIND), due at XF_FAULT: a failure, a spot reclaim warning, the forced
+# stop of a warned spot replica, or the end of a failed replica's repair.
+FK_NONE, FK_FAIL, FK_WARN, FK_KILL, FK_REPAIR = 0, 1, 2, 3, 4
 # Tiers.
 TIER_INTERACTIVE, TIER_BATCH = 0, 1
 
@@ -41,8 +45,9 @@ N_RF = 7
     RI_RECOMPUTED,  # tokens prefilled again after preemption
     RI_PFX_START,  # first prefix hash in pfx_hash
     RI_PFX_LEN,
-) = range(14)
-N_RI = 14
+    RI_EVICT,  # times the request was sent back for re-routing by a failure or a spot reclaim of its replica
+) = range(15)
+N_RI = 15
 
 # poolf[field, pool] float64 / pooli[field, pool] int64
 (
@@ -59,8 +64,18 @@ N_RI = 14
     PF_CAPACITY,  # requests/s one replica sustains within the SLO (target_util and forecast scalers)
     PF_ROUTED,  # requests routed to the pool since the last control tick ...
     PF_ROUTED_LAST,  # ... and during the last complete interval: the pool's share of its model's demand
-) = range(11)
-N_PF = 11
+    PF_MTBF,  # mean time between failures of one replica while it is on (s); 0: never fails
+    PF_REPAIR,  # mean repair time of a failed replica (s)
+    PF_RECLAIM_MTBR,  # spot pools: mean time between reclaims of one replica while it is on (s); 0: never
+    PF_RECLAIM_WARN,  # spot pools: warning before a reclaimed replica is forced off (s)
+    PF_LOST,  # replicas of the pool lost to failures or reclaim warnings since the last control tick ...
+    PF_LOST_LAST,  # ... and during the last complete interval (what a replacing scaler replaces)
+    # Interactive-tier arrivals since the last tick / during the last interval, indexed by MODEL id like
+    # PF_ARRIVALS: the demand the on-demand floor of the spot-mix scaler covers.
+    PF_ARR_INTER,
+    PF_ARR_INTER_LAST,
+) = range(19)
+N_PF = 19
 (
     PI_MODEL,
     PI_REGION,
@@ -73,12 +88,14 @@ N_PF = 11
     PI_PREFIX,
     PI_FIRST_REP,  # replicas of pool p are [first, first + max)
     PI_SCALE_DELTA,  # the caller's scaling decision for the pending tick
-) = range(11)
-N_PI = 11
+    PI_SPOT,  # 1: spot / low-priority capacity (cheaper, reclaimed with a warning)
+) = range(12)
+N_PI = 12
 
 # repf[field, replica] float64
 XF_READY, XF_NEXT, XF_ON_SINCE, XF_UP_SINCE, XF_BUSY_S, XF_UP_S, XF_KV_BLOCK_S, XF_KV_T = range(8)
-N_XF = 8
+XF_FAULT = 8  # time of the replica's pending fault (XI_FKIND), inf when none
+N_XF = 9
 # repi[field, replica] int64
 (
     XI_POOL,
@@ -94,8 +111,9 @@ N_XF = 8
     XI_NPF,  # prefilling sequences
     XI_NFREE,  # free slots
     XI_NDEC_ITER,  # decoding sequences in the running iteration
-) = range(13)
-N_XI = 13
+    XI_FKIND,  # FK_* kind of the pending fault at XF_FAULT
+) = range(14)
+N_XI = 14
 
 # slot[field, replica, k] int64: running sequences, and per-replica lists stored beside them
 (
@@ -130,7 +148,10 @@ C_REACTIVE_UP, C_REACTIVE_DOWN = 7, 8
     C_HOLT_BETA,
     C_DOWN_COOLDOWN,
 ) = range(9, 15)
-N_CLOCK = 15
+# A lower bound of min(XF_FAULT): the event loop checks faults with one comparison; it is made exact lazily
+# when it comes due (a replica turned off early leaves it stale, and then nothing happens at that time).
+C_NEXT_FAULT = 15
+N_CLOCK = 16
 
 # cnt[] int64 scalars
 (
@@ -160,8 +181,11 @@ N_CLOCK = 15
     K_SLO_MET,  # finished requests that met their SLO (the metrics' definition), for per-step rewards
     K_SLO_MET_TOKENS,  # their output tokens
     K_SLO_MISSED_FINISHED,  # finished requests that missed it (drops are K_DROPS)
-) = range(26)
-N_CNT = 26
+    K_FAILURES,  # replica failures
+    K_RECLAIMS,  # spot reclaim warnings
+    K_EVICTED,  # requests sent back for re-routing by failures and reclaims (= sum of RI_EVICT)
+) = range(29)
+N_CNT = 29
 
 # Event codes returned by advance().
 EV_DONE, EV_ROUTE, EV_BATCH, EV_SCALE, EV_TIME = 0, 1, 2, 3, 4
