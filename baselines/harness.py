@@ -102,7 +102,13 @@ def builtin_episode(spec: EpisodeSpec) -> dict[str, Any]:
 
 
 def default_episode_runner(spec: EpisodeSpec) -> dict[str, Any]:
-    """Built-in rules inside the core; anything else needs a runner that drives the env."""
+    """Built-in rules inside the core; anything else (a checkpoint, an agent registered without a core
+    rule) through the env, ``baselines.env_runner.env_episode_runner`` (``policy_kwargs`` may name the
+    ``env_id`` and ``env_config``)."""
+    if builtin_policies(spec.policy) is None:
+        from baselines.env_runner import env_episode_runner
+
+        return env_episode_runner(spec)
     return builtin_episode(spec)
 
 
@@ -229,7 +235,7 @@ def evaluate_many(
     """
     seed_list = seeds_list(seeds)
     for pol in policies:
-        if episode_runner is None:  # fail before starting a pool, naming the policy
+        if episode_runner is None and builtin_policies(pol) is not None:  # fail early, naming the policy
             scenario_overrides(EpisodeSpec(pol, scenarios[0], 0, overrides))
     specs = [
         EpisodeSpec(pol, str(sc), s, overrides, policy_kwargs)

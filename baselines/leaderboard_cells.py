@@ -1,0 +1,406 @@
+"""Leaderboard cells: one (policy, suite scenario, test seed) episode, its entry file and its action log.
+
+An *entry* is a JSON file holding everything needed to replay the episode -- suite version, scenario
+name, file and sha256, workload (trace or twin) and trace window, seed, env id and version, env config,
+policy, package and library versions -- its metrics, and the name and sha256 of its *action log*, an
+``.npz`` (zlib-compressed) with one ``actions`` array (steps x action dims). ``validate_entry`` re-runs the
+actions through the env and accepts the entry only if every metric reproduces exactly.
+
+Cells are cached under ``<out>/cells/<scenario>/<policy>/seed<seed>.{json,npz}``; a cell whose entry
+exists with the same ``key`` (a hash of everything that determines the episode) is not run again, so an
+interrupted leaderboard resumes where it stopped. Files are written to a temporary name and moved into
+place with ``os.replace``, the action log before the entry, so a cell is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from baselines.suite import Suite, SuiteError, env_version, file_sha256, load_suite, workload_for
+
+ENTRY_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One episode to run. ``policy`` is a registered name/combination or a checkpoint path."""
+
+    policy: str
+    label: str  # the name shown on the leaderboard
+    kind: str  # "heuristic" or "agent"
+    scenario: str  # suite scenario name
+    seed: int
+    env_id: str
+    workload: str  # "trace" or "twin"
+    env_config: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint_sha256: str = ""
+
+    def rel_stem(self) -> str:
+        return f"cells/{self.scenario}/{slug(self.label)}/seed{self.seed}"
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "policy"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def actions_to_npz(actions: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, actions=actions)
+    return buf.getvalue()
+
+
+def actions_from_npz(data: bytes) -> np.ndarray:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return z["actions"]
+
+
+def versions() -> dict[str, str]:
+    from baselines.harness import versions as harness_versions
+
+    return dict(harness_versions())
+
+
+# ---------------------------------------------------------------- running one cell
+
+
+def cell_scenario(suite: Suite, cell: Cell) -> tuple[Path, float | None]:
+    sc = suite.scenario(cell.scenario)
+    return sc.path(cell.workload), sc.window_start_s(cell.workload, cell.seed)
+
+
+@functools.cache
+def code_sha256() -> str:
+    """A hash of the code that decides an episode (simulator, envs, workload tables, the heuristics):
+    a cached cell produced by other code is stale even when the package version did not change."""
+    root = Path(__file__).resolve().parent.parent
+    files = sorted(
+        [*root.glob("envs/**/*.py"), *root.glob("envs/**/*.json")]
+        + [
+            root / "baselines" / f
+            for f in ("batching.py", "routing.py", "scaling.py", "policy.py", "registry.py", "env_runner.py")
+        ]
+    )
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def cell_key(suite: Suite, cell: Cell) -> str:
+    """A hash of everything that determines the episode: when it matches, the cached entry is current."""
+    import envs
+
+    path, window = cell_scenario(suite, cell)
+    blob = json.dumps(
+        {
+            "suite": suite.version,
+            "scenario_sha256": file_sha256(str(path)),
+            "window": window,
+            "cell": asdict(cell),
+            "package": envs.__version__,
+            "code": code_sha256(),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_cell(suite_file: str, cell: Cell) -> tuple[dict[str, Any], bytes]:
+    """Play one cell; its entry (without file names) and its compressed action log. Picklable, top level:
+    the local process pool and Ray tasks both call it."""
+    import envs
+    from baselines.env_runner import run_env_episode
+
+    suite = load_suite(suite_file)
+    path, window = cell_scenario(suite, cell)
+    t0 = time.perf_counter()
+    metrics, actions = run_env_episode(
+        cell.policy, cell.env_id, path, cell.seed, cell.env_config, record=True, window_start_s=window
+    )
+    wall = time.perf_counter() - t0
+    assert actions is not None
+    blob = actions_to_npz(actions)
+    sc = suite.scenario(cell.scenario)
+    entry: dict[str, Any] = {
+        "format": ENTRY_FORMAT,
+        "key": cell_key(suite, cell),
+        "suite_version": suite.version,
+        "scenario": cell.scenario,
+        "scenario_file": path.relative_to(path.parents[1]).as_posix(),
+        "scenario_sha256": file_sha256(str(path)),
+        "workload": cell.workload,
+        "trace": None if sc.trace is None or cell.workload != "trace" else sc.trace.name,
+        "trace_sha256": None if sc.trace is None or cell.workload != "trace" else sc.trace.sha256,
+        "window_start_s": window,
+        "seed": cell.seed,
+        "env_id": cell.env_id,
+        "env_version": env_version(cell.env_id),
+        "env_config": dict(cell.env_config),
+        "policy": cell.label,
+        "policy_source": cell.policy,
+        "policy_kind": cell.kind,
+        "checkpoint_sha256": cell.checkpoint_sha256,
+        "package_version": envs.__version__,
+        "code_sha256": code_sha256(),  # informational: the replay, not this hash, decides validity
+        "versions": versions(),
+        "n_steps": int(actions.shape[0]),
+        "action_dims": int(actions.shape[1]),
+        "actions_sha256": hashlib.sha256(blob).hexdigest(),
+        "metrics": metrics,
+        "wall_s": round(wall, 4),  # informational: never compared
+    }
+    return entry, blob
+
+
+def write_cell(out: Path, cell: Cell, entry: dict[str, Any], blob: bytes) -> Path:
+    """Action log first, then the entry: a present entry always has its log."""
+    stem = out / cell.rel_stem()
+    npz = stem.with_suffix(".npz")
+    entry = {**entry, "actions_file": npz.name}
+    atomic_write_bytes(npz, blob)
+    js = stem.with_suffix(".json")
+    atomic_write_text(js, json.dumps(entry, indent=1, sort_keys=False) + "\n")
+    return js
+
+
+def read_entry(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def cached_entry(out: Path, suite: Suite, cell: Cell) -> dict[str, Any] | None:
+    js = (out / cell.rel_stem()).with_suffix(".json")
+    entry = read_entry(js)
+    if entry is None or entry.get("key") != cell_key(suite, cell):
+        return None
+    if not js.with_name(entry.get("actions_file", "")).is_file():
+        return None
+    return entry
+
+
+# ---------------------------------------------------------------- backends
+
+
+Progress = Callable[[Cell, dict[str, Any]], None]
+
+
+def run_cells(
+    suite: Suite,
+    cells: Sequence[Cell],
+    out: Path,
+    backend: str = "local",
+    workers: int = 2,
+    address: str | None = None,
+    on_done: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``cells`` (those not already cached), writing each as it finishes; every cell's entry, in order."""
+    entries: list[dict[str, Any] | None] = [cached_entry(out, suite, c) for c in cells]
+    todo = [i for i, e in enumerate(entries) if e is None]
+    for i, e in enumerate(entries):
+        if e is not None and on_done is not None:
+            on_done(cells[i], e)
+
+    def finish(i: int, entry: dict[str, Any], blob: bytes) -> None:
+        write_cell(out, cells[i], entry, blob)
+        entries[i] = {**entry, "actions_file": Path(cells[i].rel_stem()).name + ".npz"}
+        if on_done is not None:
+            on_done(cells[i], entries[i])
+
+    suite_file = str(suite.path)
+    if not todo:
+        pass
+    elif backend == "local":
+        if workers <= 1 or len(todo) == 1:
+            for i in todo:
+                finish(i, *run_cell(suite_file, cells[i]))
+        else:
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+                futs = {pool.submit(run_cell, suite_file, cells[i]): i for i in todo}
+                for fut in as_completed(futs):
+                    finish(futs[fut], *fut.result())
+    elif backend == "ray":
+        _run_ray(suite_file, cells, todo, finish, workers, address)
+    else:
+        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+    return [e for e in entries if e is not None]
+
+
+def _run_ray(
+    suite_file: str,
+    cells: Sequence[Cell],
+    todo: Sequence[int],
+    finish: Callable[[int, dict[str, Any], bytes], None],
+    workers: int,
+    address: str | None,
+) -> None:
+    """Each cell a Ray task. Ray is an optional extra (``pip install -e .[ray]``), imported only here."""
+    try:
+        import ray
+    except ImportError:
+        raise SystemExit("--backend ray needs Ray: pip install -e '.[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        else:
+            # the workers import the repo's packages from its root, as the local pool does
+            root = str(Path(__file__).resolve().parent.parent)
+            ray.init(
+                num_cpus=workers,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env={
+                    "env_vars": {"PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+                },
+            )
+        started = True
+    try:
+        task = ray.remote(num_cpus=1)(run_cell)
+        pending = {task.remote(suite_file, cells[i]): i for i in todo}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                entry, blob = ray.get(ref)
+                finish(pending.pop(ref), entry, blob)
+    finally:
+        if started and not address:
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------- validation (replay)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Bit-identical, with NaN equal to NaN (a metric undefined in both runs)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
+def metric_diffs(claimed: Mapping[str, Any], replayed: Mapping[str, Any]) -> list[str]:
+    out = []
+    for k in sorted(set(claimed) | set(replayed)):
+        if k not in replayed:
+            out.append(f"{k}: claimed {claimed[k]!r}, replay has no such metric")
+        elif k not in claimed:
+            out.append(f"{k}: missing from the entry (replay gives {replayed[k]!r})")
+        elif not same_value(claimed[k], replayed[k]):
+            out.append(f"{k}: claimed {claimed[k]!r}, replay gives {replayed[k]!r}")
+    return out
+
+
+@dataclass
+class Verdict:
+    path: str
+    ok: bool
+    message: str
+
+
+def validate_entry(path: str | Path, suite: Suite | None = None) -> Verdict:
+    """Replay an entry's action log and check its metrics reproduce exactly; a clear reason if not."""
+    from baselines.env_runner import ReplayError, replay_actions
+
+    path = Path(path)
+    entry = read_entry(path)
+    if entry is None:
+        return Verdict(str(path), False, "not a readable JSON entry")
+    missing = [
+        k
+        for k in ("suite_version", "scenario", "seed", "env_id", "actions_file", "actions_sha256", "metrics")
+        if k not in entry
+    ]
+    if missing:
+        return Verdict(str(path), False, f"entry lacks {missing}")
+    try:
+        if suite is None or suite.version != entry["suite_version"]:
+            suite = load_suite(entry["suite_version"])
+        sc = suite.scenario(entry["scenario"])
+    except SuiteError as e:
+        return Verdict(str(path), False, f"unknown suite or scenario: {e}")
+    workload = entry.get("workload", "twin")
+    scen_path = sc.path(workload)
+    if entry.get("scenario_sha256") and entry["scenario_sha256"] != file_sha256(str(scen_path)):
+        return Verdict(
+            str(path), False, f"scenario file {scen_path.name} differs from the one the entry ran (sha256)"
+        )
+    if entry["env_id"] != sc.env_id:
+        return Verdict(
+            str(path), False, f"env {entry['env_id']} is not the suite's {sc.env_id} for {sc.name}"
+        )
+    if int(entry["seed"]) not in sc.test_seeds:
+        return Verdict(
+            str(path), False, f"seed {entry['seed']} is not a test seed of {sc.name} {sc.test_seeds}"
+        )
+    if workload == "trace" and workload_for(sc)[0] != "trace":
+        return Verdict(str(path), False, f"entry ran trace {sc.trace.name if sc.trace else '?'}, absent here")
+    log = path.with_name(entry["actions_file"])
+    try:
+        blob = log.read_bytes()
+    except OSError:
+        return Verdict(str(path), False, f"action log {log.name} missing")
+    if hashlib.sha256(blob).hexdigest() != entry["actions_sha256"]:
+        return Verdict(str(path), False, f"action log {log.name} does not match the entry's actions_sha256")
+    try:
+        actions = actions_from_npz(blob)
+        replayed = replay_actions(
+            actions,
+            entry["env_id"],
+            scen_path,
+            int(entry["seed"]),
+            entry.get("env_config") or {},
+            sc.window_start_s(workload, int(entry["seed"])),
+        )
+    except (ReplayError, ValueError, KeyError) as e:
+        return Verdict(str(path), False, f"replay failed: {e}")
+    diffs = metric_diffs(entry["metrics"], replayed)
+    if diffs:
+        more = f" (+{len(diffs) - 5} more)" if len(diffs) > 5 else ""
+        return Verdict(str(path), False, "metrics do not reproduce: " + "; ".join(diffs[:5]) + more)
+    return Verdict(str(path), True, f"reproduced {len(replayed)} metrics over {len(actions)} steps")
+
+
+def entry_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Entry JSON files under the given files/folders (a results JSON-lines file lists entries too)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*.json") if q.with_suffix(".npz").is_file())
+        else:
+            out.append(p)
+    return out
