@@ -67,6 +67,11 @@ class RoutingRule(BasePolicy):
         super().__init__()
         if rule not in ROUTING_IDS:
             raise PolicyError(f"unknown routing rule {rule!r}; known: {sorted(ROUTING_IDS)}")
+        if rule == "session_affinity":
+            # the Route env does not expose the session's home replica yet: the core's builtin rule only
+            raise PolicyError(
+                "routing rule 'session_affinity' is available as the scenario's builtin rule only"
+            )
         self.name = rule
         self.rule_id = ROUTING_IDS[rule]
         self.max_queue = int(max_queue)

@@ -55,6 +55,17 @@ Counters
     re-routing by a failure or a forced reclaim; their lost KV state is in recomputed_tokens) and
     ``evicted_requests`` (arrived requests evicted at least once).  ``now_s`` and ``horizon_s`` are echoed.
 
+Sessions (only when the outcome has sessions: agentic workloads, envs/workloads/sessions.py)
+    A session counts once its first step has arrived (``session/started``).  ``session/completed``: its
+    last step finished; completion time = last step's finish_s - first step's arrival_s, and
+    ``session/completion_s/{p50,p99}`` over completed sessions.  ``session/failed``: a step was dropped,
+    which abandons the rest of the session.  Session SLO (tenant ``session_slo_s``): met iff completed
+    within it; judged = completed, failed, or still running past it; ``session/slo_attainment`` =
+    session/slo_met / session/judged (NaN when nothing is judged).  Prefix reuse over finished later
+    steps: ``session/context_tokens`` is the context each shares with its previous step (that step's
+    prompt + output), ``session/reused_tokens`` the part of it served from the prefix cache (at most the
+    context), ``session/reprefilled_tokens`` the rest, prefilled again.
+
 Values are Python ints/floats, so ``json.dumps`` works; NaN is emitted as the (non-standard) ``NaN``.
 Cost is O(N) time with a handful of N-sized temporaries; the only Python loops are over tenants/pools.
 """
@@ -141,7 +152,52 @@ def compute_metrics(o: SimOutcome) -> dict[str, int | float]:
     m["evicted"] = int(ev.sum(where=arrived, dtype=np.int64)) if ev is not None else 0
     m["evicted_requests"] = int(np.count_nonzero((ev > 0) & arrived)) if ev is not None else 0
     m["drop_rate"] = _div(counts["dropped"], counts["arrived"])
+    if o.session is not None:
+        _session_metrics(o, m, arrived, finished)
     return m
+
+
+def _session_metrics(o: SimOutcome, m: dict, arrived: np.ndarray, finished: np.ndarray) -> None:
+    """Agentic sessions (module docstring, Sessions); only sessions whose first step has arrived count."""
+    sid = o.session
+    in_sess = sid >= 0
+    n_sess = int(sid.max(initial=-1)) + 1
+    first = in_sess & (o.session_context_tokens == 0) & arrived
+    first &= np.isfinite(o.arrival_s)
+    start = np.full(n_sess, np.nan)
+    start[sid[first]] = o.arrival_s[first]
+    tenant = np.zeros(n_sess, dtype=np.intp)
+    tenant[sid[in_sess]] = o.tenant[in_sess]
+    last = in_sess & (o.session_steps_left == 0) & finished
+    end = np.full(n_sess, np.nan)
+    end[sid[last]] = o.finish_s[last]
+    dropped = np.zeros(n_sess, dtype=bool)
+    dropped[sid[in_sess & (o.status == STATUS_DROPPED)]] = True
+    started = ~np.isnan(start)
+    done = started & ~np.isnan(end)
+    failed = started & dropped  # a dropped step abandons the rest of its session
+    slo = o.tenant_session_slo_s[tenant] if o.tenant_session_slo_s is not None else np.full(n_sess, np.nan)
+    has_slo = started & ~np.isnan(slo)
+    ct = end - start
+    met = has_slo & done & (ct <= slo)
+    # judged: completed, failed, or still running past its target (it can no longer make it)
+    late = has_slo & ~done & ~failed & (o.now_s - start > slo)
+    judged = has_slo & (done | failed | late)
+    m["session/started"] = int(started.sum())
+    m["session/completed"] = int(done.sum())
+    m["session/failed"] = int(failed.sum())
+    m["session/completion_s/p50"] = float(np.percentile(ct[done], 50)) if done.any() else NAN
+    m["session/completion_s/p99"] = float(np.percentile(ct[done], 99)) if done.any() else NAN
+    m["session/slo_met"] = int(met.sum())
+    m["session/judged"] = int(judged.sum())
+    m["session/slo_attainment"] = _div(int(met.sum()), int(judged.sum()))
+    # context a later step shares with its predecessor: served from the prefix cache, or prefilled again
+    later = in_sess & finished & (o.session_context_tokens > 0)
+    ctx = o.session_context_tokens[later].astype(np.int64)
+    reused = np.minimum(o.cached_prompt_tokens[later].astype(np.int64), ctx)
+    m["session/context_tokens"] = int(ctx.sum())
+    m["session/reused_tokens"] = int(reused.sum())
+    m["session/reprefilled_tokens"] = int((ctx - reused).sum())
 
 
 def _latency_metrics(o: SimOutcome, m: dict, arrived: np.ndarray, finished: np.ndarray) -> None:

@@ -17,7 +17,17 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "configs" / "scenarios"
 
 BATCHING_POLICIES = ("fcfs", "edf", "sjf", "vtc", "wfs", "tier_priority")
-ROUTING_POLICIES = ("round_robin", "random", "jsq", "lor", "least_kv", "p2c", "prefix_affinity", "cost_aware")
+ROUTING_POLICIES = (
+    "round_robin",
+    "random",
+    "jsq",
+    "lor",
+    "least_kv",
+    "p2c",
+    "prefix_affinity",
+    "cost_aware",
+    "session_affinity",
+)
 SCALING_POLICIES = ("static", "reactive", "target_util", "forecast", "reactive_replace", "spot_mix")
 # scaling rules that size pools from the arrival rate against a per-replica capacity
 CAPACITY_SCALERS = ("target_util", "forecast", "spot_mix")
@@ -101,6 +111,9 @@ class TenantConfig(_Strict):
     ttft_slo_s: Annotated[float, Field(gt=0)] | None = None
     tpot_slo_s: Annotated[float, Field(gt=0)] | None = None
     deadline_s: Annotated[float, Field(gt=0)] | None = None  # batch tier: completion within this many seconds
+    # Agentic sessions of this tenant: end-to-end target from the first step's arrival to the last step's
+    # finish (envs/metrics.py, session/slo_attainment); None: its sessions are not judged.
+    session_slo_s: Annotated[float, Field(gt=0)] | None = None
 
     @model_validator(mode="after")
     def _slo_matches_tier(self) -> TenantConfig:
@@ -175,6 +188,56 @@ class TraceSource(_Strict):
     max_requests: Annotated[int, Field(ge=1)] | None = None
 
 
+class TokenDistSpec(_Strict):
+    """A token count per draw: lognormal with this mean and coefficient of variation, rounded and clipped."""
+
+    mean: Annotated[float, Field(gt=0)]
+    cv: Annotated[float, Field(ge=0)] = 1.0
+    min: Annotated[int, Field(ge=1)] = 1
+    max: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> TokenDistSpec:
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class PauseSpec(_Strict):
+    """The tool/think pause before each later step of a session: lognormal seconds (cv 0: constant)."""
+
+    mean_s: Annotated[float, Field(ge=0)]
+    cv: Annotated[float, Field(ge=0)] = 1.0
+
+
+class StepsSpec(_Strict):
+    """Steps (LLM calls) per session: geometric on {1, 2, ...} with this mean, capped at ``max``."""
+
+    mean: Annotated[float, Field(ge=1)]
+    max: Annotated[int, Field(ge=1, le=2048)] = 64
+
+
+class SessionSource(_Strict):
+    """Agentic sessions (envs/workloads/sessions.py): chains of LLM calls with tool pauses, in a closed loop.
+
+    Sessions start by ``arrival``. Step 0's prompt is ``first_prompt`` tokens; step k's prompt is step k-1's
+    prompt plus its output plus ``step_input`` new tokens (a tool result or user turn), so consecutive steps
+    share their prefix. Step k arrives ``pause`` after step k-1 finishes. A session ends early when its next
+    step would exceed ``max_context_tokens`` (prompt + output).
+    """
+
+    kind: Literal["sessions"]
+    tenant: str
+    arrival: ArrivalSpec
+    steps: StepsSpec
+    first_prompt: TokenDistSpec
+    step_input: TokenDistSpec
+    output: TokenDistSpec
+    pause: PauseSpec
+    # 2048 blocks of 512 tokens: the hash layout of envs/workloads/sessions.py has room for 1M tokens.
+    max_context_tokens: Annotated[int, Field(ge=2, le=2048 * 512)] = 32768
+
+
 def _source_kind(v: Any) -> str | None:
     """``kind`` may be left out: a source naming a trace ``format`` or ``file`` is a trace, else synthetic."""
     if isinstance(v, dict):
@@ -183,7 +246,9 @@ def _source_kind(v: Any) -> str | None:
 
 
 Source = Annotated[
-    Annotated[SyntheticSource, Tag("synthetic")] | Annotated[TraceSource, Tag("trace")],
+    Annotated[SyntheticSource, Tag("synthetic")]
+    | Annotated[TraceSource, Tag("trace")]
+    | Annotated[SessionSource, Tag("sessions")],
     Discriminator(_source_kind),
 ]
 
@@ -216,6 +281,10 @@ class PoliciesConfig(_Strict):
     # target_util and forecast: no scale-down this soon after a scale-up of the pool (Kubernetes HPA's default
     # scale-down stabilization window), so that a short dip does not undo a scale-up that just paid a cold start.
     scale_down_cooldown_s: Annotated[float, Field(ge=0)] = 300.0
+    # session_affinity routing: a session's step leaves its home replica (the one that served its previous
+    # step) when that replica has more than this many outstanding requests (waiting + running). Our default:
+    # half of vLLM's default max_num_seqs (256), where the home replica's batch is still far from full.
+    session_affinity_max_load: Annotated[int, Field(ge=0)] = 128
 
     @model_validator(mode="after")
     def _consistent(self) -> PoliciesConfig:

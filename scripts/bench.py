@@ -9,7 +9,9 @@ Two runs, built-in policies only:
   same run with it off (``faults``: replica failures in both pools and one pool on spot capacity with
   reclaims, at stress rates: MTBF 1800 s, a reclaim every 900 s on average per replica; lost capacity makes
   queues longer, which is most of its cost; ``faults_armed_idle``: the same with rates so low that nothing
-  fires, the cost of the mechanism alone).
+  fires, the cost of the mechanism alone; ``sessions``: the ``chat`` tenant's traffic, half of the load, as
+  agentic sessions in a closed loop of about the same request rate and prompt size, routed by session
+  affinity: the release heap and the routing rule).
 
 The JIT warm-up (compiling, or loading numba's cache, on a tiny horizon) is timed separately and excluded.
 Peak memory is what numpy allocated for the run (tracemalloc), divided by the request count; the process's
@@ -87,6 +89,31 @@ def with_faults(raw: dict, mtbf_s: float = 1800.0, reclaim_s: float = 900.0) -> 
     pools = [{**p, "mtbf_s": mtbf_s} for p in raw["pools"]]
     pools[-1] = {**pools[-1], "spot": True, "price_per_gpu_hour": 0.884, "reclaim_mtbr_s": reclaim_s}
     return {**raw, "name": raw["name"] + "_faults", "pools": pools}
+
+
+def with_sessions(raw: dict) -> dict:
+    """``raw`` with its first tenant's chat replaced by agentic sessions of about the same request rate and
+    prompt size (4 steps on average, ~1.3k-token prompts), routed by session affinity."""
+    src = raw["sources"][0]
+    steps = 4.0
+    sessions = {
+        "kind": "sessions",
+        "tenant": src["tenant"],
+        "arrival": {"rate_per_s": src["arrival"]["rate_per_s"] / steps},
+        "steps": {"mean": steps, "max": 16},
+        "first_prompt": {"mean": 800, "cv": 0.5},
+        "step_input": {"mean": 200},
+        "output": {"mean": 150, "cv": 0.8},
+        "pause": {"mean_s": 2.0},
+        "max_context_tokens": 8192,
+    }
+    policies = {**raw["policies"], "routing": "session_affinity"}
+    return {
+        **raw,
+        "name": raw["name"] + "_sessions",
+        "sources": [sessions, *raw["sources"][1:]],
+        "policies": policies,
+    }
 
 
 def synthetic(n_requests: int, replicas: int = 16, rate_per_replica: float = RATE_80) -> dict:
@@ -168,6 +195,8 @@ def main() -> None:
             ("faults", with_faults(cluster16(horizon_s=3600.0))),
             # armed but (almost) never firing: the bookkeeping's own cost, without the changed dynamics
             ("faults_armed_idle", with_faults(cluster16(horizon_s=3600.0), 1e12, 1e12)),
+            # half of the traffic as closed-loop agentic sessions (the release heap, session-affinity routing)
+            ("sessions", with_sessions(cluster16(horizon_s=3600.0))),
         ):
             r = measure(raw)
             r["slowdown_vs_off"] = round(base["sim_requests_per_s"] / r["sim_requests_per_s"], 3)

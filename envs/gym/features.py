@@ -43,8 +43,11 @@ from envs.sim.state import (
     K_FINISHED,
     K_FORM_REPLICA,
     K_HOLD_N,
+    K_N_OPEN,
     K_NEXT_ARRIVAL,
     K_PENDING_ROUTE,
+    K_REL_N,
+    K_RELEASED,
     K_SLO_MET,
     K_SLO_MISSED_FINISHED,
     PF_BILLED_GPU_S,
@@ -244,7 +247,13 @@ def cost_usd(st, ax):
 def drained(st):
     """Every request of the workload has arrived and none is in flight: nothing can happen any more."""
     na = st.cnt[K_NEXT_ARRIVAL]
-    return na == st.rqf.shape[1] and na - st.cnt[K_FINISHED] - st.cnt[K_DROPS] == 0
+    arrived = na + st.cnt[K_RELEASED]
+    # session steps still unreleased when this holds belong to abandoned sessions: they never arrive
+    return (
+        na == st.cnt[K_N_OPEN]
+        and st.cnt[K_REL_N] == 0
+        and arrived - st.cnt[K_FINISHED] - st.cnt[K_DROPS] == 0
+    )
 
 
 # ---------------------------------------------------------------- observation groups

@@ -11,6 +11,7 @@ from numba import njit
 
 from envs.sim.state import (
     C_NEXT_FAULT,
+    C_NOW,
     FK_KILL,
     FK_NONE,
     FK_REPAIR,
@@ -19,8 +20,11 @@ from envs.sim.state import (
     K_FINISHED,
     K_FORM_REPLICA,
     K_HOLD_N,
+    K_N_OPEN,
     K_NEXT_ARRIVAL,
     K_PENDING_ROUTE,
+    K_REL_N,
+    K_RELEASED,
     KV_BLOCK_TOKENS,
     LS_HEAP_KEY,
     LS_HEAP_SLOT,
@@ -30,6 +34,7 @@ from envs.sim.state import (
     RF_FIRST,
     RI_EVICT,
     RI_GENERATED,
+    RI_NEXT,
     RI_OUTPUT,
     RI_PROMPT,
     RI_STATUS,
@@ -45,6 +50,7 @@ from envs.sim.state import (
     SL_REQ,
     ST_DROPPED,
     ST_FINISHED,
+    ST_FUTURE,
     ST_INFLIGHT,
     XF_FAULT,
     XI_BUSY,
@@ -77,6 +83,7 @@ AUDIT_MESSAGES = {
     13: "eviction counter differs from the requests' evictions",
     14: "a replica that is off or failed holds work, KV blocks or a running iteration",
     15: "fault bookkeeping: next-fault bound, pending fault of an off replica, or fault kind vs state",
+    16: "sessions: release heap order or entries, or released steps != finished steps with a successor",
 }
 
 
@@ -150,16 +157,43 @@ def audit(st):
                 return 5, r
         running += nd + npf
 
-    arrived = st.cnt[K_NEXT_ARRIVAL]
+    n_open = st.cnt[K_N_OPEN]
+    arrived = st.cnt[K_NEXT_ARRIVAL] + st.cnt[K_RELEASED]
     if st.clock[C_NEXT_FAULT] > fault_min or n_failed > st.cnt[K_FAILURES]:
         return 15, -1
+    # session release heap (sessions.py): heap order; entries are distinct later steps not yet arrived
+    n_rel = st.cnt[K_REL_N]
+    for e in range(n_rel):
+        j = int(st.relq[1, e])
+        if j < n_open or j >= st.rqf.shape[1] or st.rqi[RI_STATUS, j] != ST_FUTURE:
+            return 16, j
+        if not st.relq[0, e] >= st.clock[C_NOW]:  # a release in the past was missed (or NaN)
+            return 16, j
+        if e > 0:
+            p = (e - 1) >> 1
+            if st.relq[0, p] > st.relq[0, e] or (
+                st.relq[0, p] == st.relq[0, e] and st.relq[1, p] > st.relq[1, e]
+            ):
+                return 16, j
     fin = 0
     drop = 0
     infl = 0
     evicted = 0
-    for i in range(arrived):
-        evicted += st.rqi[RI_EVICT, i]
+    released = 0
+    finished_with_next = 0
+    for i in range(st.rqf.shape[1]):
         s = st.rqi[RI_STATUS, i]
+        if s == ST_FUTURE:
+            if i < st.cnt[K_NEXT_ARRIVAL] or st.rqi[RI_GENERATED, i] != 0:
+                return 8, i
+            continue
+        if i >= st.cnt[K_NEXT_ARRIVAL] and i < n_open:
+            return 8, i  # an open-loop request arrived ahead of the arrival pointer
+        if i >= n_open:
+            released += 1
+        if s == ST_FINISHED and st.rqi[RI_NEXT, i] >= 0:
+            finished_with_next += 1
+        evicted += st.rqi[RI_EVICT, i]
         if s == ST_FINISHED:
             fin += 1
             if st.rqi[RI_GENERATED, i] != st.rqi[RI_OUTPUT, i]:
@@ -174,6 +208,9 @@ def audit(st):
             return 10, i
     if fin + drop + infl != arrived:
         return 8, -1
+    # every finished step with a successor released it: it is pending in the heap or has arrived
+    if released != st.cnt[K_RELEASED] or finished_with_next != released + n_rel:
+        return 16, -1
     if fin != st.cnt[K_FINISHED]:
         return 12, -1
     if evicted != st.cnt[K_EVICTED]:

@@ -79,10 +79,14 @@ def build_state(
     r_ttft = t_ttft[tix]
     r_tpot = t_tpot[tix]
     out_minus_1 = (requests.output_tokens - 1).astype(np.float64)
+    sess = requests.sessions
+    later = sess.step > 0 if sess is not None else np.zeros(n, dtype=bool)
+    # a later session step keeps its deadline relative to its arrival until it is released (sessions.py)
+    base = np.where(later, 0.0, requests.arrival_s)
     r_deadline = np.where(
         r_tier == S.TIER_BATCH,
-        requests.arrival_s + t_deadline[tix],
-        requests.arrival_s + r_ttft + r_tpot * out_minus_1,
+        base + t_deadline[tix],
+        base + r_ttft + r_tpot * out_minus_1,
     )
 
     # ---- pools and replicas
@@ -134,6 +138,7 @@ def build_state(
     clock[S.C_HOLT_BETA] = pol.forecast_beta
     clock[S.C_DOWN_COOLDOWN] = pol.scale_down_cooldown_s
     clock[S.C_NEXT_FAULT] = np.inf
+    clock[S.C_SESSION_MAX_LOAD] = pol.session_affinity_max_load
     cnt = np.zeros(S.N_CNT, dtype=np.int64)
     cnt[S.K_PENDING_ROUTE] = -1
     cnt[S.K_FORM_REPLICA] = -1
@@ -144,6 +149,8 @@ def build_state(
     cnt[S.K_CTRL_BATCH] = "batch" in control
     cnt[S.K_CTRL_SCALE] = "scale" in control
     cnt[S.K_N_TENANTS] = len(tenants)
+    n_later = int(later.sum())
+    cnt[S.K_N_OPEN] = n - n_later  # later session steps are the table's last rows (RequestTable.validate)
 
     rqf = np.zeros((S.N_RF, n))
     rqf[S.RF_ARRIVAL] = requests.arrival_s
@@ -162,6 +169,13 @@ def build_state(
     rqi[S.RI_REPLICA] = -1
     rqi[S.RI_PFX_START] = requests.prefix_offsets[:-1]
     rqi[S.RI_PFX_LEN] = np.diff(requests.prefix_offsets)
+    rqi[S.RI_NEXT] = -1
+    rqi[S.RI_HOME] = -1
+    if sess is not None:
+        rqi[S.RI_NEXT] = sess.next
+        rqi[S.RI_STEP] = sess.step
+        rqi[S.RI_STEPS_LEFT] = sess.steps_left
+        rqf[S.RF_PAUSE] = sess.pause_s
 
     poolf = np.zeros((S.N_PF, n_pool))
     poolf[S.PF_COLD_START] = [p.cold_start_s for p in pools]
@@ -226,6 +240,8 @@ def build_state(
         ),
         ten=ten,
         region_lat=lat,
+        # one entry per session at most; later steps bound the number of sessions with a pending step
+        relq=np.stack([np.full(max(n_later, 1), np.inf), np.full(max(n_later, 1), -1.0)]),
     )
     if any(p.mtbf_s or (p.spot and p.reclaim_mtbr_s) for p in pools):
         arm_initial_faults(st)  # draws only when the feature is on: other runs keep their random stream

@@ -20,6 +20,7 @@ from envs.sim.policies import (
     ROUTE_PREFIX,
     ROUTE_RANDOM,
     ROUTE_RR,
+    ROUTE_SESSION,
     SCALE_FORECAST,
     SCALE_REACTIVE,
     SCALE_REPLACE,
@@ -34,6 +35,7 @@ from envs.sim.policies import (
     replace_scale_delta,
     replica_cost,
     route_score,
+    session_route_score,
     sized_scale_delta,
     spot_mix_rate,
 )
@@ -62,6 +64,7 @@ from envs.sim.replica import (
     start_drain,
     turn_on,
 )
+from envs.sim.sessions import next_release, take_released
 from envs.sim.state import (
     C_COST_MAX_KV,
     C_COST_MAX_QUEUE,
@@ -75,6 +78,7 @@ from envs.sim.state import (
     C_NOW,
     C_REACTIVE_DOWN,
     C_REACTIVE_UP,
+    C_SESSION_MAX_LOAD,
     C_TARGET_UTIL,
     C_TICK_S,
     EV_BATCH,
@@ -89,6 +93,7 @@ from envs.sim.state import (
     K_FORM_REPLICA,
     K_HOLD_N,
     K_HOLD_RETRY,
+    K_N_OPEN,
     K_NEXT_ARRIVAL,
     K_PENDING_ROUTE,
     K_PENDING_SCALE,
@@ -120,6 +125,7 @@ from envs.sim.state import (
     PI_TP,
     RF_ARRIVAL,
     RF_VISIBLE,
+    RI_HOME,
     RI_MODEL,
     RI_OUTPUT,
     RI_PROMPT,
@@ -217,7 +223,11 @@ def builtin_route(st, i):
             hits = prefix_hits(st, r, i, False)
         kv_frac = st.repi[XI_KV_USED, r] / st.repi[XI_KV_CAP, r]
         running = st.repi[XI_ND, r] + st.repi[XI_NPF, r]
-        if policy == ROUTE_COST:
+        if policy == ROUTE_SESSION:
+            s = session_route_score(
+                r == st.rqi[RI_HOME, i], st.repi[XI_QN, r] + running, st.clock[C_SESSION_MAX_LOAD]
+            )
+        elif policy == ROUTE_COST:
             p = st.repi[XI_POOL, r]
             s = cost_route_score(
                 replica_cost(st.poolf[PF_PRICE, p], st.pooli[PI_TP, p], st.poolf[PF_CAPACITY, p]),
@@ -497,7 +507,7 @@ def any_admissible(st, r, now):
 @kernel
 def advance(st, t_limit):
     """Run until the next caller-controlled decision, ``t_limit`` or the horizon; return the event code."""
-    n_req = st.rqf.shape[1]
+    n_open = st.cnt[K_N_OPEN]
     n_rep = st.repi.shape[1]
     while True:
         now = st.clock[C_NOW]
@@ -516,7 +526,11 @@ def advance(st, t_limit):
                 return EV_ROUTE
 
         na = st.cnt[K_NEXT_ARRIVAL]
-        t_arr = st.rqf[RF_ARRIVAL, na] if na < n_req else INF
+        t_arr = st.rqf[RF_ARRIVAL, na] if na < n_open else INF
+        t_rel = next_release(st)  # session steps released by their predecessor (sessions.py)
+        released = t_rel < t_arr  # at equal times the open-loop arrival goes first
+        if released:
+            t_arr = t_rel
         r_min = -1
         t_rep = INF
         for r in range(n_rep):
@@ -557,8 +571,11 @@ def advance(st, t_limit):
             admit_builtin(st, r, budget, t)
             launch(st, r, t)
         elif t_arr <= t_tick:
-            i = na
-            st.cnt[K_NEXT_ARRIVAL] = na + 1
+            if released:
+                i = take_released(st, t)
+            else:
+                i = na
+                st.cnt[K_NEXT_ARRIVAL] = na + 1
             st.rqi[RI_STATUS, i] = ST_INFLIGHT
             st.poolf[PF_ARRIVALS, st.rqi[RI_MODEL, i]] += 1.0  # demand per model, for the forecast scaler
             if st.rqi[RI_TIER, i] == TIER_INTERACTIVE:

@@ -102,6 +102,12 @@ class SimOutcome:
     evictions: np.ndarray | None = None  # int16 per request: times sent back by a failure or reclaim
     failures: int = 0  # replica failures
     reclaims: int = 0  # spot reclaim warnings
+    # --- agentic sessions (None: no sessions; see envs/workloads/sessions.py)
+    session: np.ndarray | None = None  # int32 per request: session id, -1 outside a session
+    session_steps_left: np.ndarray | None = None  # int32 per request: steps of its session after it
+    # int32 per request: context shared with the previous step (its prompt + output; 0 for a first step)
+    session_context_tokens: np.ndarray | None = None
+    tenant_session_slo_s: np.ndarray | None = None  # float64 per tenant: session target, NaN when none
 
     @property
     def n_requests(self) -> int:
@@ -136,6 +142,10 @@ class SimOutcome:
         for name, dtype, length in (
             ("pool_spot", np.int8, len(self.pool_names)),
             ("evictions", np.int16, n),
+            ("session", np.int32, n),
+            ("session_steps_left", np.int32, n),
+            ("session_context_tokens", np.int32, n),
+            ("tenant_session_slo_s", np.float64, len(self.tenant_names)),
         ):
             arr = getattr(self, name)
             if arr is not None and (
@@ -201,4 +211,5 @@ assert {f.name for f in fields(SimOutcome)} == (
     | set(_REPLICA_FIELDS)
     | {"now_s", "horizon_s", "max_service_gap", "tenant_names", "pool_names"}
     | {"pool_spot", "evictions", "failures", "reclaims"}
+    | {"session", "session_steps_left", "session_context_tokens", "tenant_session_slo_s"}
 )

@@ -14,6 +14,7 @@ BATCH_FCFS, BATCH_EDF, BATCH_SJF, BATCH_VTC, BATCH_WFS, BATCH_TIER = range(6)
 BATCHING_IDS = {"fcfs": 0, "edf": 1, "sjf": 2, "vtc": 3, "wfs": 4, "tier_priority": 5}
 
 ROUTE_RR, ROUTE_RANDOM, ROUTE_JSQ, ROUTE_LOR, ROUTE_LEAST_KV, ROUTE_P2C, ROUTE_PREFIX, ROUTE_COST = range(8)
+ROUTE_SESSION = 8
 ROUTING_IDS = {
     "round_robin": 0,
     "random": 1,
@@ -23,6 +24,7 @@ ROUTING_IDS = {
     "p2c": 5,
     "prefix_affinity": 6,
     "cost_aware": 7,
+    "session_affinity": 8,
 }
 
 SCALE_STATIC, SCALE_REACTIVE, SCALE_TARGET, SCALE_FORECAST, SCALE_REPLACE, SCALE_SPOT_MIX = range(6)
@@ -111,6 +113,19 @@ def route_score(
         return float(queue_len + running)
     # prefix affinity: the longest cached prefix, then the least outstanding work
     return -prefix_hit_blocks * _PREFIX_STRIDE + float(queue_len + running)
+
+
+@njit(cache=True, inline="always")
+def session_route_score(is_home: bool, load: int, max_load: float) -> float:
+    """Session-affinity routing with a load-aware fallback (lower wins).
+
+    A session's step goes back to its home replica, the one that served its previous step and so holds the
+    session's context in its prefix cache, unless that replica has more than ``max_load`` outstanding
+    requests (waiting + running); otherwise, and for requests outside a session, the least-loaded replica.
+    """
+    if is_home and load <= max_load:
+        return -1.0
+    return float(load)
 
 
 @njit(cache=True, inline="always")

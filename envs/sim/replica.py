@@ -28,6 +28,7 @@ import numpy as np
 from envs.perf.model import iteration_time_s
 from envs.sim.jit import hot, kernel
 from envs.sim.policies import batch_score
+from envs.sim.sessions import release_next
 from envs.sim.state import (
     C_LAST_LEFT_COUNTER,
     C_MAX_GAP,
@@ -70,6 +71,7 @@ from envs.sim.state import (
     RF_VISIBLE,
     RI_CACHED,
     RI_GENERATED,
+    RI_NEXT,
     RI_OUTPUT,
     RI_PFX_LEN,
     RI_PFX_START,
@@ -162,6 +164,8 @@ def finish_request(st, i, t):
     st.rqf[RF_FINISH, i] = t
     st.rqi[RI_STATUS, i] = ST_FINISHED
     st.cnt[K_FINISHED] += 1
+    if st.rqi[RI_NEXT, i] >= 0:
+        release_next(st, i, t)  # closed loop: the session's next step arrives after its pause
     # the SLO rule of envs/metrics.py, evaluated once here so that envs can reward per step
     if st.rqi[RI_TIER, i] == TIER_INTERACTIVE:
         first = st.rqf[RF_FIRST, i]

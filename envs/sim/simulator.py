@@ -127,7 +127,7 @@ class Simulator:
         st = self.state
         status = st.rqi[S.RI_STATUS]
         return {
-            "arrived": int(st.cnt[S.K_NEXT_ARRIVAL]),
+            "arrived": int(st.cnt[S.K_NEXT_ARRIVAL] + st.cnt[S.K_RELEASED]),
             "finished": int(st.cnt[S.K_FINISHED]),
             "dropped": int(np.count_nonzero(status == S.ST_DROPPED)),
             "in_flight": int(np.count_nonzero(status == S.ST_INFLIGHT)),
@@ -142,6 +142,8 @@ class Simulator:
             "reclaims": int(st.cnt[S.K_RECLAIMS]),
             "evicted": int(st.cnt[S.K_EVICTED]),
             "failed_replicas": int(np.count_nonzero(st.repi[S.XI_STATE] == S.RS_FAILED)),
+            "session_steps_released": int(st.cnt[S.K_RELEASED]),
+            "session_steps_pending": int(st.cnt[S.K_REL_N]),
         }
 
     def audit(self) -> str:
@@ -213,7 +215,26 @@ class Simulator:
             evictions=st.rqi[S.RI_EVICT].astype(np.int16),
             failures=int(st.cnt[S.K_FAILURES]),
             reclaims=int(st.cnt[S.K_RECLAIMS]),
+            **self._session_fields(),
         )
+
+    def _session_fields(self) -> dict[str, Any]:
+        """SimOutcome's session fields (none without sessions); static per run, so computed once."""
+        sess = self.requests.sessions
+        if sess is None:
+            return {}
+        if not hasattr(self, "_sess_fields"):
+            ctx = np.zeros(len(self.requests), dtype=np.int32)
+            prev = np.flatnonzero(sess.next >= 0)
+            ctx[sess.next[prev]] = self.requests.prompt_tokens[prev] + self.requests.output_tokens[prev]
+            slo = [np.nan if t.session_slo_s is None else t.session_slo_s for t in self.scenario.tenants]
+            self._sess_fields = {
+                "session": sess.session,
+                "session_steps_left": sess.steps_left,
+                "session_context_tokens": ctx,
+                "tenant_session_slo_s": np.array(slo, dtype=np.float64),
+            }
+        return self._sess_fields
 
 
 def _default_price(gpu: str) -> float:

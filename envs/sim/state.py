@@ -28,7 +28,8 @@ TIER_INTERACTIVE, TIER_BATCH = 0, 1
 
 # rqf[field, request] float64
 RF_ARRIVAL, RF_DEADLINE, RF_TTFT_SLO, RF_TPOT_SLO, RF_VISIBLE, RF_FIRST, RF_FINISH = range(7)
-N_RF = 7
+RF_PAUSE = 7  # session step: tool/think pause after its predecessor finishes (0 for other requests)
+N_RF = 8
 # rqi[field, request] int32
 (
     RI_PROMPT,
@@ -46,8 +47,13 @@ N_RF = 7
     RI_PFX_START,  # first prefix hash in pfx_hash
     RI_PFX_LEN,
     RI_EVICT,  # times the request was sent back for re-routing by a failure or a spot reclaim of its replica
-) = range(15)
-N_RI = 15
+    # Agentic sessions (envs/sim/sessions.py); -1 / 0 for requests outside a session.
+    RI_NEXT,  # the session's next step, released when this one finishes (-1: none)
+    RI_STEP,  # step index within its session
+    RI_STEPS_LEFT,  # steps of its session after this one
+    RI_HOME,  # replica that served the session's previous step (holds its prefix), -1 when none
+) = range(19)
+N_RI = 19
 
 # poolf[field, pool] float64 / pooli[field, pool] int64
 (
@@ -151,7 +157,8 @@ C_REACTIVE_UP, C_REACTIVE_DOWN = 7, 8
 # A lower bound of min(XF_FAULT): the event loop checks faults with one comparison; it is made exact lazily
 # when it comes due (a replica turned off early leaves it stale, and then nothing happens at that time).
 C_NEXT_FAULT = 15
-N_CLOCK = 16
+C_SESSION_MAX_LOAD = 16  # session-affinity routing: leave the home replica above this load (policies)
+N_CLOCK = 17
 
 # cnt[] int64 scalars
 (
@@ -184,8 +191,13 @@ N_CLOCK = 16
     K_FAILURES,  # replica failures
     K_RECLAIMS,  # spot reclaim warnings
     K_EVICTED,  # requests sent back for re-routing by failures and reclaims (= sum of RI_EVICT)
-) = range(29)
-N_CNT = 29
+    # Rows [0, K_N_OPEN) arrive by their RF_ARRIVAL (the arrival pointer's range); the rest are later steps
+    # of sessions, released by their predecessor's finish into the release heap (relq, K_REL_N entries).
+    K_N_OPEN,
+    K_RELEASED,  # session steps released so far: arrived = K_NEXT_ARRIVAL + K_RELEASED
+    K_REL_N,
+) = range(32)
+N_CNT = 32
 
 # Event codes returned by advance().
 EV_DONE, EV_ROUTE, EV_BATCH, EV_SCALE, EV_TIME = 0, 1, 2, 3, 4
@@ -213,6 +225,7 @@ class SimState(NamedTuple):
     pc: np.ndarray  # i8[2, R, C] prefix cache keys and LRU stamps
     ten: np.ndarray  # f8[N_TF, T]
     region_lat: np.ndarray  # f8[G, G] one-way seconds
+    relq: np.ndarray  # f8[2, H] min-heap of pending session steps: (release time, request id), K_REL_N used
 
 
 def state_nbytes(st: SimState) -> int:

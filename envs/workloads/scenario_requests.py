@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from envs.scenario import LengthSpec as LengthConfig
-from envs.scenario import PrefixSpec, Scenario, ScenarioError, SyntheticSource, TraceSource
+from envs.scenario import PrefixSpec, Scenario, ScenarioError, SessionSource, SyntheticSource, TraceSource
 from envs.workloads.requests import PREFIX_BLOCK_TOKENS, RequestTable
+from envs.workloads.sessions import generate_sessions
 from envs.workloads.synthetic import ArrivalSpec, DiurnalSpec, LengthSpec, generate_tenant_requests
 
 
@@ -105,6 +106,8 @@ def requests_for_scenario(scenario: Scenario, rng: np.random.Generator) -> Reque
         try:
             if isinstance(src, SyntheticSource):
                 tables.append(_synthetic_with_prefixes(src, tenants[src.tenant], scenario.horizon_s, rng, i))
+            elif isinstance(src, SessionSource):
+                tables.append(generate_sessions(rng, src, tenants[src.tenant], scenario.horizon_s, i))
             else:
                 tables.append(_trace(src, tenants))
         except ValueError as e:
@@ -112,5 +115,14 @@ def requests_for_scenario(scenario: Scenario, rng: np.random.Generator) -> Reque
                 raise
             raise ScenarioError(f"scenario {scenario.name!r}: sources.{i}: {e}") from e
     table = RequestTable.concat_sorted(tables) if len(tables) > 1 else tables[0]
+    if table.sessions is not None:
+        # later session steps (+inf) arrive when the simulation releases them; keep those of kept sessions
+        first = table.sessions.step == 0
+        late = table.arrival_s >= scenario.horizon_s
+        dropped_sessions = np.unique(table.sessions.session[first & late & (table.sessions.session >= 0)])
+        cut = (first & late) | np.isin(table.sessions.session, dropped_sessions) & (
+            table.sessions.session >= 0
+        )
+        return table.take(np.flatnonzero(~cut)) if cut.any() else table
     keep = int(np.searchsorted(table.arrival_s, scenario.horizon_s, side="left"))
     return table.slice_rows(0, keep) if keep < len(table) else table

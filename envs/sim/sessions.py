@@ -1,0 +1,116 @@
+"""Agentic sessions in the core: the closed loop that releases a session's next step when its step finishes.
+
+A session is a chain of requests (``RI_NEXT``). Its first step arrives by its arrival time like any request
+(rows ``[0, K_N_OPEN)``, which the arrival pointer walks). Every later step waits, status ``ST_FUTURE``, until
+its predecessor finishes: then it is pushed into the release heap (``relq``: release time, request id) at
+the finish time plus its tool/think pause (``RF_PAUSE``), and ``advance`` takes it from there as an arrival.
+Its deadline is kept relative to its arrival until then (``RF_DEADLINE`` holds the budget; the release adds
+the arrival time), and ``RI_HOME`` is set to the replica that served the step before, whose prefix cache
+holds the session's context.
+
+A predecessor that is dropped (queue full, max wait, unservable) never finishes, so its successors are never
+released: the rest of the session is abandoned, and the session counts as failed (``envs/metrics.py``).
+Unreleased steps stay ``ST_FUTURE``, so conservation (arrived = finished + dropped + in flight) is untouched.
+
+The heap holds one entry per session at most (a session has one step in flight or waiting at a time), so
+pushes and pops are O(log sessions); ties are broken by request id, so a run stays a pure function of its
+state. With no sessions the event loop pays one comparison per event for the feature.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from envs.sim.jit import hot, kernel
+from envs.sim.state import (
+    K_REL_N,
+    K_RELEASED,
+    RF_ARRIVAL,
+    RF_DEADLINE,
+    RF_PAUSE,
+    RI_HOME,
+    RI_NEXT,
+    RI_REPLICA,
+)
+
+INF = np.inf
+
+
+@hot
+def _rel_less(st, a, b):
+    """Heap order: release time, then request id."""
+    ta = st.relq[0, a]
+    tb = st.relq[0, b]
+    return ta < tb or (ta == tb and st.relq[1, a] < st.relq[1, b])
+
+
+@hot
+def _rel_swap(st, a, b):
+    for f in range(2):
+        x = st.relq[f, a]
+        st.relq[f, a] = st.relq[f, b]
+        st.relq[f, b] = x
+
+
+@kernel
+def release_push(st, j, t):
+    """Schedule session step j to arrive at time t."""
+    n = st.cnt[K_REL_N]
+    st.relq[0, n] = t
+    st.relq[1, n] = j
+    st.cnt[K_REL_N] = n + 1
+    while n > 0:
+        p = (n - 1) >> 1
+        if not _rel_less(st, n, p):
+            break
+        _rel_swap(st, n, p)
+        n = p
+
+
+@kernel
+def release_pop(st):
+    """Remove and return the request id of the earliest pending step (the heap must not be empty)."""
+    j = int(st.relq[1, 0])
+    n = st.cnt[K_REL_N] - 1
+    st.cnt[K_REL_N] = n
+    st.relq[0, 0] = st.relq[0, n]
+    st.relq[1, 0] = st.relq[1, n]
+    st.relq[0, n] = INF
+    st.relq[1, n] = -1.0
+    p = 0
+    while True:
+        a = 2 * p + 1
+        if a >= n:
+            break
+        c = a
+        if a + 1 < n and _rel_less(st, a + 1, a):
+            c = a + 1
+        if not _rel_less(st, c, p):
+            break
+        _rel_swap(st, c, p)
+        p = c
+    return j
+
+
+@hot
+def next_release(st):
+    """Time of the earliest pending session step, inf when none."""
+    return st.relq[0, 0] if st.cnt[K_REL_N] > 0 else INF
+
+
+@kernel
+def release_next(st, i, t):
+    """Request i finished at t: its session's next step arrives after its pause, homed on i's replica."""
+    j = st.rqi[RI_NEXT, i]
+    st.rqi[RI_HOME, j] = st.rqi[RI_REPLICA, i]
+    release_push(st, j, t + st.rqf[RF_PAUSE, j])
+
+
+@hot
+def take_released(st, t):
+    """Pop the step due at t and make it an arrival: its arrival time, and its deadline made absolute."""
+    j = release_pop(st)
+    st.rqf[RF_ARRIVAL, j] = t
+    st.rqf[RF_DEADLINE, j] += t
+    st.cnt[K_RELEASED] += 1
+    return j
