@@ -19,6 +19,7 @@ import csv
 import functools
 import json
 import math
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -31,6 +32,10 @@ from typing import Any
 
 from baselines.registry import builtin_policies
 from envs.scenario import ScenarioError
+
+# Workers start fresh rather than forked: a fork after torch or numba's threading layer has started
+# can deadlock the child (seen with pretrained agents on the leaderboard).
+SPAWN = multiprocessing.get_context("spawn")
 
 # Metadata columns that lead every record, in this order.
 META_KEYS = ("policy", "scenario", "seed")
@@ -205,7 +210,7 @@ def run_specs(
                 if bar is not None:
                     bar.update(1)
         else:
-            with ProcessPoolExecutor(max_workers=min(workers, len(specs))) as pool:
+            with ProcessPoolExecutor(max_workers=min(workers, len(specs)), mp_context=SPAWN) as pool:
                 futures = {pool.submit(_run_one, spec, runner): i for i, spec in enumerate(specs)}
                 for fut in as_completed(futures):
                     results[futures[fut]] = fut.result()

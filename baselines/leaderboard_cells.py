@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import math
+import multiprocessing
 import os
 import re
 import tempfile
@@ -31,6 +32,10 @@ from typing import Any
 import numpy as np
 
 from baselines.suite import Suite, SuiteError, env_version, file_sha256, load_suite, workload_for
+
+# Workers start fresh rather than forked: a fork after torch or numba's threading layer has started
+# can deadlock the child (seen with pretrained agents on the leaderboard).
+SPAWN = multiprocessing.get_context("spawn")
 
 ENTRY_FORMAT = 1
 
@@ -250,7 +255,7 @@ def run_cells(
         else:
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=SPAWN) as pool:
                 futs = {pool.submit(run_cell, suite_file, cells[i]): i for i in todo}
                 for fut in as_completed(futs):
                     finish(futs[fut], *fut.result())
