@@ -25,8 +25,15 @@ from envs.sim.core import (
     can_serve,
 )
 from envs.sim.jit import hot, kernel
-from envs.sim.policies import BATCHING_IDS, batch_score
-from envs.sim.replica import admit_chunk, budget_left, has_prefill, next_deadline, prefix_hits
+from envs.sim.policies import BATCHING_IDS
+from envs.sim.replica import (
+    admit_chunk,
+    budget_left,
+    has_prefill,
+    next_deadline,
+    prefix_hits,
+    request_batch_score,
+)
 from envs.sim.simulator import Simulator
 from envs.sim.state import (
     C_HORIZON,
@@ -479,20 +486,6 @@ def route_decision(st, ax, obs, mask, ii, ff, now):
 
 
 @hot
-def cand_score(st, policy, i):
-    u = st.rqi[RI_TENANT, i]
-    return batch_score(
-        policy,
-        st.rqf[RF_ARRIVAL, i],
-        next_deadline(st, i),
-        st.rqi[RI_PROMPT, i],
-        st.rqi[RI_TIER, i],
-        st.ten[TF_COUNTER, u],
-        st.ten[TF_WEIGHT, u],
-    )
-
-
-@hot
 def rank_candidates(st, ax, r, now):
     """Fill ``cand`` with the K best visible waiting requests of replica r (score, then request id)."""
     k = ax.ai[AI_K]
@@ -504,7 +497,7 @@ def rank_candidates(st, ax, r, now):
         i = st.queue[r, q]
         if st.rqf[RF_VISIBLE, i] > now:
             continue
-        s = cand_score(st, policy, i)
+        s = request_batch_score(st, policy, i)
         if n == k and (s > ax.cscore[k - 1] or (s == ax.cscore[k - 1] and i > ax.cand[0, k - 1])):
             continue
         j = n if n < k else k - 1  # insertion sort into the K best

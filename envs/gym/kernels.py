@@ -303,6 +303,17 @@ def mask_check(ai, ev, act, mask):
 
 
 @njit(cache=True)
+def first_invalid(ai0, acts, prev_mask, prev_evs):
+    """In raise mode, (sub-env, error code, action dim) of the first action the previous mask forbids."""
+    if ai0[AI_NOOP] == 0:
+        for j in range(acts.shape[0]):
+            code, dim = mask_check(ai0, prev_evs[j], acts[j], prev_mask[j])
+            if code != 0:
+                return j, code, dim
+    return -1, 0, -1
+
+
+@njit(cache=True)
 def vec_step(states, auxs, acts, prev_mask, prev_evs, ai0):
     """Step every sub-env; ``ai0`` is sub-env 0's ``ai`` (all share the layout).
 
@@ -311,13 +322,11 @@ def vec_step(states, auxs, acts, prev_mask, prev_evs, ai0):
     event[N], obs, mask, ii, ff, rc).
     """
     n = len(states)
-    if ai0[AI_NOOP] == 0:
-        for j in range(n):
-            code, dim = mask_check(ai0, prev_evs[j], acts[j], prev_mask[j])
-            if code != 0:
-                obs, mask, ii, ff = _buffers(auxs[0], 0)
-                none = np.zeros(0, np.int64)
-                return j, code, dim, none, none, obs, mask, ii, ff, np.zeros((0, N_RC))
+    bad, code, dim = first_invalid(ai0, acts, prev_mask, prev_evs)
+    if bad >= 0:
+        obs, mask, ii, ff = _buffers(auxs[0], 0)
+        none = np.zeros(0, np.int64)
+        return bad, code, dim, none, none, obs, mask, ii, ff, np.zeros((0, N_RC))
     obs, mask, ii, ff = _buffers(auxs[0], n)
     rc = np.zeros((n, N_RC))
     status = np.zeros(n, np.int64)
@@ -334,13 +343,11 @@ def vec_step(states, auxs, acts, prev_mask, prev_evs, ai0):
 def vec_step_parallel(states, auxs, acts, prev_mask, prev_evs, ai0):
     """``vec_step`` with the sub-envs spread over numba's threads (same results: envs are independent)."""
     n = len(states)
-    if ai0[AI_NOOP] == 0:
-        for j in range(n):
-            code, dim = mask_check(ai0, prev_evs[j], acts[j], prev_mask[j])
-            if code != 0:
-                obs, mask, ii, ff = _buffers(auxs[0], 0)
-                none = np.zeros(0, np.int64)
-                return j, code, dim, none, none, obs, mask, ii, ff, np.zeros((0, N_RC))
+    bad, code, dim = first_invalid(ai0, acts, prev_mask, prev_evs)
+    if bad >= 0:
+        obs, mask, ii, ff = _buffers(auxs[0], 0)
+        none = np.zeros(0, np.int64)
+        return bad, code, dim, none, none, obs, mask, ii, ff, np.zeros((0, N_RC))
     obs, mask, ii, ff = _buffers(auxs[0], n)
     rc = np.zeros((n, N_RC))
     status = np.zeros(n, np.int64)

@@ -288,6 +288,21 @@ def next_deadline(st, i):
 
 
 @hot
+def request_batch_score(st, policy, i):
+    """The batching rule's score of request i from the state (the env's candidate ranking uses it too)."""
+    u = st.rqi[RI_TENANT, i]
+    return batch_score(
+        policy,
+        st.rqf[RF_ARRIVAL, i],
+        next_deadline(st, i),
+        st.rqi[RI_PROMPT, i],
+        st.rqi[RI_TIER, i],
+        st.ten[TF_COUNTER, u],
+        st.ten[TF_WEIGHT, u],
+    )
+
+
+@hot
 def expire_and_pick(st, r, now):
     """Drop requests that waited past max_wait, and return the queue index of the best visible request.
 
@@ -309,16 +324,7 @@ def expire_and_pick(st, r, now):
             queue_remove_at(st, r, k)
             drop_request(st, i, vis + max_wait)
             continue  # the swapped-in request now sits at k
-        u = st.rqi[RI_TENANT, i]
-        s = batch_score(
-            policy,
-            st.rqf[RF_ARRIVAL, i],
-            next_deadline(st, i),
-            st.rqi[RI_PROMPT, i],
-            st.rqi[RI_TIER, i],
-            st.ten[TF_COUNTER, u],
-            st.ten[TF_WEIGHT, u],
-        )
+        s = request_batch_score(st, policy, i)
         if s < best_s or (s == best_s and i < best_id):
             best_s = s
             best = k
