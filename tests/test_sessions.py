@@ -227,4 +227,9 @@ def test_conservation_fuzz_with_sessions(seed, routing, batching, faults, prefix
     drive(sim, np.random.default_rng(seed), step_s=1.3)  # audit at every stop
     c = sim.counts()
     assert c["arrived"] == c["finished"] + c["dropped"] + c["in_flight"]
-    assert c["session_steps_released"] > 0 or c["finished"] == 0
+    # every finished step with a successor released it, at the finish time plus its pause (pending or arrived)
+    nxt = sim.requests.sessions.next
+    finished_with_successor = int(
+        np.count_nonzero((sim.state.rqi[S.RI_STATUS] == S.ST_FINISHED) & (nxt >= 0))
+    )
+    assert c["session_steps_released"] + c["session_steps_pending"] == finished_with_successor
