@@ -314,6 +314,29 @@ def first_invalid(ai0, acts, prev_mask, prev_evs):
 
 
 @njit(cache=True)
+def _rejected(auxs, bad, code, dim):
+    """vec_step's answer when sub-env ``bad`` got an invalid action: nothing was stepped."""
+    obs, mask, ii, ff = _buffers(auxs[0], 0)
+    none = np.zeros(0, np.int64)
+    return bad, code, dim, none, none, obs, mask, ii, ff, np.zeros((0, N_RC))
+
+
+@njit(cache=True)
+def _step_buffers(auxs, n):
+    obs, mask, ii, ff = _buffers(auxs[0], n)
+    return obs, mask, ii, ff, np.zeros((n, N_RC)), np.zeros(n, np.int64), np.zeros(n, np.int64)
+
+
+@njit(cache=True)
+def _step_sub(states, auxs, acts, j, obs, mask, ii, ff, rc, status, evs):
+    """Step sub-env j into row j of the batch buffers (shared by the serial and the threaded loop)."""
+    ax = auxs[j]
+    s, _ = step_core(states[j], ax, acts[j], obs[j], mask[j], ii[j], ff[j], rc[j])
+    status[j] = s
+    evs[j] = ax.ai[AI_EV]
+
+
+@njit(cache=True)
 def vec_step(states, auxs, acts, prev_mask, prev_evs, ai0):
     """Step every sub-env; ``ai0`` is sub-env 0's ``ai`` (all share the layout).
 
@@ -324,18 +347,10 @@ def vec_step(states, auxs, acts, prev_mask, prev_evs, ai0):
     n = len(states)
     bad, code, dim = first_invalid(ai0, acts, prev_mask, prev_evs)
     if bad >= 0:
-        obs, mask, ii, ff = _buffers(auxs[0], 0)
-        none = np.zeros(0, np.int64)
-        return bad, code, dim, none, none, obs, mask, ii, ff, np.zeros((0, N_RC))
-    obs, mask, ii, ff = _buffers(auxs[0], n)
-    rc = np.zeros((n, N_RC))
-    status = np.zeros(n, np.int64)
-    evs = np.zeros(n, np.int64)
+        return _rejected(auxs, bad, code, dim)
+    obs, mask, ii, ff, rc, status, evs = _step_buffers(auxs, n)
     for j in range(n):
-        ax = auxs[j]
-        s, _ = step_core(states[j], ax, acts[j], obs[j], mask[j], ii[j], ff[j], rc[j])
-        status[j] = s
-        evs[j] = ax.ai[AI_EV]
+        _step_sub(states, auxs, acts, j, obs, mask, ii, ff, rc, status, evs)
     return -1, 0, -1, status, evs, obs, mask, ii, ff, rc
 
 
@@ -345,17 +360,9 @@ def vec_step_parallel(states, auxs, acts, prev_mask, prev_evs, ai0):
     n = len(states)
     bad, code, dim = first_invalid(ai0, acts, prev_mask, prev_evs)
     if bad >= 0:
-        obs, mask, ii, ff = _buffers(auxs[0], 0)
-        none = np.zeros(0, np.int64)
-        return bad, code, dim, none, none, obs, mask, ii, ff, np.zeros((0, N_RC))
-    obs, mask, ii, ff = _buffers(auxs[0], n)
-    rc = np.zeros((n, N_RC))
-    status = np.zeros(n, np.int64)
-    evs = np.zeros(n, np.int64)
+        return _rejected(auxs, bad, code, dim)
+    obs, mask, ii, ff, rc, status, evs = _step_buffers(auxs, n)
     for jj in prange(n):
-        j = np.int64(jj)  # prange counts unsigned; the typed List wants a signed index
-        ax = auxs[j]
-        s, _ = step_core(states[j], ax, acts[j], obs[j], mask[j], ii[j], ff[j], rc[j])
-        status[j] = s
-        evs[j] = ax.ai[AI_EV]
+        # prange counts unsigned; the typed List wants a signed index
+        _step_sub(states, auxs, acts, np.int64(jj), obs, mask, ii, ff, rc, status, evs)
     return -1, 0, -1, status, evs, obs, mask, ii, ff, rc

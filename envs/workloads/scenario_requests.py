@@ -12,26 +12,21 @@ from envs.workloads.synthetic import ArrivalSpec, DiurnalSpec, LengthSpec, gener
 
 
 def length_spec(cfg: LengthConfig) -> LengthSpec:
+    bounds = dict(
+        prompt_min=cfg.prompt_min,
+        prompt_max=cfg.prompt_max,
+        output_min=cfg.output_min,
+        output_max=cfg.output_max,
+    )
     if cfg.dist == "empirical":
-        return LengthSpec(
-            dist="empirical",
-            table=cfg.table,
-            joint=cfg.joint,
-            prompt_min=cfg.prompt_min,
-            prompt_max=cfg.prompt_max,
-            output_min=cfg.output_min,
-            output_max=cfg.output_max,
-        )
+        return LengthSpec(dist="empirical", table=cfg.table, joint=cfg.joint, **bounds)
     return LengthSpec(
         dist="lognormal",
         prompt_mean=cfg.prompt_mean,
         prompt_cv=cfg.prompt_cv,
         output_mean=cfg.output_mean,
         output_cv=cfg.output_cv,
-        prompt_min=cfg.prompt_min,
-        prompt_max=cfg.prompt_max,
-        output_min=cfg.output_min,
-        output_max=cfg.output_max,
+        **bounds,
     )
 
 
