@@ -20,7 +20,16 @@ from baselines.policy import BasePolicy, PolicyError, feature, info_section
 from envs.sim.policies import BATCHING_IDS, batch_score
 
 # info["batch"] keys, in batch_score's argument order after the policy id
-_FEATURES = ("arrival_s", "deadline_s", "prompt_tokens", "tier", "tenant_counter", "tenant_weight")
+_FEATURES = (
+    "arrival_s",
+    "deadline_s",
+    "prompt_tokens",
+    "tier",
+    "tenant_counter",
+    "tenant_weight",
+    "session_deadline_s",
+    "session_step",
+)
 
 DESCRIPTIONS = {
     "fcfs": "first come, first served (earliest arrival)",
@@ -29,6 +38,8 @@ DESCRIPTIONS = {
     "vtc": "fair share by Virtual Token Counter (Sheng et al., OSDI'24): smallest tenant counter",
     "wfs": "weighted fair share: smallest tenant counter / tenant weight",
     "tier_priority": "interactive tier before batch tier, FCFS within a tier",
+    "session_edf": "least agentic-session slack: earliest session deadline (own deadline outside a session)",
+    "session_las": "Autellix's least attained service: the session with the fewest calls made, then FCFS",
 }
 
 
@@ -65,6 +76,8 @@ class BatchingRule(BasePolicy):
                 int(cols[3][k]),
                 float(cols[4][k]),
                 float(cols[5][k]),
+                float(cols[6][k]),
+                int(cols[7][k]),
             )
             if best == k_slots or s < best_s or (s == best_s and ids[k] < best_id):
                 best, best_s, best_id = int(k), s, int(ids[k])

@@ -60,6 +60,7 @@ def scenario_policy_kwargs(scenario: str | Path | Scenario) -> dict[str, Any]:
         "control_interval_s": sc.control_interval_s,
         "max_queue": pol.cost_aware_max_queue,
         "max_kv": pol.cost_aware_max_kv,
+        "session_max_load": pol.session_affinity_max_load,
         "target_utilization": pol.target_utilization,
         "forecast_alpha": pol.forecast_alpha,
         "forecast_beta": pol.forecast_beta,

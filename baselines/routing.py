@@ -25,10 +25,12 @@ from envs.sim.policies import (
     ROUTE_PREFIX,
     ROUTE_RANDOM,
     ROUTE_RR,
+    ROUTE_SESSION,
     ROUTING_IDS,
     cost_route_score,
     replica_cost,
     route_score,
+    session_route_score,
 )
 
 DESCRIPTIONS = {
@@ -40,6 +42,7 @@ DESCRIPTIONS = {
     "p2c": "power of two choices: the less loaded of two random replicas",
     "prefix_affinity": "longest cached prompt prefix, then least outstanding requests",
     "cost_aware": "cheapest replica (per request/s of capacity) predicted to meet the SLO, else LOR",
+    "session_affinity": "an agentic session's home replica (its context's prefix cache) unless overloaded, else LOR",
 }
 
 _DEFAULTS = PoliciesConfig()
@@ -52,7 +55,8 @@ class RoutingRule(BasePolicy):
     scenario defaults (``cost_aware_max_queue``, ``cost_aware_max_kv`` in ``PoliciesConfig``).
     ``replica_capacity_rps`` (one number, or one per pool index of ``info["route"]["pool"]``; the scenario's
     ``policies.replica_capacity_rps``) makes it compare price per request/s of capacity, as the core does
-    when the scenario gives capacities; without it, price per replica-hour.
+    when the scenario gives capacities; without it, price per replica-hour. ``session_max_load`` is the
+    session-affinity router's load limit on a session's home replica (``policies.session_affinity_max_load``).
     """
 
     decisions = ("route",)
@@ -63,19 +67,16 @@ class RoutingRule(BasePolicy):
         max_queue: int = _DEFAULTS.cost_aware_max_queue,
         max_kv: float = _DEFAULTS.cost_aware_max_kv,
         replica_capacity_rps: float | Sequence[float] | None = None,
+        session_max_load: int = _DEFAULTS.session_affinity_max_load,
     ) -> None:
         super().__init__()
         if rule not in ROUTING_IDS:
             raise PolicyError(f"unknown routing rule {rule!r}; known: {sorted(ROUTING_IDS)}")
-        if rule == "session_affinity":
-            # the Route env does not expose the session's home replica yet: the core's builtin rule only
-            raise PolicyError(
-                "routing rule 'session_affinity' is available as the scenario's builtin rule only"
-            )
         self.name = rule
         self.rule_id = ROUTING_IDS[rule]
         self.max_queue = int(max_queue)
         self.max_kv = float(max_kv)
+        self.session_max_load = float(session_max_load)
         self.capacity = (
             None if replica_capacity_rps is None else np.atleast_1d(np.asarray(replica_capacity_rps, float))
         )
@@ -98,6 +99,7 @@ class RoutingRule(BasePolicy):
         rid = self.rule_id
         ncand = cand.size
         rr = 0
+        home = -1
         rand = np.zeros(ncand)
         hits = np.zeros(n, dtype=np.int64)
         price = np.zeros(n)
@@ -110,6 +112,11 @@ class RoutingRule(BasePolicy):
         elif rid == ROUTE_P2C:
             rand = np.ones(ncand)  # >= 0: not sampled
             rand[st["rng"].choice(ncand, size=min(2, ncand), replace=False)] = -1.0
+        elif rid == ROUTE_SESSION:
+            req = info.get("request")
+            if req is None or "home_replica" not in req:
+                raise PolicyError(f"policy {self.name!r}: info['request'] lacks 'home_replica'")
+            home = int(req["home_replica"])
         elif rid == ROUTE_PREFIX:
             hits = feature(self.name, sec, "prefix_hits", "route").astype(np.int64)
         elif rid == ROUTE_COST:
@@ -127,7 +134,9 @@ class RoutingRule(BasePolicy):
             price = np.array([replica_cost(float(gpu_price[r]), int(tp[r]), float(cap[r])) for r in range(n)])
         best, best_s = -1, np.inf
         for k, r in enumerate(cand):
-            if rid == ROUTE_COST:
+            if rid == ROUTE_SESSION:
+                s = session_route_score(r == home, int(queue[r] + running[r]), self.session_max_load)
+            elif rid == ROUTE_COST:
                 s = cost_route_score(
                     float(price[r]), int(queue[r]), int(running[r]), float(kv[r]), self.max_queue, self.max_kv
                 )

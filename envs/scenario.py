@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "configs" / "scenarios"
 
-BATCHING_POLICIES = ("fcfs", "edf", "sjf", "vtc", "wfs", "tier_priority")
+BATCHING_POLICIES = ("fcfs", "edf", "sjf", "vtc", "wfs", "tier_priority", "session_edf", "session_las")
 ROUTING_POLICIES = (
     "round_robin",
     "random",

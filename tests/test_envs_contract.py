@@ -83,6 +83,25 @@ def pool_of(name: str) -> dict:
     return load_scenario(name).pools[0].model_dump()
 
 
+def head_of_line(pid: int):
+    """The batching rule ``pid`` as the core applies it, from ``info``: the best waiting candidate, or start
+    the iteration when that one does not fit (vLLM's head-of-line admission)."""
+    keys = ("arrival_s", "deadline_s", "prompt_tokens", "tier", "tenant_counter", "tenant_weight")
+    keys += ("session_deadline_s", "session_step")
+
+    def policy(info):
+        b = info["batch"]
+        start = len(info["action_mask"]) - 1
+        present = np.flatnonzero(b["request_id"] >= 0)
+        if not present.size:
+            return start
+        scores = [batch_score(pid, *(b[k][j] for k in keys)) for j in present]
+        best = int(present[int(np.argmin(scores))])
+        return best if info["action_mask"][best] else start
+
+    return policy
+
+
 @pytest.mark.parametrize(
     "scenario,batching",
     [
@@ -93,31 +112,7 @@ def pool_of(name: str) -> dict:
     ],
 )
 def test_batch_baseline_from_info_reproduces_builtin_batching(scenario, batching):
-    pid = BATCHING_IDS[batching]
-
-    def policy(info):
-        b = info["batch"]
-        start = len(info["action_mask"]) - 1
-        present = np.flatnonzero(b["request_id"] >= 0)
-        if not present.size:
-            return start
-        scores = [
-            batch_score(
-                pid,
-                b["arrival_s"][j],
-                b["deadline_s"][j],
-                b["prompt_tokens"][j],
-                b["tier"][j],
-                b["tenant_counter"][j],
-                b["tenant_weight"][j],
-            )
-            for j in present
-        ]
-        best = int(present[int(np.argmin(scores))])
-        return (
-            best if info["action_mask"][best] else start
-        )  # the core stops at a head-of-line request that does not fit
-
+    policy = head_of_line(BATCHING_IDS[batching])
     overrides = {"horizon_s": 45.0, "policies": {"batching": batching}}
     env = gym.make("servegym/Batch-v0", scenario=scenario, sim_seed=3, scenario_overrides=overrides)
     got = run_env(env, policy)

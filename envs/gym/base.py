@@ -75,6 +75,7 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
             cfg["top_k"],
             cfg["scale_step"],
             cfg["rate_bins"],
+            C.has_sessions(self.scenario) if cfg["session_features"] == "auto" else cfg["session_features"],
         )
         self._check_fits(self.scenario, name)
         lay = self.layout

@@ -49,8 +49,9 @@ NORM_KEYS = (
     "price_per_hour",
     "cold_start_s",
     "tpot_s",
+    "session_steps",
 )
-SPACE_KEYS = ("max_replicas", "max_pools", "top_k", "scale_step", "rate_bins")
+SPACE_KEYS = ("max_replicas", "max_pools", "top_k", "scale_step", "rate_bins", "session_features")
 INVALID_MODES = ("raise", "noop_penalty")
 
 
@@ -79,6 +80,9 @@ def base_config() -> dict[str, Any]:
         "batch_order": "scenario",
         # Scale: each pool's action is a replica delta in [-scale_step, scale_step].
         "scale_step": 2,
+        # Agentic-session observation groups (docs/envs.md): "auto" adds them when the scenario has a sessions
+        # source, so the observations of other scenarios (and the agents trained on them) stay as they are.
+        "session_features": "auto",
         # Arrival-rate history in the global features: rate_bins bins of rate_bin_s seconds, per tier.
         "rate_bins": 4,
         "rate_bin_s": 15.0,
@@ -112,6 +116,7 @@ def base_config() -> dict[str, Any]:
             "price_per_hour": 50.0,  # per replica (price per GPU-hour x tp)
             "cold_start_s": 600.0,
             "tpot_s": 0.5,
+            "session_steps": 32.0,  # calls a session made (the agentic scenario caps sessions at 32)
         },
     }
 
@@ -173,12 +178,20 @@ def check_values(cfg: dict[str, Any], where: str) -> None:
         need(cfg[key] is None or (is_num(cfg[key]) and cfg[key] > 0), key, "must be None or a number > 0")
     need(cfg["sim_seed"] is None or is_int(cfg["sim_seed"]), "sim_seed", "must be None or an int")
     need(isinstance(cfg["info_features"], bool), "info_features", "must be a bool")
+    need(
+        cfg["session_features"] in ("auto", True, False), "session_features", "must be 'auto', true or false"
+    )
     for sub, x in cfg["reward"].items():
         if not (is_num(x) and np.isfinite(x)):
             raise ConfigError(f"{where}: reward.{sub} must be a finite number, got {x!r}")
     for sub, x in cfg["norm"].items():
         if not (is_num(x) and np.isfinite(x) and x > 0):
             raise ConfigError(f"{where}: norm.{sub} must be a finite number > 0, got {x!r}")
+
+
+def has_sessions(scenario: Any) -> bool:
+    """Whether a scenario has an agentic sessions source (``session_features: "auto"`` turns them on)."""
+    return any(getattr(src, "kind", None) == "sessions" for src in scenario.sources)
 
 
 # ---------------------------------------------------------------- observation layout
@@ -254,15 +267,27 @@ FORMING_FEATURES = (
     "queue_len",
     "visible_waiting",
 )  # followed by a one-hot of the replica's pool
+# Agentic sessions (only with session_features): the request being routed (zeros when none is), then how
+# many sessions wait on a tool, i.e. will send their next call soon.
+SESSION_FEATURES = ("in_session", "step", "session_slack", "has_home", "tools_waiting")
+SESSION_REPLICA_FEATURES = ("home", "tools_waiting")  # per replica: this request's home; sessions homed here
+SESSION_CANDIDATE_FEATURES = ("in_session", "step", "session_slack")
 # Features with range [-1, 1]; everything else is in [0, 1].
-SIGNED = {"slack", "slack_fraction", "time_of_day_sin", "time_of_day_cos"}
+SIGNED = {"slack", "slack_fraction", "session_slack", "time_of_day_sin", "time_of_day_cos"}
 
 GROUPS = ("decision", "request", "prefix_hits", "candidates", "forming", "replicas", "pools", "global")
+SESSION_GROUPS = ("session", "session_replicas", "session_candidates")
 MODE_GROUPS = {
     MODE_ROUTE: ("request", "prefix_hits", "replicas", "pools", "global"),
     MODE_BATCH: ("candidates", "forming", "replicas", "pools", "global"),
     MODE_SCALE: ("pools", "replicas", "global"),
     MODE_CLUSTER: GROUPS,
+}
+MODE_SESSION_GROUPS = {
+    MODE_ROUTE: ("session", "session_replicas"),
+    MODE_BATCH: ("session", "session_replicas", "session_candidates"),
+    MODE_SCALE: ("session", "session_replicas"),
+    MODE_CLUSTER: SESSION_GROUPS,
 }
 
 
@@ -276,6 +301,7 @@ class Layout:
     k: int
     scale_step: int
     rate_bins: int
+    sessions: bool = False
     names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # feature names per obs key
     offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # [start, stop) in the flat buffer
     obs_size: int = 0
@@ -284,7 +310,9 @@ class Layout:
     mask_offsets: tuple[int, int, int] = (-1, -1, -1)
 
     @staticmethod
-    def build(mode: int, r_pad: int, p_pad: int, k: int, scale_step: int, rate_bins: int) -> Layout:
+    def build(
+        mode: int, r_pad: int, p_pad: int, k: int, scale_step: int, rate_bins: int, sessions: bool = False
+    ) -> Layout:
         pool_onehot = tuple(f"pool_{p}" for p in range(p_pad))
         per = {
             "decision": ("route", "batch", "scale"),
@@ -296,11 +324,14 @@ class Layout:
             "pools": tuple(f"{p}/{f}" for p in range(p_pad) for f in POOL_FEATURES),
             "global": GLOBAL_FEATURES
             + tuple(f"rate/{tier}/{b}" for tier in ("interactive", "batch") for b in range(rate_bins)),
+            "session": SESSION_FEATURES,
+            "session_replicas": tuple(f"{r}/{f}" for r in range(r_pad) for f in SESSION_REPLICA_FEATURES),
+            "session_candidates": tuple(f"{j}/{f}" for j in range(k) for f in SESSION_CANDIDATE_FEATURES),
         }
         names: dict[str, tuple[str, ...]] = {}
         offsets: dict[str, tuple[int, int]] = {}
         pos = 0
-        for g in MODE_GROUPS[mode]:
+        for g in MODE_GROUPS[mode] + (MODE_SESSION_GROUPS[mode] if sessions else ()):
             names[g] = per[g]
             offsets[g] = (pos, pos + len(per[g]))
             pos += len(per[g])
@@ -313,7 +344,9 @@ class Layout:
             nvec, act, msk = (ns,) * p_pad, (-1, -1, 0), (-1, -1, 0)
         else:
             nvec, act, msk = (r_pad, k + 1) + (ns,) * p_pad, (0, 1, 2), (0, r_pad, r_pad + k + 1)
-        return Layout(mode, r_pad, p_pad, k, scale_step, rate_bins, names, offsets, pos, nvec, act, msk)
+        return Layout(
+            mode, r_pad, p_pad, k, scale_step, rate_bins, sessions, names, offsets, pos, nvec, act, msk
+        )
 
     def low(self, group: str) -> np.ndarray:
         """Lower Box bound per feature: -1 for signed features, else 0 (the upper bound is always 1)."""

@@ -33,6 +33,7 @@ from envs.sim.replica import (
     next_deadline,
     prefix_hits,
     request_batch_score,
+    session_deadline,
 )
 from envs.sim.simulator import Simulator
 from envs.sim.state import (
@@ -72,11 +73,14 @@ from envs.sim.state import (
     RF_TPOT_SLO,
     RF_TTFT_SLO,
     RF_VISIBLE,
+    RI_FIRST,
     RI_GENERATED,
+    RI_HOME,
     RI_OUTPUT,
     RI_PFX_LEN,
     RI_PREEMPT,
     RI_PROMPT,
+    RI_STEP,
     RI_TENANT,
     RI_TIER,
     RS_ACTIVE,
@@ -85,6 +89,7 @@ from envs.sim.state import (
     RS_OFF,
     RS_STARTING,
     TF_COUNTER,
+    TF_SESSION_SLO,
     TF_WEIGHT,
     TIER_INTERACTIVE,
     XF_NEXT,
@@ -146,8 +151,12 @@ INF = np.inf
     AI_FB,  # info float buffer: batch section, scale section, size
     AI_FS,
     AI_NF,
-) = range(40)
-N_AI = 40
+    AI_REL_FILLED,  # released session steps already summed into cumrel
+    AI_O_SESS,  # session group offsets (config.SESSION_GROUPS), -1 without session features
+    AI_O_SREP,
+    AI_O_SCAND,
+) = range(44)
+N_AI = 44
 
 # ---- af[] float64 fields: norms (config.NORM_KEYS order), reward weights (config.REWARD_KEYS order), misc
 (
@@ -161,18 +170,24 @@ N_AI = 40
     AF_N_PRICE,
     AF_N_COLD,
     AF_N_TPOT,
-) = range(10)
-AF_W = 10  # 7 weights, already multiplied by their sign
-AF_DAY, AF_BIN_S, AF_PREV_COST, AF_PREV_GAP = 17, 18, 19, 20
-N_AF = 21
+    AF_N_STEPS,
+) = range(11)
+AF_W = 11  # 7 weights, already multiplied by their sign
+AF_DAY, AF_BIN_S, AF_PREV_COST, AF_PREV_GAP = 18, 19, 20, 21
+N_AF = 22
 
 F_REQ, F_POOL, F_CAND, F_GLOB0, F_FORM0, F_REP0 = 9, 15, 11, 7, 7, 10
-# Route info: ints (5 per replica + 6 request scalars), floats (2 per replica + 4 request scalars).
-N_ROUTE_I, N_ROUTE_F = 6, 4
+F_SREP, F_SCAND = 2, 3  # session features per replica / per batch candidate
+# Route info: ints (5 per replica + 8 request scalars), floats (2 per replica + 5 request scalars).
+N_ROUTE_I, N_ROUTE_F = 8, 5
+# Batch info: ints and floats per candidate slot.
+N_BATCH_I, N_BATCH_F = 5, 5
 
 
 class EnvAux(NamedTuple):
-    ai: np.ndarray  # i8[N_AI + rate bins]: the fields above, then the left-edge pointer of each rate bin
+    # i8[N_AI + 2 x rate bins]: the fields above, then the left-edge pointer of each rate bin into the rows
+    # (first arrivals), then into the release log (later session steps)
+    ai: np.ndarray
     af: np.ndarray  # f8[N_AF]
     cand: np.ndarray  # i8[2, K]: request id (-1: empty slot) and admissible flag of each batch slot
     cscore: np.ndarray  # f8[K]: scratch for ranking the batch candidates
@@ -180,14 +195,17 @@ class EnvAux(NamedTuple):
         np.ndarray
     )  # i8[3, N + 1]: interactive arrivals, batch arrivals, prompt tokens among the first n requests
     price: np.ndarray  # f8[P]: USD per GPU-hour
+    # i8[3, H + 1]: cum's sums over the release log's first k entries (later session steps, whose arrival
+    # order only the simulation decides), extended as steps are released (sync_released)
+    cumrel: np.ndarray
 
 
 def info_sizes(r_pad: int, p_pad: int, k: int) -> tuple[int, int, int, int, int, int]:
     """(IB, IS, NI, FB, FS, NF): section offsets and sizes of the info buffers (see docs/envs.md)."""
     ib = 5 * r_pad + N_ROUTE_I
-    i_s = ib + 4 * k
+    i_s = ib + N_BATCH_I * k
     fb = 2 * r_pad + N_ROUTE_F
-    f_s = fb + 4 * k
+    f_s = fb + N_BATCH_F * k
     return ib, i_s, i_s + 8 * p_pad + 2, fb, f_s, f_s + 3 * p_pad + 2
 
 
@@ -216,6 +234,33 @@ def arrived_by(st, na, t):
         else:
             hi = mid
     return lo
+
+
+@hot
+def released_by(st, nr, t):
+    """Number of the first ``nr`` released session steps (in arrival order) that arrived at or before ``t``."""
+    lo = 0
+    hi = nr
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if st.rqf[RF_ARRIVAL, st.rlog[mid]] <= t:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@hot
+def sync_released(st, ax):
+    """Extend ``cumrel`` over the session steps released since the last observation."""
+    nr = st.cnt[K_RELEASED]
+    for k in range(ax.ai[AI_REL_FILLED], nr):
+        j = st.rlog[k]
+        inter = 1 if st.rqi[RI_TIER, j] == TIER_INTERACTIVE else 0
+        ax.cumrel[0, k + 1] = ax.cumrel[0, k] + inter
+        ax.cumrel[1, k + 1] = ax.cumrel[1, k] + 1 - inter
+        ax.cumrel[2, k + 1] = ax.cumrel[2, k] + st.rqi[RI_PROMPT, j]
+    ax.ai[AI_REL_FILLED] = nr
 
 
 @hot
@@ -291,7 +336,9 @@ def replica_features(st, ax, obs, now):
     o = ai[AI_O_REP]
     f = F_REP0 + ai[AI_PPAD]
     na = st.cnt[K_NEXT_ARRIVAL]
-    mean_prompt = ax.cum[2, na] / na if na > 0 else 0.0  # of the requests seen so far: no peeking ahead
+    nr = st.cnt[K_RELEASED]
+    seen = na + nr  # the mean of the requests seen so far: no peeking ahead
+    mean_prompt = (ax.cum[2, na] + ax.cumrel[2, nr]) / seen if seen > 0 else 0.0
     for r in range(ai[AI_R]):
         b = o + r * f
         s = st.repi[XI_STATE, r]
@@ -399,10 +446,14 @@ def pool_features(st, ax, obs, mask, ii, ff, now, scale_pending):
             ff[f0 + 2 * pp + p] = ax.price[p]
     if scale_pending:
         na = st.cnt[K_NEXT_ARRIVAL]
+        nr = st.cnt[K_RELEASED]
         lo_i = arrived_by(st, na, now - st.clock[C_TICK_S])
+        lo_r = released_by(st, nr, now - st.clock[C_TICK_S])
         i0 = ai[AI_IS] + 6 * pp
-        ii[i0] = ax.cum[0, na] - ax.cum[0, lo_i]
-        ii[i0 + 1] = ax.cum[1, na] - ax.cum[1, lo_i]
+        for tier in range(2):
+            ii[i0 + tier] = (
+                ax.cum[tier, na] - ax.cum[tier, lo_i] + ax.cumrel[tier, nr] - ax.cumrel[tier, lo_r]
+            )
         for p in range(n_pool):  # after the per-tier arrivals, so that older offsets stay put
             ii[i0 + 2 + p] = st.pooli[PI_SPOT, p]
             ii[i0 + 2 + pp + p] = int(st.poolf[PF_LOST_LAST, p])
@@ -431,18 +482,65 @@ def global_features(st, ax, obs, now):
     obs[o + 6] = clip01(st.cnt[K_HOLD_N] / af[AF_N_QUEUE])
     h = ai[AI_H]
     w = af[AF_BIN_S]
+    nr = st.cnt[K_RELEASED]
     hi = na
+    hi_r = nr
     for b in range(h):
-        # ai[N_AI + b]: requests arrived by the bin's left edge; edges only move forward, so no search
+        # ai[N_AI + b] / ai[N_AI + h + b]: first arrivals / released session steps by the bin's left edge;
+        # edges only move forward, so no search
         lo = ai[N_AI + b]
+        lo_r = ai[N_AI + h + b]
         t = now - (b + 1) * w
         while lo < na and st.rqf[RF_ARRIVAL, lo] <= t:
             lo += 1
+        while lo_r < nr and st.rqf[RF_ARRIVAL, st.rlog[lo_r]] <= t:
+            lo_r += 1
         ai[N_AI + b] = lo
+        ai[N_AI + h + b] = lo_r
         for tier in range(2):
-            n = ax.cum[tier, hi] - ax.cum[tier, lo]
+            n = ax.cum[tier, hi] - ax.cum[tier, lo] + ax.cumrel[tier, hi_r] - ax.cumrel[tier, lo_r]
             obs[o + F_GLOB0 + tier * h + b] = clip01(n / w / af[AF_N_RATE])
         hi = lo
+        hi_r = lo_r
+
+
+@hot
+def session_step_features(st, ax, obs, o, i, now):
+    """in_session, step, session_slack of request i at obs[o:o+3] (zeros outside a session)."""
+    if st.rqi[RI_FIRST, i] < 0:
+        return
+    obs[o + 0] = 1.0
+    obs[o + 1] = clip01(st.rqi[RI_STEP, i] / ax.af[AF_N_STEPS])
+    slo = st.ten[TF_SESSION_SLO, st.rqi[RI_TENANT, i]]
+    if slo < INF:
+        obs[o + 2] = clip11((session_deadline(st, i) - now) / slo)
+
+
+@hot
+def session_features(st, ax, obs, now, route_pending):
+    """The session groups (config.SESSION_GROUPS) but the per-candidate one: the request being routed, and
+    the sessions waiting on a tool, whose next call will follow soon, in total and per home replica."""
+    ai = ax.ai
+    o = ai[AI_O_SESS]
+    o_rep = ai[AI_O_SREP]
+    nq = ax.af[AF_N_QUEUE]
+    n_rel = st.cnt[K_REL_N]
+    obs[o + 4] = clip01(n_rel / nq)
+    if o_rep >= 0:
+        for e in range(n_rel):
+            r = st.rqi[RI_HOME, int(st.relq[1, e])]
+            if r >= 0:
+                obs[o_rep + r * F_SREP + 1] += 1.0
+        for r in range(ai[AI_R]):
+            obs[o_rep + r * F_SREP + 1] = clip01(obs[o_rep + r * F_SREP + 1] / nq)
+    if route_pending:
+        i = st.cnt[K_PENDING_ROUTE]
+        session_step_features(st, ax, obs, o, i, now)
+        home = st.rqi[RI_HOME, i]
+        if home >= 0:
+            obs[o + 3] = 1.0
+            if o_rep >= 0:
+                obs[o_rep + home * F_SREP] = 1.0
 
 
 @hot
@@ -478,11 +576,14 @@ def route_decision(st, ax, obs, mask, ii, ff, now):
     ii[b + 3] = st.rqi[RI_TIER, i]
     ii[b + 4] = st.rqi[RI_TENANT, i]
     ii[b + 5] = ai[AI_ROUTES]
+    ii[b + 6] = st.rqi[RI_HOME, i]
+    ii[b + 7] = st.rqi[RI_STEP, i]
     b = 2 * rp
     ff[b + 0] = st.rqf[RF_ARRIVAL, i]
     ff[b + 1] = st.rqf[RF_TTFT_SLO, i]
     ff[b + 2] = st.rqf[RF_TPOT_SLO, i]
     ff[b + 3] = st.rqf[RF_DEADLINE, i]
+    ff[b + 4] = session_deadline(st, i)
 
 
 @hot
@@ -562,6 +663,10 @@ def batch_decision(st, ax, obs, mask, ii, ff, now):
         ff[f0 + k + j] = dl
         ff[f0 + 2 * k + j] = st.ten[TF_COUNTER, u]
         ff[f0 + 3 * k + j] = st.ten[TF_WEIGHT, u]
+        ii[i0 + 4 * k + j] = st.rqi[RI_STEP, i]
+        ff[f0 + 4 * k + j] = session_deadline(st, i)
+        if ai[AI_O_SCAND] >= 0:
+            session_step_features(st, ax, obs, ai[AI_O_SCAND] + j * F_SCAND, i, now)
     of = ai[AI_O_FORM]
     if of >= 0:
         p = st.repi[XI_POOL, r]
@@ -600,6 +705,7 @@ def observe(st, ax, obs, mask, ii, ff):
     ai = ax.ai
     now = st.clock[C_NOW]
     ev = ai[AI_EV]
+    sync_released(st, ax)
     inert_masks(ax, mask)
     if ai[AI_O_DEC] >= 0 and EV_ROUTE <= ev <= EV_SCALE:
         obs[ai[AI_O_DEC] + ev - EV_ROUTE] = 1.0
@@ -608,6 +714,8 @@ def observe(st, ax, obs, mask, ii, ff):
     # a pending tick overwrites the mask rows of the real pools; padded pools keep 'hold' only
     pool_features(st, ax, obs, mask, ii, ff, now, ai[AI_M_SCALE] >= 0 and ev == EV_SCALE)
     global_features(st, ax, obs, now)
+    if ai[AI_O_SESS] >= 0:
+        session_features(st, ax, obs, now, ev == EV_ROUTE)
     if ev == EV_ROUTE:
         route_decision(st, ax, obs, mask, ii, ff, now)
     elif ev == EV_BATCH:  # 'start now' stays enabled from inert_masks
@@ -642,7 +750,7 @@ def day_period(cfg: dict[str, Any], scenario: Scenario) -> float:
 
 def make_aux(lay: C.Layout, cfg: dict[str, Any], scenario: Scenario, sim: Simulator) -> EnvAux:
     """The env-side state of one episode."""
-    ai = np.zeros(N_AI + lay.rate_bins, np.int64)
+    ai = np.zeros(N_AI + 2 * lay.rate_bins, np.int64)
     ai[AI_MODE] = lay.mode
     ai[AI_R] = sum(p.max_replicas for p in scenario.pools)
     ai[AI_P] = len(scenario.pools)
@@ -659,6 +767,9 @@ def make_aux(lay: C.Layout, cfg: dict[str, Any], scenario: Scenario, sim: Simula
         (AI_O_REP, "replicas"),
         (AI_O_POOL, "pools"),
         (AI_O_GLOB, "global"),
+        (AI_O_SESS, "session"),
+        (AI_O_SREP, "session_replicas"),
+        (AI_O_SCAND, "session_candidates"),
     ):
         ai[f] = lay.off(g)
     ai[AI_OBS_N] = lay.obs_size
@@ -687,4 +798,5 @@ def make_aux(lay: C.Layout, cfg: dict[str, Any], scenario: Scenario, sim: Simula
     cand[1] = 0
     price = np.zeros(lay.p_pad)
     price[: len(scenario.pools)] = pool_prices(scenario)
-    return EnvAux(ai, af, cand, np.zeros(lay.k), cum, price)
+    n_later = st.rlog.shape[0]
+    return EnvAux(ai, af, cand, np.zeros(lay.k), cum, price, np.zeros((3, n_later + 1), np.int64))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from envs.gym.config import REWARD_KEYS, Layout
-from envs.gym.features import N_ROUTE_I, info_sizes
+from envs.gym.features import N_ROUTE_F, N_ROUTE_I, info_sizes
 
 
 def _scalar(a: np.ndarray, j: int, batched: bool) -> Any:
@@ -26,10 +26,10 @@ def route_info(lay: Layout, ii: np.ndarray, ff: np.ndarray, batched: bool = Fals
     b = 5 * r
     if batched:
         ints = [ii[..., b + j] for j in range(N_ROUTE_I)]
-        floats = [ff[..., 2 * r + j] for j in range(4)]
+        floats = [ff[..., 2 * r + j] for j in range(N_ROUTE_F)]
     else:  # one tolist() per buffer: per-scalar .item() calls cost more than the rest of this function
         ints = ii[b : b + N_ROUTE_I].tolist()
-        floats = ff[2 * r : 2 * r + 4].tolist()
+        floats = ff[2 * r : 2 * r + N_ROUTE_F].tolist()
     return {
         "route": {
             "queue_len": ii[..., 0:r],
@@ -51,6 +51,11 @@ def route_info(lay: Layout, ii: np.ndarray, ff: np.ndarray, batched: bool = Fals
             "ttft_slo_s": floats[1],
             "tpot_slo_s": floats[2],
             "deadline_s": floats[3],
+            # agentic sessions: the replica that served the session's previous step (-1: none, or not in a
+            # session), the calls the session made before this one, its end-to-end deadline (inf: none)
+            "home_replica": ints[6],
+            "session_step": ints[7],
+            "session_deadline_s": floats[4],
         },
     }
 
@@ -68,6 +73,8 @@ def batch_info(lay: Layout, ii: np.ndarray, ff: np.ndarray, batched: bool = Fals
             "tenant": ii[..., ib + 3 * k : ib + 4 * k],
             "tenant_counter": ff[..., fb + 2 * k : fb + 3 * k],
             "tenant_weight": ff[..., fb + 3 * k : fb + 4 * k],
+            "session_step": ii[..., ib + 4 * k : ib + 5 * k],
+            "session_deadline_s": ff[..., fb + 4 * k : fb + 5 * k],
         }
     }
 

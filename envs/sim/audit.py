@@ -83,7 +83,7 @@ AUDIT_MESSAGES = {
     13: "eviction counter differs from the requests' evictions",
     14: "a replica that is off or failed holds work, KV blocks or a running iteration",
     15: "fault bookkeeping: next-fault bound, pending fault of an off replica, or fault kind vs state",
-    16: "sessions: release heap order or entries, or released steps != finished steps with a successor",
+    16: "sessions: release heap order or entries, release log order, or released steps != finished steps with a successor",
 }
 
 
@@ -175,6 +175,13 @@ def audit(st):
                 st.relq[0, p] == st.relq[0, e] and st.relq[1, p] > st.relq[1, e]
             ):
                 return 16, j
+    # release log (sessions.py): the released later steps, in nondecreasing arrival order
+    for e in range(st.cnt[K_RELEASED]):
+        j = st.rlog[e]
+        if j < n_open or j >= st.rqf.shape[1] or st.rqi[RI_STATUS, j] == ST_FUTURE:
+            return 16, j
+        if e > 0 and st.rqf[RF_ARRIVAL, st.rlog[e - 1]] > st.rqf[RF_ARRIVAL, j]:
+            return 16, j
     fin = 0
     drop = 0
     infl = 0

@@ -15,9 +15,21 @@ from envs.sim import state as S
 from envs.sim.faults import arm_initial_faults
 from envs.sim.policies import BATCHING_IDS, ROUTING_IDS, SCALING_IDS
 from envs.sim.state import SimState
-from envs.workloads.requests import RequestTable
+from envs.workloads.requests import RequestTable, SessionColumns
 
 CONTROLS = ("route", "batch", "scale")
+
+
+def session_first_rows(sess: SessionColumns) -> np.ndarray:
+    """Row of each request's session's first step (-1 outside a session), following the ``next`` chains."""
+    first = np.where(sess.step == 0, np.arange(sess.step.shape[0]), -1)
+    first[sess.session < 0] = -1
+    cur = np.flatnonzero((sess.step == 0) & (sess.next >= 0))
+    while cur.size:  # one chain link per pass: at most the longest session's steps
+        nxt = sess.next[cur]
+        first[nxt] = first[cur]
+        cur = nxt[sess.next[nxt] >= 0]
+    return first.astype(np.int32)
 
 
 def pool_kv_blocks(scenario: Scenario) -> list[int]:
@@ -176,6 +188,9 @@ def build_state(
         rqi[S.RI_STEP] = sess.step
         rqi[S.RI_STEPS_LEFT] = sess.steps_left
         rqf[S.RF_PAUSE] = sess.pause_s
+        rqi[S.RI_FIRST] = session_first_rows(sess)
+    else:
+        rqi[S.RI_FIRST] = -1
 
     poolf = np.zeros((S.N_PF, n_pool))
     poolf[S.PF_COLD_START] = [p.cold_start_s for p in pools]
@@ -219,6 +234,7 @@ def build_state(
 
     ten = np.zeros((S.N_TF, len(tenants)))
     ten[S.TF_WEIGHT] = [t.weight for t in tenants]
+    ten[S.TF_SESSION_SLO] = [t.session_slo_s or np.inf for t in tenants]
 
     st = SimState(
         clock=clock,
@@ -242,6 +258,7 @@ def build_state(
         region_lat=lat,
         # one entry per session at most; later steps bound the number of sessions with a pending step
         relq=np.stack([np.full(max(n_later, 1), np.inf), np.full(max(n_later, 1), -1.0)]),
+        rlog=np.full(max(n_later, 1), -1, dtype=np.int32),
     )
     if any(p.mtbf_s or (p.spot and p.reclaim_mtbr_s) for p in pools):
         arm_initial_faults(st)  # draws only when the feature is on: other runs keep their random stream

@@ -10,8 +10,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-BATCH_FCFS, BATCH_EDF, BATCH_SJF, BATCH_VTC, BATCH_WFS, BATCH_TIER = range(6)
-BATCHING_IDS = {"fcfs": 0, "edf": 1, "sjf": 2, "vtc": 3, "wfs": 4, "tier_priority": 5}
+BATCH_FCFS, BATCH_EDF, BATCH_SJF, BATCH_VTC, BATCH_WFS, BATCH_TIER, BATCH_SESSION_EDF, BATCH_SESSION_LAS = (
+    range(8)
+)
+BATCHING_IDS = {
+    "fcfs": 0,
+    "edf": 1,
+    "sjf": 2,
+    "vtc": 3,
+    "wfs": 4,
+    "tier_priority": 5,
+    "session_edf": 6,
+    "session_las": 7,
+}
 
 ROUTE_RR, ROUTE_RANDOM, ROUTE_JSQ, ROUTE_LOR, ROUTE_LEAST_KV, ROUTE_P2C, ROUTE_PREFIX, ROUTE_COST = range(8)
 ROUTE_SESSION = 8
@@ -37,7 +48,7 @@ SCALING_IDS = {
     "spot_mix": 5,
 }
 
-# Tier priority must dominate any arrival time; 1e12 s is ~31,000 years of simulated time.
+# Tier priority (and a session's calls made) must dominate any arrival time; 1e12 s is ~31,000 years.
 _TIER_STRIDE = 1e12
 # Prefix hits dominate load in prefix-affinity routing; load (< 1e6 outstanding requests) breaks ties.
 _PREFIX_STRIDE = 1e6
@@ -60,15 +71,29 @@ def batch_score(
     tier: int,
     tenant_counter: float,
     tenant_weight: float,
+    session_deadline: float,
+    session_step: int,
 ) -> float:
     """Admission priority of one waiting request (lower is admitted first).
 
     ``deadline`` is the request's next deadline: the first-token deadline for interactive requests, the
     completion deadline for batch ones. ``tenant_counter`` is the VTC virtual token counter of its tenant
-    (Sheng et al., OSDI'24: 1 per input token, 2 per output token served).
+    (Sheng et al., OSDI'24: 1 per input token, 2 per output token served). For a step of an agentic
+    session, ``session_deadline`` is the session's end-to-end deadline (its first step's arrival plus the
+    tenant's session SLO; inf otherwise) and ``session_step`` the LLM calls the session made before this one.
+
+    The two session rules need no clairvoyance (a session's remaining steps are unknown to a real server):
+    ``session_edf`` orders by the least session slack, i.e. the earliest session deadline (a request outside
+    a session, or without a session SLO, keeps its own deadline); ``session_las`` is Autellix's program-level
+    least-attained-service (Luo et al., 2025) with calls as the unit of service: the session that has made
+    the fewest calls first, then arrival order, which favours short sessions without knowing their length.
     """
     if policy == BATCH_EDF:
         return deadline
+    if policy == BATCH_SESSION_EDF:
+        return session_deadline if session_deadline < np.inf else deadline
+    if policy == BATCH_SESSION_LAS:
+        return session_step * _TIER_STRIDE + arrival
     if policy == BATCH_SJF:
         return float(prompt_tokens)
     if policy == BATCH_VTC:

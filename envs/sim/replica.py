@@ -70,6 +70,7 @@ from envs.sim.state import (
     RF_TTFT_SLO,
     RF_VISIBLE,
     RI_CACHED,
+    RI_FIRST,
     RI_GENERATED,
     RI_NEXT,
     RI_OUTPUT,
@@ -80,6 +81,7 @@ from envs.sim.state import (
     RI_RECOMPUTED,
     RI_REGION,
     RI_STATUS,
+    RI_STEP,
     RI_TENANT,
     RI_TIER,
     RS_ACTIVE,
@@ -97,6 +99,7 @@ from envs.sim.state import (
     ST_DROPPED,
     ST_FINISHED,
     TF_COUNTER,
+    TF_SESSION_SLO,
     TF_WAITING,
     TF_WEIGHT,
     TIER_INTERACTIVE,
@@ -288,6 +291,16 @@ def next_deadline(st, i):
 
 
 @hot
+def session_deadline(st, i):
+    """End-to-end deadline of request i's agentic session (its first step's arrival + the tenant's session
+    SLO); inf outside a session or for a tenant without a session SLO."""
+    f = st.rqi[RI_FIRST, i]
+    if f < 0:
+        return INF
+    return st.rqf[RF_ARRIVAL, f] + st.ten[TF_SESSION_SLO, st.rqi[RI_TENANT, i]]
+
+
+@hot
 def request_batch_score(st, policy, i):
     """The batching rule's score of request i from the state (the env's candidate ranking uses it too)."""
     u = st.rqi[RI_TENANT, i]
@@ -299,6 +312,8 @@ def request_batch_score(st, policy, i):
         st.rqi[RI_TIER, i],
         st.ten[TF_COUNTER, u],
         st.ten[TF_WEIGHT, u],
+        session_deadline(st, i),
+        st.rqi[RI_STEP, i],
     )
 
 

@@ -112,5 +112,6 @@ def take_released(st, t):
     j = release_pop(st)
     st.rqf[RF_ARRIVAL, j] = t
     st.rqf[RF_DEADLINE, j] += t
+    st.rlog[st.cnt[K_RELEASED]] = j
     st.cnt[K_RELEASED] += 1
     return j

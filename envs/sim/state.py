@@ -52,8 +52,9 @@ N_RF = 8
     RI_STEP,  # step index within its session
     RI_STEPS_LEFT,  # steps of its session after this one
     RI_HOME,  # replica that served the session's previous step (holds its prefix), -1 when none
-) = range(19)
-N_RI = 19
+    RI_FIRST,  # row of the session's first step (its arrival starts the session's clock), -1 when none
+) = range(20)
+N_RI = 20
 
 # poolf[field, pool] float64 / pooli[field, pool] int64
 (
@@ -140,7 +141,8 @@ N_SL = 12
 
 # ten[field, tenant] float64
 TF_WEIGHT, TF_COUNTER, TF_WAITING = range(3)
-N_TF = 3
+TF_SESSION_SLO = 3  # end-to-end target of the tenant's agentic sessions, inf when none
+N_TF = 4
 
 # clock[] float64 scalars
 C_NOW, C_NEXT_TICK, C_HORIZON, C_TICK_S, C_MAX_WAIT, C_MAX_GAP, C_LAST_LEFT_COUNTER = range(7)
@@ -226,6 +228,9 @@ class SimState(NamedTuple):
     ten: np.ndarray  # f8[N_TF, T]
     region_lat: np.ndarray  # f8[G, G] one-way seconds
     relq: np.ndarray  # f8[2, H] min-heap of pending session steps: (release time, request id), K_REL_N used
+    # i4[H] released session steps in release order, which is arrival-time order (K_RELEASED used): the
+    # envs count recent arrivals of later steps from it as they count first arrivals from the sorted rows
+    rlog: np.ndarray
 
 
 def state_nbytes(st: SimState) -> int:
