@@ -36,6 +36,8 @@ def batch_info(mask: list[bool] | None = None, **cols: list[Any]) -> dict[str, A
         "tenant": [0] * k,
         "tenant_counter": [0.0] * k,
         "tenant_weight": [1.0] * k,
+        "session_deadline_s": [np.inf] * k,
+        "session_step": [0] * k,
     }
     defaults.update(cols)
     m = np.ones(k + 1, dtype=bool) if mask is None else np.array([*mask, True])
@@ -84,7 +86,16 @@ def act(name: str, info: dict[str, Any], seed: int = 0, **kw: Any) -> Any:
 
 
 def test_registry_lists_every_rule_by_kind():
-    assert list_policies("batch") == ["fcfs", "edf", "sjf", "vtc", "wfs", "tier_priority"]
+    assert list_policies("batch") == [
+        "fcfs",
+        "edf",
+        "sjf",
+        "vtc",
+        "wfs",
+        "tier_priority",
+        "session_edf",
+        "session_las",
+    ]
     assert list_policies("route") == [
         "round_robin",
         "random",
@@ -94,6 +105,7 @@ def test_registry_lists_every_rule_by_kind():
         "p2c",
         "prefix_affinity",
         "cost_aware",
+        "session_affinity",
     ]
     assert list_policies("scale") == [
         "static",
@@ -334,6 +346,7 @@ def core_route_info(sim: Simulator, decisions: int) -> dict[str, Any]:
             "tp": st.pooli[S.PI_TP][pool],
             "rr_pointer": decisions,
         },
+        "request": {"home_replica": int(st.rqi[S.RI_HOME, i])},
     }
 
 
@@ -353,6 +366,8 @@ def core_batch_info(sim: Simulator) -> tuple[dict[str, Any], np.ndarray]:
     arrival = st.rqf[S.RF_ARRIVAL][ids]
     ttft_deadline = arrival + st.rqf[S.RF_TTFT_SLO][ids]
     deadline = np.where(tier == S.TIER_INTERACTIVE, ttft_deadline, st.rqf[S.RF_DEADLINE][ids])
+    first = st.rqi[S.RI_FIRST][ids]
+    session_dl = np.where(first >= 0, st.rqf[S.RF_ARRIVAL][first] + st.ten[S.TF_SESSION_SLO][tenant], np.inf)
     info = {
         "decision": "batch",
         "action_mask": np.ones(k + 1, dtype=bool),
@@ -365,6 +380,8 @@ def core_batch_info(sim: Simulator) -> tuple[dict[str, Any], np.ndarray]:
             "tenant": tenant,
             "tenant_counter": st.ten[S.TF_COUNTER][tenant],
             "tenant_weight": st.ten[S.TF_WEIGHT][tenant],
+            "session_deadline_s": session_dl,
+            "session_step": st.rqi[S.RI_STEP][ids],
         },
     }
     return info, ids
@@ -498,6 +515,23 @@ def test_agents_decide_as_the_builtin_rules(control: str, rules: list[str]):
         outcomes[rule] = builtin
     distinct = {json.dumps(m, sort_keys=True) for m in outcomes.values()}
     assert len(distinct) >= len(rules) - 1, "the scenario does not tell the rules apart"
+
+
+@pytest.mark.parametrize(
+    "control, rule", [("route", "session_affinity"), ("batch", "session_las"), ("batch", "session_edf")]
+)
+def test_session_agents_decide_as_the_builtin_rules(control: str, rule: str):
+    """The session rules, on agentic sessions at a rate where queues form and the rules matter."""
+    src = load_scenario("agentic_sessions").sources[0].model_dump()
+    src["arrival"]["rate_per_s"] = 0.9
+    over = {"horizon_s": 300.0, "sources": [src], "policies": {CONTROL_KEY[control]: rule}}
+    builtin = compute_metrics(Simulator("agentic_sessions", seed=2, overrides=over).run())
+    agent = make_policy(rule, **({"session_max_load": 128} if control == "route" else {}))
+    agent.reset(0)
+    sim = Simulator("agentic_sessions", seed=2, overrides=over, control=(control,))
+    assert drive_with_agent(sim, agent) == builtin
+    over["policies"] = {CONTROL_KEY[control]: "lor" if control == "route" else "fcfs"}
+    assert compute_metrics(Simulator("agentic_sessions", seed=2, overrides=over).run()) != builtin
 
 
 def test_forecast_agent_matches_builtin_on_a_diurnal_ramp():

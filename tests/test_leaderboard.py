@@ -254,3 +254,38 @@ def test_markdown_has_one_row_per_policy_with_the_csv_numbers(board):
         scores = [float(r["score"]) for r in results if r["scenario"] == sc and r["feasible"] == "True"]
         if scores:
             assert max(scores) == 1.0
+
+
+def test_candidate_suite_v1_offers_the_agentic_and_spot_scenarios(tmp_path):
+    """v1 keeps v0's scenarios (same files) and adds agentic_route and spot_failures; a tiny board over the
+    two new ones runs, its entries replay, and the constraints name metrics the runs report."""
+    v0, v1 = load_suite("v0"), load_suite("v1")
+    assert [s.name for s in v1.scenarios[: len(v0.scenarios)]] == [s.name for s in v0.scenarios]
+    assert all(a.path() == b.path() for a, b in zip(v0.scenarios, v1.scenarios, strict=False))
+    new = {"agentic_route": 120.0, "spot_failures": 600.0}
+    raw = yaml.safe_load((SUITE_DIR / "v1.yaml").read_text())
+    raw["version"] = "tiny_v1"
+    raw["default_seeds"]["test"] = [1000]
+    raw["scenarios"] = [sc for sc in raw["scenarios"] if sc["name"] in new]
+    for sc in raw["scenarios"]:
+        doc = yaml.safe_load((SUITE_DIR / sc["scenario"]).read_text())
+        doc["horizon_s"] = new[sc["name"]]
+        (tmp_path / Path(sc["scenario"]).name).write_text(yaml.safe_dump(doc))
+        sc["scenario"] = Path(sc["scenario"]).name
+    path = tmp_path / "tiny_v1.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tmp_path / "board"
+    args = ["--suite", str(path), "--out", str(out), "--markdown", str(out / "LEADERBOARD.md")]
+    args += ["--no-agents", "--no-plots", "--no-progress", "--workers", "1"]
+    for p in ("session_affinity", "round_robin", "spot_mix", "static"):
+        args += ["--policy", p]
+    assert script().main(args) == 0
+    suite = load_suite(path)
+    entries = sorted((out / "cells").rglob("seed1000.json"))
+    assert len(entries) == 4
+    for e in entries:
+        v = validate_entry(e, suite)
+        assert v.ok, v
+        metrics = json.loads(e.read_text())["metrics"]
+        for c in suite.scenario(e.parent.parent.name).constraints:
+            assert metrics[c.metric] == metrics[c.metric]  # reported and defined (not NaN)
