@@ -1,4 +1,4 @@
-"""TensorBoard charts of the episode metrics, per rollout, for SB3 training.
+"""SB3 training callbacks: TensorBoard charts of the episode metrics per rollout, and a curriculum over load.
 
 The envs put the full metrics dict (envs/metrics.py) in the final ``info`` of every episode and the reward
 components in every ``info``; this callback averages them over the episodes that ended during a rollout and
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
@@ -54,3 +55,27 @@ class ChartsCallback(BaseCallback):
             self.logger.record(tag, float(np.sum(vals)) / max(1, self.training_env.num_envs))
         self._episodes.clear()
         self._components.clear()
+
+
+class LoadCurriculumCallback(BaseCallback):
+    """Set the training envs' offered load from the curriculum before each rollout (``charts/load``).
+
+    ``load_at(timestep)`` gives the factor (``AgentConfig.load_at``) and ``set_load(factor)`` applies it to
+    the training envs, which take it at their next episode.
+    """
+
+    def __init__(self, load_at: Callable[[int], float], set_load: Callable[[float], None]) -> None:
+        super().__init__(0)
+        self.load_at = load_at
+        self.set_load = set_load
+        self.load: float | None = None
+
+    def _on_rollout_start(self) -> None:
+        load = self.load_at(self.num_timesteps)
+        if load != self.load:
+            self.set_load(load)
+            self.load = load
+        self.logger.record("charts/load", load)
+
+    def _on_step(self) -> bool:
+        return True

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 AGENT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "agents"
 
@@ -44,6 +44,13 @@ class NetworkConfig(_Strict):
     net_arch: list[Annotated[int, Field(ge=4)]] = [64, 64]
 
 
+class CurriculumStage(_Strict):
+    """Train at ``load`` times the scenario's offered load until ``until`` of the total timesteps."""
+
+    until: Annotated[float, Field(gt=0, le=1)]
+    load: Annotated[float, Field(gt=0, le=10)]
+
+
 class AgentConfig(_Strict):
     env_id: str
     scenario: str
@@ -59,6 +66,24 @@ class AgentConfig(_Strict):
     checkpoint_freq: Annotated[int, Field(ge=1)] = 10_000
     ppo: PPOParams = PPOParams()
     network: NetworkConfig = NetworkConfig()
+    # Curriculum over load: stages in order of ``until``; after the last one (and with none) the scenario's
+    # own load. A stage takes effect at each training episode's next reset; evaluation always runs at 1x.
+    curriculum: list[CurriculumStage] = []
+
+    @model_validator(mode="after")
+    def _stages_in_order(self) -> AgentConfig:
+        ends = [c.until for c in self.curriculum]
+        if any(b <= a for a, b in zip(ends, ends[1:], strict=False)):
+            raise ValueError(f"curriculum stages must have increasing 'until', got {ends}")
+        return self
+
+    def load_at(self, timestep: int) -> float:
+        """The load factor of the curriculum stage that covers ``timestep``."""
+        frac = timestep / self.total_timesteps
+        for stage in self.curriculum:
+            if frac < stage.until:
+                return stage.load
+        return 1.0
 
 
 def agent_config_path(name_or_path: str | Path) -> Path:

@@ -58,6 +58,25 @@ def make_vec_env(cfg: AgentConfig, n_envs: int, seed: int):
     return VecMonitor(venv)  # episode returns and lengths for rollout/ep_rew_mean and the evaluations
 
 
+def load_setter(venv):
+    """A function that sets the offered load of the training envs behind SB3's wrappers: it rescales the
+    scenario's sources (``scaled_sources``) on top of the run's own scenario overrides. Make one per run:
+    it keeps the scenario it was made with as the 1x load."""
+    from envs.gym.base import deep_merge
+    from envs.scenario import scaled_sources
+
+    native = venv.unwrapped.venv  # VecNormalize / VecMonitor -> SB3VecEnv -> ServeVectorEnv
+    proto = native.proto
+    base_overrides = dict(proto.config["scenario_overrides"])
+    base = proto.scenario
+
+    def set_load(factor: float) -> None:
+        over = deep_merge(base_overrides, {"sources": scaled_sources(base, factor)})
+        proto.configure({"scenario_overrides": over})
+
+    return set_load
+
+
 def build_model(cfg: AgentConfig, venv, out: Path, seed: int):
     from sb3_contrib import MaskablePPO
     from stable_baselines3 import PPO
@@ -145,13 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = build_model(cfg, venv, out, args.seed)
 
-    # 5. callbacks: charts/..., held-out evaluation keeping the best model, checkpoints
-    from agents.callbacks import ChartsCallback
+    # 5. callbacks: charts/..., the load curriculum, held-out evaluation keeping the best model, checkpoints
+    from agents.callbacks import ChartsCallback, LoadCurriculumCallback
 
     per_env = max(1, cfg.n_envs)
+    curriculum = [LoadCurriculumCallback(cfg.load_at, load_setter(venv))] if cfg.curriculum else []
     callbacks = CallbackList(
         [
             ChartsCallback(),
+            *curriculum,
             MaskableEvalCallback(
                 eval_env,
                 n_eval_episodes=len(cfg.eval_seeds),

@@ -31,7 +31,7 @@ from numba import njit
 
 from baselines.harness import EpisodeSpec, default_workers, run_specs, scenario_overrides
 from envs.perf.model import iteration_time_s
-from envs.scenario import Scenario, load_scenario
+from envs.scenario import Scenario, load_scenario, scaled_sources
 
 # DistServe's attainment target and Sarathi-Serve's scheduling-delay limit.
 ATTAINMENT_TARGET = 0.9
@@ -108,21 +108,6 @@ def interpolate_at(rates: Sequence[float], values: Sequence[float], rate: float)
 
 
 # ---------------------------------------------------------------- scaling the offered load
-
-
-def scaled_sources(scenario: Scenario, factor: float) -> list[dict[str, Any]]:
-    """The scenario's sources with every synthetic rate and every trace's replay speed times ``factor``."""
-    if not factor > 0:
-        raise ValueError(f"rate factor must be > 0, got {factor}")
-    out = []
-    for src in scenario.sources:
-        d = src.model_dump(mode="json")
-        if d["kind"] == "synthetic":
-            d["arrival"]["rate_per_s"] = d["arrival"]["rate_per_s"] * factor
-        else:
-            d["time_scale"] = d["time_scale"] * factor
-        out.append(d)
-    return out
 
 
 def nominal_rate(scenario: Scenario) -> float:

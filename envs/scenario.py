@@ -424,3 +424,20 @@ def scenario_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Scenario:
         return Scenario.model_validate(raw)
     except ValidationError as e:
         raise ScenarioError(_format_validation_error(e, source)) from None
+
+
+def scaled_sources(scenario: Scenario, factor: float) -> list[dict[str, Any]]:
+    """The scenario's sources with the offered load times ``factor``: every synthetic rate, every agentic
+    session start rate, and every trace's replay speed (for ``sources`` overrides: goodput sweeps, load
+    curricula)."""
+    if not factor > 0:
+        raise ValueError(f"rate factor must be > 0, got {factor}")
+    out = []
+    for src in scenario.sources:
+        d = src.model_dump(mode="json")
+        if d["kind"] == "trace":
+            d["time_scale"] = d["time_scale"] * factor
+        else:  # synthetic requests or agentic session starts
+            d["arrival"]["rate_per_s"] = d["arrival"]["rate_per_s"] * factor
+        out.append(d)
+    return out

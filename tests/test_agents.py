@@ -113,6 +113,40 @@ def test_bad_agent_config_names_the_key(tmp_path):
         load_agent_config(path)
 
 
+def test_load_curriculum_sets_the_training_load_per_stage(tmp_path):
+    cfg_path, sc = write_config(tmp_path, curriculum=[{"until": 0.5, "load": 0.5}])
+    cfg = load_agent_config(cfg_path)
+    assert [cfg.load_at(t) for t in (0, 255, 256, 511)] == [0.5, 0.5, 1.0, 1.0]
+    out = tmp_path / "run"
+    assert main(["--scenario", str(sc), "--config", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    loads = []
+    for ev in sorted((out / "tb").rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(ev))
+        acc.Reload()
+        loads += [e.value for e in acc.Scalars("charts/load")]
+    assert loads == [0.5, 1.0]  # one rollout of 2 x 128 steps per stage
+
+    # the setter rescales the training envs' sources; their next episodes run at that load
+    from agents.train import load_setter, make_vec_env
+
+    venv = make_vec_env(cfg, 2, seed=0)
+    set_load = load_setter(venv)
+    set_load(0.5)
+    native = venv.unwrapped.venv
+    assert native.proto.scenario.sources[0].arrival.rate_per_s == 1.5
+    venv.reset()
+    half = [sim.state.rqf.shape[1] for sim in native.sims]
+    set_load(1.0)
+    venv.reset()
+    full = [sim.state.rqf.shape[1] for sim in native.sims]
+    assert native.proto.scenario.sources[0].arrival.rate_per_s == 3.0
+    assert sum(full) > 1.5 * sum(half)
+    with pytest.raises(AgentConfigError, match="curriculum"):
+        load_agent_config(write_config(tmp_path, curriculum=[{"until": 0.5, "load": 1}, {"until": 0.4, "load": 1}])[0])
+
+
 @pytest.mark.slow
 def test_short_ppo_run_beats_random_routing(tmp_path):
     cfg_path, sc = write_config(

@@ -14,10 +14,9 @@ from baselines.goodput import (
     limit_crossing,
     nominal_rate,
     sarathi_capacity,
-    scaled_sources,
     scheduling_delays,
 )
-from envs.scenario import load_scenario
+from envs.scenario import load_scenario, scaled_sources
 from envs.sim.simulator import Simulator
 from envs.workloads.requests import RequestTable
 from tests.conftest import tiny_scenario
@@ -73,6 +72,8 @@ def test_scaled_sources_scale_rate_and_keep_the_rest():
     assert nominal_rate(sc) == pytest.approx(11.5)
     trace = load_scenario("azure_conv_trace")
     assert scaled_sources(trace, 2.0)[0]["time_scale"] == 2.0
+    agentic = scaled_sources(load_scenario("agentic_sessions"), 2.0)[0]
+    assert agentic["arrival"]["rate_per_s"] == 1.0 and agentic["steps"]["mean"] == 8  # session starts
     with pytest.raises(ValueError):
         scaled_sources(sc, 0.0)
 
