@@ -223,27 +223,15 @@ def clip11(x):
 
 
 @hot
-def arrived_by(st, na, t):
-    """Number of the first ``na`` requests (sorted by arrival) that arrived at or before ``t``."""
+def arrived_by(st, n, t, released):
+    """How many of the first ``n`` arrivals came at or before ``t``: first arrivals (the rows, sorted by
+    arrival), or with ``released`` the later session steps in the release log (also in arrival order)."""
     lo = 0
-    hi = na
+    hi = n
     while lo < hi:
         mid = (lo + hi) >> 1
-        if st.rqf[RF_ARRIVAL, mid] <= t:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-@hot
-def released_by(st, nr, t):
-    """Number of the first ``nr`` released session steps (in arrival order) that arrived at or before ``t``."""
-    lo = 0
-    hi = nr
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if st.rqf[RF_ARRIVAL, st.rlog[mid]] <= t:
+        row = st.rlog[mid] if released else mid
+        if st.rqf[RF_ARRIVAL, row] <= t:
             lo = mid + 1
         else:
             hi = mid
@@ -447,8 +435,8 @@ def pool_features(st, ax, obs, mask, ii, ff, now, scale_pending):
     if scale_pending:
         na = st.cnt[K_NEXT_ARRIVAL]
         nr = st.cnt[K_RELEASED]
-        lo_i = arrived_by(st, na, now - st.clock[C_TICK_S])
-        lo_r = released_by(st, nr, now - st.clock[C_TICK_S])
+        lo_i = arrived_by(st, na, now - st.clock[C_TICK_S], False)
+        lo_r = arrived_by(st, nr, now - st.clock[C_TICK_S], True)
         i0 = ai[AI_IS] + 6 * pp
         for tier in range(2):
             ii[i0 + tier] = (
