@@ -144,7 +144,9 @@ def test_load_curriculum_sets_the_training_load_per_stage(tmp_path):
     assert native.proto.scenario.sources[0].arrival.rate_per_s == 3.0
     assert sum(full) > 1.5 * sum(half)
     with pytest.raises(AgentConfigError, match="curriculum"):
-        load_agent_config(write_config(tmp_path, curriculum=[{"until": 0.5, "load": 1}, {"until": 0.4, "load": 1}])[0])
+        load_agent_config(
+            write_config(tmp_path, curriculum=[{"until": 0.5, "load": 1}, {"until": 0.4, "load": 1}])[0]
+        )
 
 
 @pytest.mark.slow

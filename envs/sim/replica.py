@@ -27,7 +27,7 @@ import numpy as np
 
 from envs.perf.model import iteration_time_s
 from envs.sim.jit import hot, kernel
-from envs.sim.policies import batch_score
+from envs.sim.policies import BATCH_SESSION_EDF, BATCH_SESSION_LAS, batch_score
 from envs.sim.sessions import release_next
 from envs.sim.state import (
     C_LAST_LEFT_COUNTER,
@@ -304,6 +304,11 @@ def session_deadline(st, i):
 def request_batch_score(st, policy, i):
     """The batching rule's score of request i from the state (the env's candidate ranking uses it too)."""
     u = st.rqi[RI_TENANT, i]
+    sdl = INF
+    step = 0
+    if policy == BATCH_SESSION_EDF or policy == BATCH_SESSION_LAS:  # spare the queue scans two loads
+        sdl = session_deadline(st, i)
+        step = st.rqi[RI_STEP, i]
     return batch_score(
         policy,
         st.rqf[RF_ARRIVAL, i],
@@ -312,8 +317,8 @@ def request_batch_score(st, policy, i):
         st.rqi[RI_TIER, i],
         st.ten[TF_COUNTER, u],
         st.ten[TF_WEIGHT, u],
-        session_deadline(st, i),
-        st.rqi[RI_STEP, i],
+        sdl,
+        step,
     )
 
 
