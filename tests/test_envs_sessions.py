@@ -35,16 +35,6 @@ SMALL = {
 }
 
 
-def run(env, policy, seed: int = 0) -> dict:
-    policy.reset(seed)
-    obs, info = env.reset(seed=seed)
-    done = False
-    while not done:
-        obs, _, term, trunc, info = env.step(policy.act(obs, info))
-        done = term or trunc
-    return info["metrics"]
-
-
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_session_groups_follow_the_scenario(env_id):
     mode = gym.make(env_id, horizon_s=5.0).unwrapped.layout.mode
@@ -148,7 +138,9 @@ def _route_kwargs() -> dict:
 def test_session_affinity_baseline_through_the_env_reproduces_the_builtin_router():
     overrides = {**BUSY, "horizon_s": 180.0, "policies": {"routing": "session_affinity"}}
     env = gym.make("servegym/Route-v0", scenario=AGENTIC, sim_seed=4, scenario_overrides=overrides)
-    got = run(env.unwrapped, RoutingRule("session_affinity", **_route_kwargs()))
+    router = RoutingRule("session_affinity", **_route_kwargs())
+    router.reset(0)
+    got = run_env(env, lambda info: router.act(None, info))
     ref = compute_metrics(Simulator(AGENTIC, seed=4, overrides=overrides).run())
     assert ref["session/completed"] > 20 and ref["session/reused_tokens"] > 0
     assert_same_metrics(got, ref)
