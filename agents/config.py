@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-AGENT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "agents"
+from servegym.configs import AGENT_CONFIG_DIR
 
 
 class AgentConfigError(ValueError):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import yaml
 
-from agents.config import AgentConfig, load_agent_config
+from servegym.agents.config import AgentConfig, load_agent_config
 
 
 def default_config_name(env_id: str, scenario: str) -> str:
@@ -51,7 +51,7 @@ def make_vec_env(cfg: AgentConfig, n_envs: int, seed: int):
     """The native numba vector env behind SB3's VecEnv interface (falls back to the env's defaults)."""
     from stable_baselines3.common.vec_env import VecMonitor
 
-    from envs.gym.sb3 import SB3VecEnv
+    from servegym.envs.gym.sb3 import SB3VecEnv
 
     venv = SB3VecEnv(cfg.env_id, num_envs=n_envs, scenario=cfg.scenario, **cfg.env_config)
     venv.seed(seed)
@@ -62,8 +62,8 @@ def load_setter(venv):
     """A function that sets the offered load of the training envs behind SB3's wrappers: it rescales the
     scenario's sources (``scaled_sources``) on top of the run's own scenario overrides. Make one per run:
     it keeps the scenario it was made with as the 1x load."""
-    from envs.gym.base import deep_merge
-    from envs.scenario import scaled_sources
+    from servegym.envs.gym.base import deep_merge
+    from servegym.envs.scenario import scaled_sources
 
     native = venv.unwrapped.venv  # VecNormalize / VecMonitor -> SB3VecEnv -> ServeVectorEnv
     proto = native.proto
@@ -81,7 +81,7 @@ def build_model(cfg: AgentConfig, venv, out: Path, seed: int):
     from sb3_contrib import MaskablePPO
     from stable_baselines3 import PPO
 
-    from agents.extractors import SetExtractor
+    from servegym.agents.extractors import SetExtractor
 
     feature_names = venv.get_attr("obs_features", [0])[0] if cfg.network.extractor == "set" else {}
     policy_kwargs: dict[str, Any] = {"net_arch": list(cfg.network.net_arch)}
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(cfg, venv, out, args.seed)
 
     # 5. callbacks: charts/..., the load curriculum, held-out evaluation keeping the best model, checkpoints
-    from agents.callbacks import ChartsCallback, LoadCurriculumCallback
+    from servegym.agents.callbacks import ChartsCallback, LoadCurriculumCallback
 
     per_env = max(1, cfg.n_envs)
     curriculum = [LoadCurriculumCallback(cfg.load_at, load_setter(venv))] if cfg.curriculum else []
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     model.save(str(out / "model.zip"))
     if isinstance(venv, VecNormalize):
         venv.save(str(out / "vecnormalize.pkl"))
-    import envs
+    from servegym import envs
 
     meta = {
         "package_version": envs.__version__,

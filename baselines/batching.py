@@ -1,6 +1,6 @@
 """Batching baselines: which waiting request joins the iteration being formed, or start it now.
 
-Each rule is ``envs.sim.policies.batch_score`` -- the very function the core's built-in batcher uses -- applied
+Each rule is ``servegym.envs.sim.policies.batch_score`` -- the very function the core's built-in batcher uses -- applied
 to the candidate features of ``info["batch"]``. The lowest score is admitted, ties to the lower request id
 (arrival order), as in the core. With no admissible candidate the policy starts the iteration (action K).
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from baselines.policy import BasePolicy, PolicyError, feature, info_section
-from envs.sim.policies import BATCHING_IDS, batch_score
+from servegym.baselines.policy import BasePolicy, PolicyError, feature, info_section
+from servegym.envs.sim.policies import BATCHING_IDS, batch_score
 
 # info["batch"] keys, in batch_score's argument order after the policy id
 _FEATURES = (

@@ -1,7 +1,7 @@
 """Run any policy (a registered heuristic, a ``+`` combination or a checkpoint) through a servegym env.
 
 ``run_env_episode`` plays one episode on one single env and returns the episode's metrics (the final
-``info["metrics"]``, i.e. ``envs.metrics.compute_metrics``) and, with ``record=True``, the actions it took
+``info["metrics"]``, i.e. ``servegym.envs.metrics.compute_metrics``) and, with ``record=True``, the actions it took
 as a compact integer array: one row per step, one column per action dimension (``Discrete`` envs have one
 column, ``MultiDiscrete`` envs one per dimension), in the smallest unsigned dtype that holds the space.
 ``replay_actions`` feeds such an array back through the same env; since the env is deterministic given
@@ -9,9 +9,9 @@ its scenario and seed, the metrics reproduce bit for bit -- that is what the lea
 
 Seeding: ``reset(seed=seed, options={"seed": seed})`` fixes the env's generator *and* makes ``seed`` the
 workload seed, so the episode sees exactly the workload ``Simulator(scenario, seed=seed)`` sees (the
-built-in rules' runs in ``baselines.harness``); the policy is reset with the same seed.
+built-in rules' runs in ``servegym.baselines.harness``); the policy is reset with the same seed.
 
-``env_episode_runner`` plugs this into ``baselines.harness.evaluate`` (``episode_runner=...``) so agents
+``env_episode_runner`` plugs this into ``servegym.baselines.harness.evaluate`` (``episode_runner=...``) so agents
 and checkpoints are evaluated exactly like the built-in heuristics. The env id comes from the spec's
 ``policy_kwargs["env_id"]``, else from the checkpoint's run config, else ``Route-v0``.
 """
@@ -26,11 +26,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-import envs  # noqa: F401  (registers the servegym env ids)
-from baselines.harness import EpisodeSpec
-from baselines.policy import Policy
-from baselines.registry import SB3Policy, make_policy
-from envs.scenario import Scenario, load_scenario
+import servegym.envs  # noqa: F401  (registers the servegym env ids)
+from servegym.baselines.harness import EpisodeSpec
+from servegym.baselines.policy import Policy
+from servegym.baselines.registry import SB3Policy, make_policy
+from servegym.envs.scenario import Scenario, load_scenario
 
 # Keys of an agent's training env_config that describe the scenario rather than the env's spaces or
 # features: the leaderboard replaces them with the suite's scenario.
@@ -79,7 +79,7 @@ def resolve_policy(policy: Policy | str | Path, scenario: str | Path | Scenario,
     parameters; a checkpoint gets only ``kwargs``)."""
     if not isinstance(policy, (str, Path)):
         return policy
-    from baselines.registry import _accepted, is_checkpoint, policy_spec, split_combination
+    from servegym.baselines.registry import _accepted, is_checkpoint, policy_spec, split_combination
 
     if is_checkpoint(policy):
         return make_policy(policy, **kwargs)
@@ -214,7 +214,7 @@ def replay_actions(
 ) -> dict[str, Any]:
     """Feed a recorded action log through the env; the episode's metrics. Raises ``ReplayError`` if the
     log ends before the episode, outlasts it, or holds an action the env refuses."""
-    from envs.gym.base import InvalidActionError
+    from servegym.envs.gym.base import InvalidActionError
 
     cfg = {**dict(env_config or {}), "info_features": False}  # replay reads no features
     env = make_env(env_id, scenario, cfg)
@@ -254,7 +254,7 @@ def spec_env(spec: EpisodeSpec) -> tuple[str, dict[str, Any], dict[str, Any]]:
 
 
 def env_episode_runner(spec: EpisodeSpec) -> dict[str, Any]:
-    """``baselines.harness`` episode runner that drives the env with the policy (picklable, top level).
+    """``servegym.baselines.harness`` episode runner that drives the env with the policy (picklable, top level).
 
     ``evaluate("jsq", "chat_azure", 5, episode_runner=env_episode_runner,
     policy_kwargs={"env_id": "servegym/Route-v0"})``.

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from baselines.harness import EpisodeSpec, default_workers, run_specs, scenario_overrides
-from envs.perf.model import iteration_time_s
-from envs.scenario import Scenario, load_scenario, scaled_sources
+from servegym.baselines.harness import EpisodeSpec, default_workers, run_specs, scenario_overrides
+from servegym.envs.perf.model import iteration_time_s
+from servegym.envs.scenario import Scenario, load_scenario, scaled_sources
 
 # DistServe's attainment target and Sarathi-Serve's scheduling-delay limit.
 ATTAINMENT_TARGET = 0.9
@@ -120,7 +120,7 @@ def nominal_rate(scenario: Scenario) -> float:
         else:
             traces = True
     if traces:
-        from envs.workloads.scenario_requests import requests_for_scenario
+        from servegym.envs.workloads.scenario_requests import requests_for_scenario
 
         only = scenario.model_copy(update={"sources": [s for s in scenario.sources if s.kind == "trace"]})
         reqs = requests_for_scenario(only, np.random.default_rng(0))
@@ -160,7 +160,7 @@ def _prefill_alone_s(coef, pool, prompt, cached, budget, chunked):  # pragma: no
 
 def scheduling_delays(sim: Any) -> np.ndarray:
     """Per request with a first token: TTFT - alone prefill - network both ways; +inf if dropped before it."""
-    from envs.sim import state as S
+    from servegym.envs.sim import state as S
 
     st = sim.state
     arrived = st.rqi[S.RI_STATUS] != S.ST_FUTURE
@@ -184,8 +184,8 @@ def scheduling_delays(sim: Any) -> np.ndarray:
 
 def sweep_episode(spec: EpisodeSpec) -> dict[str, Any]:
     """Episode runner of the sweep: the harness metrics plus the median scheduling delay."""
-    from envs.metrics import compute_metrics
-    from envs.sim.simulator import Simulator
+    from servegym.envs.metrics import compute_metrics
+    from servegym.envs.sim.simulator import Simulator
 
     sim = Simulator(spec.scenario, seed=spec.seed, overrides=scenario_overrides(spec))
     m = compute_metrics(sim.run())

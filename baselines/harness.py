@@ -1,6 +1,6 @@
 """Evaluate any policy on any scenario over N seeds: one metrics record per episode, and an aggregate.
 
-A record is the Foundation metrics of the episode (``envs.metrics.compute_metrics``) with the policy, the
+A record is the Foundation metrics of the episode (``servegym.envs.metrics.compute_metrics``) with the policy, the
 scenario, the seed and the versions that produced it (servegym, numpy, numba, Python, git commit). The
 aggregate gives, per metric, the mean over seeds and a 95% confidence half-width from Student's t
 distribution. Episodes run in a local process pool (``workers``); results are deterministic: the same
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from baselines.registry import builtin_policies
-from envs.scenario import ScenarioError
+from servegym.baselines.registry import builtin_policies
+from servegym.envs.scenario import ScenarioError
 
 # Workers start fresh rather than forked: a fork after torch or numba's threading layer has started
 # can deadlock the child (seen with pretrained agents on the leaderboard).
@@ -99,8 +99,8 @@ def scenario_overrides(spec: EpisodeSpec) -> dict[str, Any]:
 
 def builtin_episode(spec: EpisodeSpec) -> dict[str, Any]:
     """Run the episode with the core's built-in rules (selected through scenario overrides)."""
-    from envs.metrics import compute_metrics
-    from envs.sim.simulator import Simulator
+    from servegym.envs.metrics import compute_metrics
+    from servegym.envs.sim.simulator import Simulator
 
     sim = Simulator(spec.scenario, seed=spec.seed, overrides=scenario_overrides(spec))
     return compute_metrics(sim.run())
@@ -108,10 +108,10 @@ def builtin_episode(spec: EpisodeSpec) -> dict[str, Any]:
 
 def default_episode_runner(spec: EpisodeSpec) -> dict[str, Any]:
     """Built-in rules inside the core; anything else (a checkpoint, an agent registered without a core
-    rule) through the env, ``baselines.env_runner.env_episode_runner`` (``policy_kwargs`` may name the
+    rule) through the env, ``servegym.baselines.env_runner.env_episode_runner`` (``policy_kwargs`` may name the
     ``env_id`` and ``env_config``)."""
     if builtin_policies(spec.policy) is None:
-        from baselines.env_runner import env_episode_runner
+        from servegym.baselines.env_runner import env_episode_runner
 
         return env_episode_runner(spec)
     return builtin_episode(spec)
@@ -126,7 +126,7 @@ def versions() -> dict[str, str]:
     import numba
     import numpy
 
-    import envs
+    from servegym import envs
 
     return {
         "servegym_version": envs.__version__,

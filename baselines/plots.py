@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.sim.outcome import STATUS_FINISHED, SimOutcome
+from servegym.envs.sim.outcome import STATUS_FINISHED, SimOutcome
 
 
 def _pyplot() -> Any:
@@ -40,9 +40,9 @@ def timeline(
     (starting or active), ``kv_util`` (used / capacity over active replicas), ``slo_attainment`` of the
     requests judged in the slice (finished or dropped; NaN if none) and ``slo_attainment_cum``.
     """
-    from baselines.harness import EpisodeSpec, scenario_overrides
-    from envs.sim import state as S
-    from envs.sim.simulator import Simulator
+    from servegym.baselines.harness import EpisodeSpec, scenario_overrides
+    from servegym.envs.sim import state as S
+    from servegym.envs.sim.simulator import Simulator
 
     over = dict(overrides or {})
     if policy is not None:

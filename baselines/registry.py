@@ -13,22 +13,24 @@ override (``{"batching": ..., "routing": ..., "scaling": ...}``) that runs it in
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from baselines.batching import DESCRIPTIONS as BATCHING_DESCRIPTIONS
-from baselines.batching import BatchingRule
-from baselines.policy import BasePolicy, Policy, PolicyError
-from baselines.routing import DESCRIPTIONS as ROUTING_DESCRIPTIONS
-from baselines.routing import RoutingRule
-from baselines.scaling import DESCRIPTIONS as SCALING_DESCRIPTIONS
-from baselines.scaling import ScalingRule
+from servegym.baselines.batching import DESCRIPTIONS as BATCHING_DESCRIPTIONS
+from servegym.baselines.batching import BatchingRule
+from servegym.baselines.policy import BasePolicy, Policy, PolicyError
+from servegym.baselines.routing import DESCRIPTIONS as ROUTING_DESCRIPTIONS
+from servegym.baselines.routing import RoutingRule
+from servegym.baselines.scaling import DESCRIPTIONS as SCALING_DESCRIPTIONS
+from servegym.baselines.scaling import ScalingRule
 
 KIND_TO_POLICY_KEY = {"batch": "batching", "route": "routing", "scale": "scaling"}
 
@@ -205,6 +207,29 @@ def run_files(path: Path) -> dict[str, Path]:
     return out
 
 
+@contextlib.contextmanager
+def _pre_rename_modules() -> Iterator[None]:
+    """Checkpoints saved before the packages moved under ``servegym`` pickle ``agents.extractors.SetExtractor``.
+
+    For the load only, the old module names point at ours; whatever a user had under those names (their own
+    ``agents`` package, say) is put back afterwards, so nothing outside the load sees the alias.
+    """
+    import importlib
+
+    aliases = {"agents": "servegym.agents", "agents.extractors": "servegym.agents.extractors"}
+    saved = {old: sys.modules.get(old) for old in aliases}
+    try:
+        for old, new in aliases.items():
+            sys.modules[old] = importlib.import_module(new)
+        yield
+    finally:
+        for old, mod in saved.items():
+            if mod is None:
+                sys.modules.pop(old, None)
+            else:
+                sys.modules[old] = mod
+
+
 def _load_sb3(path: Path, algo: str | None = None, **kwargs: Any) -> Policy:
     """A Stable-Baselines3 (or sb3-contrib) checkpoint; ``algo`` names its class (``PPO``, ``MaskablePPO``).
 
@@ -227,7 +252,9 @@ def _load_sb3(path: Path, algo: str | None = None, **kwargs: Any) -> Policy:
     for module in ("stable_baselines3", "sb3_contrib"):
         cls = getattr(importlib.import_module(module), algo, None)
         if cls is not None:
-            policy = SB3Policy(str(path), cls.load(str(path), device="cpu", **kwargs), obs_norm)
+            with _pre_rename_modules():
+                model = cls.load(str(path), device="cpu", **kwargs)
+            policy = SB3Policy(str(path), model, obs_norm)
             policy.env_id = run_cfg.get("env_id")
             return policy
     raise PolicyError(
@@ -261,7 +288,7 @@ class SB3Policy:
         return self._predict(obs, info.get("action_mask"))
 
     def act_batch(self, obs: Any, infos: Any) -> np.ndarray:
-        from baselines.policy import unbatch_infos
+        from servegym.baselines.policy import unbatch_infos
 
         per_env = unbatch_infos(
             infos, len(obs) if not isinstance(obs, Mapping) else len(next(iter(obs.values())))

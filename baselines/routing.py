@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from baselines.policy import BasePolicy, PolicyError, feature, info_section
-from envs.scenario import PoliciesConfig
-from envs.sim.policies import (
+from servegym.baselines.policy import BasePolicy, PolicyError, feature, info_section
+from servegym.envs.scenario import PoliciesConfig
+from servegym.envs.sim.policies import (
     ROUTE_COST,
     ROUTE_P2C,
     ROUTE_PREFIX,

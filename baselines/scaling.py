@@ -1,6 +1,6 @@
 """Scaling baselines: how many replicas each pool should add or remove at a control tick.
 
-The deltas come from the core's own rules in ``envs.sim.policies`` (``reactive_scale_delta``,
+The deltas come from the core's own rules in ``servegym.envs.sim.policies`` (``reactive_scale_delta``,
 ``holt_update``, ``holt_forecast``, ``demand_replicas``, ``sized_scale_delta``), applied to the per-pool
 features of ``info["scale"]``. The action is one index per pool into ``info["scale_deltas"]`` (the replica
 delta each action index stands for): the allowed index whose delta is nearest the rule's, preferring the
@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from baselines.policy import BasePolicy, PolicyError, feature, info_section
-from envs.scenario import PoliciesConfig, Scenario
-from envs.sim.policies import (
+from servegym.baselines.policy import BasePolicy, PolicyError, feature, info_section
+from servegym.envs.scenario import PoliciesConfig, Scenario
+from servegym.envs.sim.policies import (
     SCALE_FORECAST,
     SCALE_REACTIVE,
     SCALE_REPLACE,

@@ -52,8 +52,8 @@ def register_envs() -> None:
             continue
         register(
             id=env_id,
-            entry_point=f"envs.gym.{module}:{cls}",
-            vector_entry_point=f"envs.gym.vector:{name}VectorEnv",
+            entry_point=f"servegym.envs.gym.{module}:{cls}",
+            vector_entry_point=f"servegym.envs.gym.vector:{name}VectorEnv",
             kwargs={"scenario": "chat_azure" if name in ("Route", "Batch") else "hetero_a100_h100"},
         )
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from envs.scenario import ScenarioError, list_scenarios
+from servegym.envs.scenario import ScenarioError, list_scenarios
 
 DEFAULT_SCENARIO = "chat_azure"
 
@@ -55,8 +55,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from envs.metrics import compute_metrics, format_metrics_table
-    from envs.sim.simulator import Simulator
+    from servegym.envs.metrics import compute_metrics, format_metrics_table
+    from servegym.envs.sim.simulator import Simulator
 
     t0 = time.perf_counter()
     sim = Simulator(args.scenario, seed=args.seed, overrides=parse_overrides(args.set))

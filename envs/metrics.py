@@ -76,7 +76,7 @@ import math
 
 import numpy as np
 
-from envs.sim.outcome import (
+from servegym.envs.sim.outcome import (
     STATUS_DROPPED,
     STATUS_FINISHED,
     STATUS_IN_FLIGHT,

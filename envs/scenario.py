@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
-SCENARIO_DIR = Path(__file__).resolve().parent.parent / "configs" / "scenarios"
+from servegym.configs import SCENARIO_DIR
 
 BATCHING_POLICIES = ("fcfs", "edf", "sjf", "vtc", "wfs", "tier_priority", "session_edf", "session_las")
 ROUTING_POLICIES = (

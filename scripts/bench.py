@@ -30,8 +30,8 @@ import resource
 import time
 import tracemalloc
 
-from envs.scenario import scenario_from_dict
-from envs.sim.simulator import Simulator
+from servegym.envs.scenario import scenario_from_dict
+from servegym.envs.sim.simulator import Simulator
 
 # An A100 replica of Llama-2-7B sustains about 3.5 req/s of Azure-conversation-shaped chat before its queue
 # grows without bound (measured with this simulator, see README); 2.8 req/s per replica is ~80% load.

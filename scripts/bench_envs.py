@@ -24,7 +24,7 @@ import gymnasium as gym
 import numba
 import numpy as np
 
-import envs  # noqa: F401  (registers the ids)
+import servegym.envs  # noqa: F401  (registers the ids)
 
 
 def single(steps: int, **kwargs) -> float:

@@ -24,15 +24,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from servegym.envs.data import REGISTRY, resolve_data_path
 
-from envs.data import REGISTRY, resolve_data_path  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 OUT = ROOT / "envs" / "workloads" / "length_tables.json"
 COPULA_BINS = 20

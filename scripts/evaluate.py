@@ -17,11 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from baselines.harness import SUMMARY_KEYS, evaluate_many, markdown_table, write_results
-from baselines.policy import PolicyError
-from baselines.registry import list_policies, policy_spec
-from envs.cli import parse_overrides
-from envs.scenario import ScenarioError, list_scenarios
+from servegym.baselines.harness import SUMMARY_KEYS, evaluate_many, markdown_table, write_results
+from servegym.baselines.policy import PolicyError
+from servegym.baselines.registry import list_policies, policy_spec
+from servegym.envs.cli import parse_overrides
+from servegym.envs.scenario import ScenarioError, list_scenarios
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_plots(policies: list[str], scenarios: list[str], seed: int, overrides: dict, out: Path) -> None:
-    from baselines.plots import plot_latency_cdfs, plot_timeline, timeline
-    from envs.scenario import load_scenario
+    from servegym.baselines.plots import plot_latency_cdfs, plot_timeline, timeline
+    from servegym.envs.scenario import load_scenario
 
     for sc in scenarios:
         scen = load_scenario(sc, overrides)

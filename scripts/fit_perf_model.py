@@ -11,11 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from envs.perf import fit  # noqa: E402
-from envs.perf.model import COEF_JSON  # noqa: E402
-from envs.perf.validate import format_report  # noqa: E402
+from servegym.envs.perf import fit
+from servegym.envs.perf.model import COEF_JSON
+from servegym.envs.perf.validate import format_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,11 +17,11 @@ import math
 import sys
 from pathlib import Path
 
-from baselines.goodput import ATTAINMENT_TARGET, goodput_sweeps
-from baselines.harness import nan_to_none, write_csv
-from baselines.policy import PolicyError
-from envs.cli import parse_overrides
-from envs.scenario import ScenarioError
+from servegym.baselines.goodput import ATTAINMENT_TARGET, goodput_sweeps
+from servegym.baselines.harness import nan_to_none, write_csv
+from servegym.baselines.policy import PolicyError
+from servegym.envs.cli import parse_overrides
+from servegym.envs.scenario import ScenarioError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             f"[{c.status}]"
         )
     if args.out:
-        from baselines.plots import plot_attainment_curves
+        from servegym.baselines.plots import plot_attainment_curves
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -21,13 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from baselines.harness import nan_to_none  # noqa: E402
-from baselines.leaderboard import board_from_entries, csv_rows, markdown, ranking_rows  # noqa: E402
-from baselines.leaderboard_cells import (  # noqa: E402
+from servegym.baselines.harness import nan_to_none
+from servegym.baselines.leaderboard.board import board_from_entries, csv_rows, markdown, ranking_rows
+from servegym.baselines.leaderboard.cells import (
     Cell,
     atomic_write_text,
     entry_files,
@@ -35,7 +31,9 @@ from baselines.leaderboard_cells import (  # noqa: E402
     slug,
     validate_entry,
 )
-from baselines.suite import Suite, heuristics_for, load_suite, workload_for  # noqa: E402
+from servegym.baselines.leaderboard.suite import Suite, heuristics_for, load_suite, workload_for
+
+REPO = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------- agents
 
@@ -64,8 +62,8 @@ def find_agents(root: Path) -> list[tuple[str, Path, dict[str, Any]]]:
 def agent_env_config(run_cfg: dict[str, Any]) -> dict[str, Any]:
     """The agent's env config without its scenario, with the padding of its training env made explicit
     (its observation space is sized by the training scenario's replicas and pools)."""
-    from baselines.env_runner import SCENARIO_KEYS
-    from envs.scenario import load_scenario
+    from servegym.baselines.env_runner import SCENARIO_KEYS
+    from servegym.envs.scenario import load_scenario
 
     cfg = {k: v for k, v in (run_cfg.get("env_config") or {}).items() if k not in SCENARIO_KEYS}
     if run_cfg.get("scenario") and (cfg.get("max_replicas") is None or cfg.get("max_pools") is None):
@@ -79,8 +77,8 @@ def agent_env_config(run_cfg: dict[str, Any]) -> dict[str, Any]:
 
 def agent_fits(model_path: Path, env_id: str, scenario: Path, env_config: dict[str, Any]) -> str | None:
     """None if the agent can play the scenario, else why not (padding too small, other spaces)."""
-    from baselines.env_runner import make_env
-    from baselines.registry import make_policy
+    from servegym.baselines.env_runner import make_env
+    from servegym.baselines.registry import make_policy
 
     try:
         env = make_env(env_id, scenario, env_config)
@@ -158,7 +156,7 @@ def write_outputs(
     notes: list[str],
     plots: bool,
 ) -> None:
-    from baselines.harness import write_csv
+    from servegym.baselines.harness import write_csv
 
     seeds: dict[str, list[int]] = {}
     for e in entries:
@@ -196,7 +194,7 @@ def write_outputs(
     atomic_write_text(out / "results.json", json.dumps(nan_to_none(payload), indent=1) + "\n")
     atomic_write_text(md, markdown(board, command, wall, notes))
     if plots:
-        from baselines.leaderboard_plots import plot_frontier, plot_scores
+        from servegym.baselines.leaderboard.plots import plot_frontier, plot_scores
 
         plot_scores(board, out / "score_per_scenario.png")
         plot_frontier(board, out / "cost_vs_attainment.png")

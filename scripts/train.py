@@ -2,7 +2,7 @@
 
 import sys
 
-from agents.train import main
+from servegym.agents.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

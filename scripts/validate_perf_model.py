@@ -12,11 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from envs.perf import validate  # noqa: E402
-from envs.perf.fit import default_data_dir  # noqa: E402
-from envs.perf.model import OVERHEAD_PROFILES, load_table  # noqa: E402
+from servegym.envs.perf import validate
+from servegym.envs.perf.fit import default_data_dir
+from servegym.envs.perf.model import OVERHEAD_PROFILES, load_table
 
 
 def main(argv: list[str] | None = None) -> int:

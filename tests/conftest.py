@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-from envs.scenario import Scenario, scenario_from_dict
+from servegym.envs.scenario import Scenario, scenario_from_dict
 
 # CI explores a fixed set of examples (derandomized), so a landing never depends on a lucky draw; local runs
 # keep exploring new ones (and hypothesis replays any failure it found from its database).

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import yaml
 
-import envs  # noqa: F401  (registers the ids)
-from agents.config import AgentConfigError, load_agent_config
-from agents.train import latest_checkpoint, main
-from baselines.registry import make_policy
+import servegym.envs  # noqa: F401  (registers the ids)
+from servegym.agents.config import AgentConfigError, load_agent_config
+from servegym.agents.train import latest_checkpoint, main
+from servegym.baselines.registry import make_policy
 
 # An easy routing problem: one H100 and one A40 replica of Llama-2-7B. The H100 alone carries the load within
 # the SLO; the A40's prefill of a ~1k-token prompt (168 ms, perf model) already misses the 150 ms TTFT target.
@@ -129,7 +129,7 @@ def test_load_curriculum_sets_the_training_load_per_stage(tmp_path):
     assert loads == [0.5, 1.0]  # one rollout of 2 x 128 steps per stage
 
     # the setter rescales the training envs' sources; their next episodes run at that load
-    from agents.train import load_setter, make_vec_env
+    from servegym.agents.train import load_setter, make_vec_env
 
     venv = make_vec_env(cfg, 2, seed=0)
     set_load = load_setter(venv)

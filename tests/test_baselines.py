@@ -11,15 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from baselines import PolicyError, builtin_policies, list_policies, make_policy
-from baselines.policy import unbatch_infos
-from envs.metrics import compute_metrics
-from envs.scenario import ScenarioError, load_scenario, scenario_from_dict
-from envs.sim import core
-from envs.sim import state as S
-from envs.sim.replica import prefix_hits
-from envs.sim.simulator import Simulator
-from envs.sim.state import EV_BATCH, EV_DONE, EV_ROUTE, EV_SCALE, EV_TIME
+from servegym.baselines import PolicyError, builtin_policies, list_policies, make_policy
+from servegym.baselines.policy import unbatch_infos
+from servegym.envs.metrics import compute_metrics
+from servegym.envs.scenario import ScenarioError, load_scenario, scenario_from_dict
+from servegym.envs.sim import core
+from servegym.envs.sim import state as S
+from servegym.envs.sim.replica import prefix_hits
+from servegym.envs.sim.simulator import Simulator
+from servegym.envs.sim.state import EV_BATCH, EV_DONE, EV_ROUTE, EV_SCALE, EV_TIME
 from tests.conftest import tiny_dict, tiny_scenario
 from tests.test_sim_core import drive
 

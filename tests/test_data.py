@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from envs import data as sgdata
+from servegym.envs import data as sgdata
 
 
 def _sha(b: bytes) -> str:

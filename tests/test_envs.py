@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import envs  # noqa: F401  (registers the ids)
-from envs.gym import ENV_IDS, ConfigError, InvalidActionError
-from envs.sim import state as S
+import servegym.envs  # noqa: F401  (registers the ids)
+from servegym.envs.gym import ENV_IDS, ConfigError, InvalidActionError
+from servegym.envs.sim import state as S
 
 # Small episodes: the whole file runs in well under a minute once numba's cache is warm.
 SMALL: dict[str, dict] = {

@@ -1,6 +1,6 @@
 """The info contract: a baseline that applies the core's scoring rules to ``info`` reproduces the core exactly.
 
-Each test drives an env with a rule computed only from ``info`` (via ``envs.sim.policies``) and compares the
+Each test drives an env with a rule computed only from ``info`` (via ``servegym.envs.sim.policies``) and compares the
 episode's metrics with the simulator running the same workload under the same built-in rule.
 """
 
@@ -10,10 +10,16 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import envs  # noqa: F401
-from envs.metrics import compute_metrics
-from envs.sim.policies import BATCHING_IDS, ROUTING_IDS, batch_score, reactive_scale_delta, route_score
-from envs.sim.simulator import Simulator
+import servegym.envs  # noqa: F401
+from servegym.envs.metrics import compute_metrics
+from servegym.envs.sim.policies import (
+    BATCHING_IDS,
+    ROUTING_IDS,
+    batch_score,
+    reactive_scale_delta,
+    route_score,
+)
+from servegym.envs.sim.simulator import Simulator
 
 
 def run_env(env, policy) -> dict:
@@ -78,7 +84,7 @@ def test_route_baseline_from_info_reproduces_builtin_routing(routing):
 
 
 def pool_of(name: str) -> dict:
-    from envs.scenario import load_scenario
+    from servegym.envs.scenario import load_scenario
 
     return load_scenario(name).pools[0].model_dump()
 

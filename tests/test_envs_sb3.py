@@ -6,8 +6,8 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-import envs  # noqa: F401
-from envs.gym.sb3 import SB3VecEnv
+import servegym.envs  # noqa: F401
+from servegym.envs.gym.sb3 import SB3VecEnv
 
 
 def test_adapter_same_step_autoreset_terminal_observation_and_truncation_flag():

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import envs  # noqa: F401  (registers the ids)
-from baselines.env_runner import scenario_policy_kwargs
-from baselines.routing import RoutingRule
-from envs.gym import ENV_IDS
-from envs.gym import config as C
-from envs.metrics import compute_metrics
-from envs.sim import state as S
-from envs.sim.policies import BATCHING_IDS
-from envs.sim.simulator import Simulator
+import servegym.envs  # noqa: F401  (registers the ids)
+from servegym.baselines.env_runner import scenario_policy_kwargs
+from servegym.baselines.routing import RoutingRule
+from servegym.envs.gym import ENV_IDS
+from servegym.envs.gym import config as C
+from servegym.envs.metrics import compute_metrics
+from servegym.envs.sim import state as S
+from servegym.envs.sim.policies import BATCHING_IDS
+from servegym.envs.sim.simulator import Simulator
 from tests.test_envs_contract import assert_same_metrics, head_of_line, run_env
 
 AGENTIC = "agentic_sessions"

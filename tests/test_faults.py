@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from baselines import make_policy
-from envs.metrics import compute_metrics
-from envs.scenario import ScenarioError
-from envs.sim import state as S
-from envs.sim.simulator import Simulator
+from servegym.baselines import make_policy
+from servegym.envs.metrics import compute_metrics
+from servegym.envs.scenario import ScenarioError
+from servegym.envs.sim import state as S
+from servegym.envs.sim.simulator import Simulator
 from tests.conftest import tiny_scenario
 from tests.test_baselines import drive_with_agent
 from tests.test_sim_core import drive
@@ -229,7 +229,7 @@ def test_scale_env_sees_spot_and_lost_capacity():
     """The Scale env chooses spot or on-demand capacity by scaling one pool or the other; it observes both."""
     import gymnasium as gym
 
-    import envs  # noqa: F401  (registers the ids)
+    import servegym.envs  # noqa: F401  (registers the ids)
 
     env = gym.make("servegym/Scale-v0", scenario="spot_failures", horizon_s=1800)
     obs, info = env.reset(seed=0)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from baselines.goodput import (
+from servegym.baselines.goodput import (
     goodput_crossing,
     goodput_sweep,
     goodput_sweeps,
@@ -16,9 +16,9 @@ from baselines.goodput import (
     sarathi_capacity,
     scheduling_delays,
 )
-from envs.scenario import load_scenario, scaled_sources
-from envs.sim.simulator import Simulator
-from envs.workloads.requests import RequestTable
+from servegym.envs.scenario import load_scenario, scaled_sources
+from servegym.envs.sim.simulator import Simulator
+from servegym.envs.workloads.requests import RequestTable
 from tests.conftest import tiny_scenario
 
 
@@ -121,7 +121,7 @@ def test_real_sweep_is_monotone_and_crosses_between_its_brackets(tmp_path):
     assert res.tbt_slo_s == 0.1  # chat_azure's TPOT SLO
     assert res.sarathi.status == "interpolated" and res.rates[0] < res.sarathi.rate < res.rates[-1]
 
-    from baselines.plots import plot_attainment_curves
+    from servegym.baselines.plots import plot_attainment_curves
 
     png = plot_attainment_curves(
         {res.policy: (res.rates, res.attainment)}, tmp_path / "a.png", 0.9, {res.policy: res.goodput.rate}

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from baselines.harness import (
+from servegym.baselines.harness import (
     EpisodeSpec,
     aggregate,
     evaluate,
@@ -21,9 +21,9 @@ from baselines.harness import (
     versions,
     write_results,
 )
-from baselines.policy import PolicyError
-from envs.metrics import compute_metrics
-from envs.sim.simulator import Simulator
+from servegym.baselines.policy import PolicyError
+from servegym.envs.metrics import compute_metrics
+from servegym.envs.sim.simulator import Simulator
 
 SMALL = {"horizon_s": 120.0}
 
@@ -156,7 +156,7 @@ def test_evaluate_cli_and_plots(tmp_path, capsys):
 
 
 def test_timeline_samples_the_episode():
-    from baselines.plots import timeline
+    from servegym.baselines.plots import timeline
 
     series, outcome = timeline("diurnal_chat", 0, "forecast", {"horizon_s": 600}, n_slices=20)
     assert len(series["t_s"]) == 20 and series["t_s"][-1] == 600

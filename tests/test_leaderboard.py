@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import yaml
 
-from baselines import leaderboard_cells as cells_mod
-from baselines.env_runner import env_episode_runner, replay_actions, run_env_episode
-from baselines.harness import EpisodeSpec, builtin_episode, evaluate
-from baselines.leaderboard_cells import actions_from_npz, actions_to_npz, validate_entry
-from baselines.suite import SUITE_DIR, load_suite
+from servegym.baselines.env_runner import env_episode_runner, replay_actions, run_env_episode
+from servegym.baselines.harness import EpisodeSpec, builtin_episode, evaluate
+from servegym.baselines.leaderboard import cells as cells_mod
+from servegym.baselines.leaderboard.cells import actions_from_npz, actions_to_npz, validate_entry
+from servegym.baselines.leaderboard.suite import SUITE_DIR, load_suite
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "leaderboard.py"

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envs.metrics import compute_metrics, format_metrics_table, jain_index, max_min_shares
-from envs.sim.outcome import SimOutcome
+from servegym.envs.metrics import compute_metrics, format_metrics_table, jain_index, max_min_shares
+from servegym.envs.sim.outcome import SimOutcome
 
 NAN = float("nan")
 INF = float("inf")

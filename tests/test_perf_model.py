@@ -10,8 +10,8 @@ import numba
 import numpy as np
 import pytest
 
-from envs.perf import fit, validate
-from envs.perf.model import (
+from servegym.envs.perf import fit, validate
+from servegym.envs.perf.model import (
     COEF_JSON,
     OVERHEAD_PROFILES,
     iteration_time_py,
@@ -21,7 +21,7 @@ from envs.perf.model import (
     load_table,
     supported,
 )
-from envs.perf.specs import MODELS, param_count_from_geometry
+from servegym.envs.perf.specs import MODELS, param_count_from_geometry
 
 COMBOS = supported()
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from envs.cli import main as cli_main
-from envs.cli import parse_overrides
-from envs.metrics import compute_metrics
-from envs.scenario import ScenarioError, list_scenarios, load_scenario, scenario_from_dict
-from envs.sim.simulator import Simulator
+from servegym.envs.cli import main as cli_main
+from servegym.envs.cli import parse_overrides
+from servegym.envs.metrics import compute_metrics
+from servegym.envs.scenario import ScenarioError, list_scenarios, load_scenario, scenario_from_dict
+from servegym.envs.sim.simulator import Simulator
 from tests.conftest import tiny_dict
 
 NEEDS_DATA = {"azure_conv_trace"}

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from envs.metrics import compute_metrics
-from envs.scenario import ScenarioError, load_scenario, scenario_from_dict
-from envs.sim import state as S
-from envs.sim.simulator import Simulator
-from envs.workloads.requests import PREFIX_BLOCK_TOKENS, WorkloadError
-from envs.workloads.scenario_requests import requests_for_scenario
+from servegym.envs.metrics import compute_metrics
+from servegym.envs.scenario import ScenarioError, load_scenario, scenario_from_dict
+from servegym.envs.sim import state as S
+from servegym.envs.sim.simulator import Simulator
+from servegym.envs.workloads.requests import PREFIX_BLOCK_TOKENS, WorkloadError
+from servegym.envs.workloads.scenario_requests import requests_for_scenario
 from tests.conftest import tiny_scenario
 from tests.test_sim_core import drive
 

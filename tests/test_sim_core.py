@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from envs.metrics import compute_metrics
-from envs.perf.model import iteration_time_s, load_perf_coefficients
-from envs.sim import state as S
-from envs.sim.simulator import Simulator
-from envs.sim.state import EV_BATCH, EV_DONE, EV_ROUTE, EV_SCALE
-from envs.workloads.requests import RequestTable
+from servegym.envs.metrics import compute_metrics
+from servegym.envs.perf.model import iteration_time_s, load_perf_coefficients
+from servegym.envs.sim import state as S
+from servegym.envs.sim.simulator import Simulator
+from servegym.envs.sim.state import EV_BATCH, EV_DONE, EV_ROUTE, EV_SCALE
+from servegym.envs.workloads.requests import RequestTable
 from tests.conftest import REPO, tiny_scenario
 
 

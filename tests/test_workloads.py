@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs.workloads.requests import RequestTable, WorkloadError
-from envs.workloads.synthetic import (
+from servegym.envs.workloads.requests import RequestTable, WorkloadError
+from servegym.envs.workloads.synthetic import (
     ArrivalSpec,
     DiurnalSpec,
     LengthSpec,
@@ -23,7 +23,7 @@ from envs.workloads.synthetic import (
     load_length_table,
     sample_lengths,
 )
-from envs.workloads.traces import (
+from servegym.envs.workloads.traces import (
     load_azure_trace,
     load_burstgpt_trace,
     load_generic_csv,

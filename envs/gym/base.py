@@ -18,14 +18,14 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
-from envs.gym import config as C
-from envs.gym import kernels as K
-from envs.gym.features import EnvAux, make_aux
-from envs.gym.info import batch_info, reward_components, route_info, scale_info
-from envs.metrics import compute_metrics
-from envs.scenario import Scenario, load_scenario, scenario_from_dict
-from envs.sim import state as S
-from envs.sim.simulator import Simulator
+from servegym.envs.gym import config as C
+from servegym.envs.gym import kernels as K
+from servegym.envs.gym.features import EnvAux, make_aux
+from servegym.envs.gym.info import batch_info, reward_components, route_info, scale_info
+from servegym.envs.metrics import compute_metrics
+from servegym.envs.scenario import Scenario, load_scenario, scenario_from_dict
+from servegym.envs.sim import state as S
+from servegym.envs.sim.simulator import Simulator
 
 OPTION_KEYS = ("config", "scenario", "seed", "window_start_s")
 _INT_TYPES = frozenset({int, np.int64, np.int32, np.intp})
@@ -239,7 +239,7 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
     def render(self) -> str | np.ndarray | None:
         if self.render_mode is None or self._sim is None:
             return None
-        from envs.gym import render
+        from servegym.envs.gym import render
 
         if self.render_mode == "ansi":
             return render.ansi(self._sim, C.DECISIONS[self._ev])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from envs.gym.base import ServeEnv
-from envs.gym.config import MODE_BATCH
+from servegym.envs.gym.base import ServeEnv
+from servegym.envs.gym.config import MODE_BATCH
 
 
 class BatchEnv(ServeEnv):

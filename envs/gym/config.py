@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.sim.policies import BATCHING_IDS
+from servegym.envs.sim.policies import BATCHING_IDS
 
 MODE_ROUTE, MODE_BATCH, MODE_SCALE, MODE_CLUSTER = range(4)
 MODE_NAMES = ("route", "batch", "scale", "cluster")
@@ -76,7 +76,7 @@ def base_config() -> dict[str, Any]:
         "max_pools": None,
         # Batch: the K best waiting requests (in `batch_order`) the agent picks from; action K starts the batch.
         "top_k": 8,
-        # "scenario" ranks the K slots by the scenario's batching rule, or name one of envs.sim.policies.
+        # "scenario" ranks the K slots by the scenario's batching rule, or name one of servegym.envs.sim.policies.
         "batch_order": "scenario",
         # Scale: each pool's action is a replica delta in [-scale_step, scale_step].
         "scale_step": 2,

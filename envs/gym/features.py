@@ -17,16 +17,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from envs.gym import config as C
-from envs.perf.model import iteration_time_s
-from envs.scenario import Scenario
-from envs.sim import state as S
-from envs.sim.core import (
+from servegym.envs.gym import config as C
+from servegym.envs.perf.model import iteration_time_s
+from servegym.envs.scenario import Scenario
+from servegym.envs.sim import state as S
+from servegym.envs.sim.core import (
     can_serve,
 )
-from envs.sim.jit import hot, kernel
-from envs.sim.policies import BATCHING_IDS
-from envs.sim.replica import (
+from servegym.envs.sim.jit import hot, kernel
+from servegym.envs.sim.policies import BATCHING_IDS
+from servegym.envs.sim.replica import (
     admit_chunk,
     budget_left,
     has_prefill,
@@ -35,8 +35,8 @@ from envs.sim.replica import (
     request_batch_score,
     session_deadline,
 )
-from envs.sim.simulator import Simulator
-from envs.sim.state import (
+from servegym.envs.sim.simulator import Simulator
+from servegym.envs.sim.state import (
     C_HORIZON,
     C_NOW,
     C_REACTIVE_DOWN,
@@ -715,7 +715,7 @@ def observe(st, ax, obs, mask, ii, ff):
 
 def pool_prices(scenario: Scenario) -> np.ndarray:
     """USD per GPU-hour of each pool: the scenario's price, else the GPU's default (as Simulator.outcome)."""
-    from envs.perf.specs import get_gpu
+    from servegym.envs.perf.specs import get_gpu
 
     return np.array(
         [

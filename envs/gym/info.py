@@ -2,7 +2,7 @@
 
 The kernels fill two flat buffers per step (``ii`` int64, ``ff`` float64, layout in ``kernels.info_sizes``);
 the functions here only slice them into the documented dicts (docs/envs.md), so a baseline can call the
-core's scoring rules (``envs.sim.policies``) on exactly what the core itself would see. They work on one
+core's scoring rules (``servegym.envs.sim.policies``) on exactly what the core itself would see. They work on one
 env's 1-D buffers and on a vector env's 2-D buffers (one row per sub-env) alike: slices run along the last
 axis, and scalars become per-env arrays.
 """
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from envs.gym.config import REWARD_KEYS, Layout
-from envs.gym.features import N_ROUTE_F, N_ROUTE_I, info_sizes
+from servegym.envs.gym.config import REWARD_KEYS, Layout
+from servegym.envs.gym.features import N_ROUTE_F, N_ROUTE_I, info_sizes
 
 
 def _scalar(a: np.ndarray, j: int, batched: bool) -> Any:

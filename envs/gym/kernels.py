@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from envs.gym.features import (
+from servegym.envs.gym.features import (
     AF_PREV_COST,
     AF_PREV_GAP,
     AF_W,
@@ -49,7 +49,7 @@ from envs.gym.features import (
     drained,
     observe,
 )
-from envs.sim.core import (
+from servegym.envs.sim.core import (
     advance,
     apply_admit,
     apply_route,
@@ -59,8 +59,8 @@ from envs.sim.core import (
     can_serve,
     finalize,
 )
-from envs.sim.jit import hot, kernel
-from envs.sim.state import (
+from servegym.envs.sim.jit import hot, kernel
+from servegym.envs.sim.state import (
     C_MAX_GAP,
     EV_BATCH,
     EV_DONE,

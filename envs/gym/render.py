@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.sim import state as S
-from envs.sim.simulator import Simulator
+from servegym.envs.sim import state as S
+from servegym.envs.sim.simulator import Simulator
 
 STATE_NAMES = {
     S.RS_OFF: "off",

@@ -6,7 +6,7 @@ observation goes in ``infos[i]["terminal_observation"]``, with ``infos[i]["TimeL
 a horizon cut (bootstrap) from a true end. The native vector env already autoresets in the same step, so
 this adapter only reshapes its output. ``env_method("action_masks")`` serves sb3-contrib's MaskablePPO.
 
-    from envs.gym.sb3 import SB3VecEnv
+    from servegym.envs.gym.sb3 import SB3VecEnv
     venv = SB3VecEnv("servegym/Batch-v0", num_envs=8, horizon_s=300)
     MaskablePPO("MultiInputPolicy", venv).learn(100_000)
 """
@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from envs.gym.vector import ServeVectorEnv
+from servegym.envs.gym.vector import ServeVectorEnv
 
 
 class SB3VecEnv(VecEnv):

@@ -20,16 +20,16 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from numba.typed import List
 
-from envs.gym import config as C
-from envs.gym import kernels as K
-from envs.gym.base import InvalidActionError, ServeEnv
-from envs.gym.batch import BatchEnv
-from envs.gym.cluster import ClusterEnv
-from envs.gym.info import batch_info, reward_components, route_info, scale_info
-from envs.gym.route import RouteEnv
-from envs.gym.scale import ScaleEnv
-from envs.metrics import compute_metrics
-from envs.sim import state as S
+from servegym.envs.gym import config as C
+from servegym.envs.gym import kernels as K
+from servegym.envs.gym.base import InvalidActionError, ServeEnv
+from servegym.envs.gym.batch import BatchEnv
+from servegym.envs.gym.cluster import ClusterEnv
+from servegym.envs.gym.info import batch_info, reward_components, route_info, scale_info
+from servegym.envs.gym.route import RouteEnv
+from servegym.envs.gym.scale import ScaleEnv
+from servegym.envs.metrics import compute_metrics
+from servegym.envs.sim import state as S
 
 _DECISION_NAMES = np.array(C.DECISIONS)
 
@@ -173,7 +173,7 @@ class ServeVectorEnv(VectorEnv):
     def render(self) -> tuple[Any, ...] | None:
         if self.render_mode is None or self._states is None:
             return None
-        from envs.gym import render
+        from servegym.envs.gym import render
 
         names = [C.DECISIONS[int(e)] for e in self._evs]
         if self.render_mode == "ansi":

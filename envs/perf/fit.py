@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.perf.specs import GPUS, MODELS, GpuSpec, ModelSpec
+from servegym.envs.perf.specs import GPUS, MODELS, GpuSpec, ModelSpec
 
 FIT_VERSION = "1.0"
 MS = 1e-3
@@ -403,7 +403,7 @@ def fit_splitwise_overhead(data_dir: Path, table: dict) -> dict:
     validate.is_training (Llama2-70B, 80 layers) per hardware:
         measured = max(gpu_model, floor) + fixed + per_decode_seq * batch + prefill * [prompt]
     floor by grid search, the other three by non-negative least squares on relative error."""
-    from envs.perf import validate  # local import: validate imports this module
+    from servegym.envs.perf import validate  # local import: validate imports this module
 
     rows = validate.load_rows(data_dir)
     gpu_only = validate.coefficient_map(table, "none")
@@ -467,7 +467,7 @@ MODELS_FITTED = ("llama-2-7b", "llama-3-8b", "llama-2-70b")
 
 
 def fits_in_memory(model: str, gpu: str, tp: int) -> bool:
-    from envs.perf.model import kv_cache_blocks
+    from servegym.envs.perf.model import kv_cache_blocks
 
     try:
         kv_cache_blocks(model, gpu, tp)
@@ -506,7 +506,7 @@ def fit_all(data_dir: Path) -> dict:
         "overhead": {"vidur": fit_vidur_overhead(data_dir)},
     }
     table["overhead"]["splitwise"] = fit_splitwise_overhead(data_dir, table)
-    from envs.perf import validate
+    from servegym.envs.perf import validate
 
     table["validation"] = validate.run(data_dir, table)
     return table

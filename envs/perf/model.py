@@ -36,7 +36,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from envs.perf.specs import GPUS, MODELS, get_gpu, get_model, kv_heads_per_gpu
+from servegym.envs.perf.specs import GPUS, MODELS, get_gpu, get_model, kv_heads_per_gpu
 
 LAYOUT_VERSION = 1
 HEADER = 16

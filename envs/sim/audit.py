@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from envs.sim.state import (
+from servegym.envs.sim.state import (
     C_NEXT_FAULT,
     C_NOW,
     FK_KILL,

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.perf.model import kv_cache_blocks, load_perf_coefficients
-from envs.perf.specs import get_gpu
-from envs.scenario import PoolConfig, Scenario, ScenarioError
-from envs.sim import state as S
-from envs.sim.faults import arm_initial_faults
-from envs.sim.policies import BATCHING_IDS, ROUTING_IDS, SCALING_IDS
-from envs.sim.state import SimState
-from envs.workloads.requests import RequestTable, SessionColumns
+from servegym.envs.perf.model import kv_cache_blocks, load_perf_coefficients
+from servegym.envs.perf.specs import get_gpu
+from servegym.envs.scenario import PoolConfig, Scenario, ScenarioError
+from servegym.envs.sim import state as S
+from servegym.envs.sim.faults import arm_initial_faults
+from servegym.envs.sim.policies import BATCHING_IDS, ROUTING_IDS, SCALING_IDS
+from servegym.envs.sim.state import SimState
+from servegym.envs.workloads.requests import RequestTable, SessionColumns
 
 CONTROLS = ("route", "batch", "scale")
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.sim.faults import arm_faults, handle_fault, next_fault, reclaim_pending
-from envs.sim.jit import hot, kernel
-from envs.sim.policies import (
+from servegym.envs.sim.faults import arm_faults, handle_fault, next_fault, reclaim_pending
+from servegym.envs.sim.jit import hot, kernel
+from servegym.envs.sim.policies import (
     ROUTE_COST,
     ROUTE_P2C,
     ROUTE_PREFIX,
@@ -39,7 +39,7 @@ from envs.sim.policies import (
     sized_scale_delta,
     spot_mix_rate,
 )
-from envs.sim.replica import (
+from servegym.envs.sim.replica import (
     activate,
     admit,
     admit_builtin,
@@ -64,8 +64,8 @@ from envs.sim.replica import (
     start_drain,
     turn_on,
 )
-from envs.sim.sessions import next_release, take_released
-from envs.sim.state import (
+from servegym.envs.sim.sessions import next_release, take_released
+from servegym.envs.sim.state import (
     C_COST_MAX_KV,
     C_COST_MAX_QUEUE,
     C_DOWN_COOLDOWN,

@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.sim.jit import hot, kernel
-from envs.sim.replica import (
+from servegym.envs.sim.jit import hot, kernel
+from servegym.envs.sim.replica import (
     backlog_dec,
     hold_push,
     kv_touch,
     rng_uniform,
     turn_off,
 )
-from envs.sim.state import (
+from servegym.envs.sim.state import (
     C_NEXT_FAULT,
     FK_FAIL,
     FK_KILL,

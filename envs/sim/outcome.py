@@ -2,7 +2,7 @@
 
 `SimOutcome` is a plain struct of numpy arrays: one entry per request, tenant, pool or replica.  It holds
 no per-request Python objects so that an outcome of 10 million requests costs a few hundred MB and every
-metric can be computed with vectorized numpy (see `envs.metrics`).
+metric can be computed with vectorized numpy (see `servegym.envs.metrics`).
 
 Index conventions: `tenant[i]` indexes `tenant_names` / `tenant_weights`; `replica_pool[r]` indexes the
 `pool_*` arrays; `tier` is 0 for interactive and 1 for batch.

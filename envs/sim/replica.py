@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.perf.model import iteration_time_s
-from envs.sim.jit import hot, kernel
-from envs.sim.policies import BATCH_SESSION_EDF, BATCH_SESSION_LAS, batch_score
-from envs.sim.sessions import release_next
-from envs.sim.state import (
+from servegym.envs.perf.model import iteration_time_s
+from servegym.envs.sim.jit import hot, kernel
+from servegym.envs.sim.policies import BATCH_SESSION_EDF, BATCH_SESSION_LAS, batch_score
+from servegym.envs.sim.sessions import release_next
+from servegym.envs.sim.state import (
     C_LAST_LEFT_COUNTER,
     C_MAX_GAP,
     C_MAX_WAIT,

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.sim.jit import hot, kernel
-from envs.sim.state import (
+from servegym.envs.sim.jit import hot, kernel
+from servegym.envs.sim.state import (
     K_REL_N,
     K_RELEASED,
     RF_ARRIVAL,

@@ -11,16 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from envs.scenario import Scenario, load_scenario
-from envs.sim import core
-from envs.sim import state as S
-from envs.sim.audit import AUDIT_MESSAGES, audit
-from envs.sim.build import build_state
-from envs.sim.outcome import SimOutcome
-from envs.sim.replica import sync_generated
-from envs.sim.state import EV_DONE, EV_TIME, SimState, state_nbytes
-from envs.workloads.requests import RequestTable
-from envs.workloads.scenario_requests import requests_for_scenario
+from servegym.envs.scenario import Scenario, load_scenario
+from servegym.envs.sim import core
+from servegym.envs.sim import state as S
+from servegym.envs.sim.audit import AUDIT_MESSAGES, audit
+from servegym.envs.sim.build import build_state
+from servegym.envs.sim.outcome import SimOutcome
+from servegym.envs.sim.replica import sync_generated
+from servegym.envs.sim.state import EV_DONE, EV_TIME, SimState, state_nbytes
+from servegym.envs.workloads.requests import RequestTable
+from servegym.envs.workloads.scenario_requests import requests_for_scenario
 
 
 class Simulator:
@@ -238,6 +238,6 @@ class Simulator:
 
 
 def _default_price(gpu: str) -> float:
-    from envs.perf.specs import get_gpu
+    from servegym.envs.perf.specs import get_gpu
 
     return float(get_gpu(gpu).price_per_hour)

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.scenario import LengthSpec as LengthConfig
-from envs.scenario import PrefixSpec, Scenario, ScenarioError, SessionSource, SyntheticSource, TraceSource
-from envs.workloads.requests import PREFIX_BLOCK_TOKENS, RequestTable
-from envs.workloads.sessions import generate_sessions
-from envs.workloads.synthetic import ArrivalSpec, DiurnalSpec, LengthSpec, generate_tenant_requests
+from servegym.envs.scenario import LengthSpec as LengthConfig
+from servegym.envs.scenario import (
+    PrefixSpec,
+    Scenario,
+    ScenarioError,
+    SessionSource,
+    SyntheticSource,
+    TraceSource,
+)
+from servegym.envs.workloads.requests import PREFIX_BLOCK_TOKENS, RequestTable
+from servegym.envs.workloads.sessions import generate_sessions
+from servegym.envs.workloads.synthetic import ArrivalSpec, DiurnalSpec, LengthSpec, generate_tenant_requests
 
 
 def length_spec(cfg: LengthConfig) -> LengthSpec:
@@ -76,8 +83,8 @@ def _synthetic_with_prefixes(
 
 
 def _trace(src: TraceSource, tenants: dict[str, int]) -> RequestTable:
-    from envs.data import resolve_data_path
-    from envs.workloads import traces
+    from servegym.envs.data import resolve_data_path
+    from servegym.envs.workloads import traces
 
     path = resolve_data_path(src.file)
     kwargs = dict(

@@ -23,9 +23,9 @@ import math
 
 import numpy as np
 
-from envs.scenario import PauseSpec, SessionSource, StepsSpec, TokenDistSpec
-from envs.workloads.requests import PREFIX_BLOCK_TOKENS, RequestTable, SessionColumns
-from envs.workloads.synthetic import ArrivalSpec, DiurnalSpec, generate_arrivals
+from servegym.envs.scenario import PauseSpec, SessionSource, StepsSpec, TokenDistSpec
+from servegym.envs.workloads.requests import PREFIX_BLOCK_TOKENS, RequestTable, SessionColumns
+from servegym.envs.workloads.synthetic import ArrivalSpec, DiurnalSpec, generate_arrivals
 
 # Hash layout (module docstring): 12 bits of block slot under each session, 28 bits of session per source.
 _SLOT_BITS = 12

@@ -39,7 +39,7 @@ from typing import Literal
 
 import numpy as np
 
-from envs.workloads.requests import RequestTable
+from servegym.envs.workloads.requests import RequestTable
 
 _TABLES_PATH = Path(__file__).with_name("length_tables.json")
 _CHUNK = 1 << 20  # elements per vectorized block: bounds temporaries to ~50 MB whatever the size

@@ -43,7 +43,7 @@ from typing import Literal, NoReturn
 
 import numpy as np
 
-from envs.workloads.requests import PREFIX_BLOCK_TOKENS, RequestTable, WorkloadError
+from servegym.envs.workloads.requests import PREFIX_BLOCK_TOKENS, RequestTable, WorkloadError
 
 __all__ = [
     "WorkloadError",

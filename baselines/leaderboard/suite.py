@@ -2,7 +2,7 @@
 
 A suite scenario names a scenario file (relative to ``configs/suite/``), the env id whose decision the
 policy takes, its train and test seeds and the constraints its test-seed means must meet. A scenario that
-replays a public trace names the trace (``envs.data.REGISTRY``) and its sha256; when the file is not in
+replays a public trace names the trace (``servegym.envs.data.REGISTRY``) and its sha256; when the file is not in
 the data directory, or its hash differs, the synthetic twin (``scenario``) runs instead, and every
 leaderboard entry records which one ran (``workload``: ``trace`` or ``twin``).
 """
@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-SUITE_DIR = Path(__file__).resolve().parent.parent / "configs" / "suite"
+from servegym.configs import SUITE_DIR
+
 DEFAULT_SUITE = "v0"
 
 
@@ -179,7 +180,7 @@ def _trace_status(rel_path: str, sha256: str, data_dir: str) -> str:
     p = Path(data_dir) / rel_path
     if not p.is_file():
         return "missing"
-    from envs.data import sha256_file
+    from servegym.envs.data import sha256_file
 
     return "ok" if sha256_file(p) == sha256 else "mismatch"
 
@@ -191,11 +192,13 @@ def workload_for(sc: SuiteScenario, prefer: str = "auto") -> tuple[str, str]:
         return "twin", "synthetic scenario"
     if prefer == "twin":
         return "twin", "twin requested"
-    from envs.data import REGISTRY, data_dir
+    from servegym.envs.data import REGISTRY, data_dir
 
     src = REGISTRY.get(sc.trace.name)
     if src is None:
-        raise SuiteError(f"scenario {sc.name!r}: trace {sc.trace.name!r} is not in envs.data.REGISTRY")
+        raise SuiteError(
+            f"scenario {sc.name!r}: trace {sc.trace.name!r} is not in servegym.envs.data.REGISTRY"
+        )
     status = _trace_status(src.rel_path, sc.trace.sha256, str(data_dir()))
     if status == "ok":
         return "trace", f"{sc.trace.name} present, sha256 verified"
@@ -209,7 +212,7 @@ def workload_for(sc: SuiteScenario, prefer: str = "auto") -> tuple[str, str]:
 
 def heuristics_for(suite: Suite, env_id: str) -> list[str]:
     """The registered heuristics that answer an env's decision (Cluster-v0: the suite's combinations)."""
-    from baselines.registry import list_policies
+    from servegym.baselines.registry import list_policies
 
     kind = {
         "servegym/Route-v0": "route",

@@ -31,7 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from baselines.suite import Suite, SuiteError, env_version, file_sha256, load_suite, workload_for
+from servegym.baselines.leaderboard.suite import (
+    Suite,
+    SuiteError,
+    env_version,
+    file_sha256,
+    load_suite,
+    workload_for,
+)
 
 # Workers start fresh rather than forked: a fork after torch or numba's threading layer has started
 # can deadlock the child (seen with pretrained agents on the leaderboard).
@@ -90,7 +97,7 @@ def actions_from_npz(data: bytes) -> np.ndarray:
 
 
 def versions() -> dict[str, str]:
-    from baselines.harness import versions as harness_versions
+    from servegym.baselines.harness import versions as harness_versions
 
     return dict(harness_versions())
 
@@ -107,7 +114,10 @@ def cell_scenario(suite: Suite, cell: Cell) -> tuple[Path, float | None]:
 def code_sha256() -> str:
     """A hash of the code that decides an episode (simulator, envs, workload tables, the heuristics):
     a cached cell produced by other code is stale even when the package version did not change."""
-    root = Path(__file__).resolve().parent.parent
+    from servegym import envs
+
+    # the folder holding envs/ and baselines/: the checkout in development, site-packages/servegym installed
+    root = Path(envs.__file__).resolve().parent.parent
     files = sorted(
         [*root.glob("envs/**/*.py"), *root.glob("envs/**/*.json")]
         + [
@@ -124,7 +134,7 @@ def code_sha256() -> str:
 
 def cell_key(suite: Suite, cell: Cell) -> str:
     """A hash of everything that determines the episode: when it matches, the cached entry is current."""
-    import envs
+    from servegym import envs
 
     path, window = cell_scenario(suite, cell)
     blob = json.dumps(
@@ -145,8 +155,8 @@ def cell_key(suite: Suite, cell: Cell) -> str:
 def run_cell(suite_file: str, cell: Cell) -> tuple[dict[str, Any], bytes]:
     """Play one cell; its entry (without file names) and its compressed action log. Picklable, top level:
     the local process pool and Ray tasks both call it."""
-    import envs
-    from baselines.env_runner import run_env_episode
+    from servegym import envs
+    from servegym.baselines.env_runner import run_env_episode
 
     suite = load_suite(suite_file)
     path, window = cell_scenario(suite, cell)
@@ -284,15 +294,11 @@ def _run_ray(
         if address:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         else:
-            # the workers import the repo's packages from its root, as the local pool does
-            root = str(Path(__file__).resolve().parent.parent)
+            # local workers run this interpreter, so they import the installed servegym as the process pool does
             ray.init(
                 num_cpus=workers,
                 include_dashboard=False,
                 log_to_driver=False,
-                runtime_env={
-                    "env_vars": {"PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-                },
             )
         started = True
     try:
@@ -339,7 +345,7 @@ class Verdict:
 
 def validate_entry(path: str | Path, suite: Suite | None = None) -> Verdict:
     """Replay an entry's action log and check its metrics reproduce exactly; a clear reason if not."""
-    from baselines.env_runner import ReplayError, replay_actions
+    from servegym.baselines.env_runner import ReplayError, replay_actions
 
     path = Path(path)
     entry = read_entry(path)

@@ -6,7 +6,7 @@ import math
 import os
 from pathlib import Path
 
-from baselines.leaderboard import Board
+from servegym.baselines.leaderboard.board import Board
 
 
 def _save(fig: object, path: Path) -> None:

@@ -12,7 +12,7 @@ stated in the suite and printed beside the score, with cost and attainment, neve
 is the geometric mean of a policy's scores over the scenarios it ran (its env ids), with each score floored
 at ``SCORE_FLOOR`` so that one failed scenario costs a factor of 100 instead of erasing the others.
 
-Statistics reuse ``baselines.harness.aggregate`` (mean, Student-t 95% CI half-width over test seeds).
+Statistics reuse ``servegym.baselines.harness.aggregate`` (mean, Student-t 95% CI half-width over test seeds).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from baselines.harness import aggregate
-from baselines.suite import Suite
+from servegym.baselines.harness import aggregate
+from servegym.baselines.leaderboard.suite import Suite
 
 SCORE_FLOOR = 0.01
 # Metrics shown beside the score; the suite's constraint metrics are added per scenario.
