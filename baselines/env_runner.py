@@ -178,6 +178,8 @@ def run_env_episode(
     pol = resolve_policy(policy, scenario)
     cfg = dict(env_config or {})
     cfg.setdefault("info_features", needs_info_features(pol))
+    # an evaluated policy's invalid action is an error, never a silent no-op in its record
+    cfg.setdefault("invalid_action", "raise")
     if env is None:
         env = make_env(env_id, scenario, cfg)
     flat = _Flattener(env)
@@ -216,7 +218,8 @@ def replay_actions(
     log ends before the episode, outlasts it, or holds an action the env refuses."""
     from servegym.envs.gym.base import InvalidActionError
 
-    cfg = {**dict(env_config or {}), "info_features": False}  # replay reads no features
+    # replay reads no features, and an action the env refuses must fail the replay, not become a no-op
+    cfg = {**dict(env_config or {}), "info_features": False, "invalid_action": "raise"}
     env = make_env(env_id, scenario, cfg)
     a = np.asarray(actions).astype(np.int64)
     if a.ndim != 2 or a.shape[1] != len(env.layout.nvec):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 __version__ = "0.1.0"
@@ -12,18 +13,38 @@ __version__ = "0.1.0"
 def _numba_cache_dir() -> None:
     """Key numba's on-disk cache by the simulator's source.
 
-    numba invalidates a cached function only when its own file changes, not when a function it inlines or
-    calls from another module does; a stale kernel would silently run old rules. A cache folder per source
-    hash avoids that. An explicit NUMBA_CACHE_DIR is left alone.
+    numba invalidates a cached function only when its own file changes, not when a function it inlines,
+    calls or reads a global from in another module does; a stale kernel would silently run old rules. A
+    cache folder per hash of every module that defines a compiled function and every module those import
+    (transitively, within servegym.envs)
+    avoids that, while editing pure-Python modules (the env classes, metrics) keeps the compiled kernels.
+    An explicit NUMBA_CACHE_DIR is left alone.
     """
     if "NUMBA_CACHE_DIR" in os.environ:
         return
     here = Path(__file__).resolve().parent
+    sources = {f: f.read_text() for f in here.rglob("*.py")}
+    # modules that define compiled functions (decorated @hot, @kernel or @njit)
+    todo = [f for f, text in sources.items() if re.search(r"^@(hot|kernel|njit)\b", text, re.M)]
+    seen: set[Path] = set()
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        for mod, name in re.findall(
+            r"^\s*from servegym\.envs\.([\w.]+) import \(?\s*(\w+)", sources[f], re.M
+        ):
+            folder = here / mod.replace(".", "/")
+            # `from servegym.envs.sim import state as S` reads the submodule, `from ...sim.core import x` the module
+            for cand in (folder / f"{name}.py", folder.with_suffix(".py"), folder / "__init__.py"):
+                if cand in sources:
+                    todo.append(cand)
+                    break
     h = hashlib.sha256()
-    for sub in ("sim", "perf", "gym"):
-        for f in sorted((here / sub).glob("*.py")):
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
+    for f in sorted(seen):
+        h.update(f.relative_to(here).as_posix().encode())
+        h.update(sources[f].encode())
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "servegym" / "numba"
     os.environ["NUMBA_CACHE_DIR"] = str(base / h.hexdigest()[:16])
 

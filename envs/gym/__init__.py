@@ -6,6 +6,7 @@ from servegym.envs.gym.cluster import ClusterEnv
 from servegym.envs.gym.config import ConfigError
 from servegym.envs.gym.route import RouteEnv
 from servegym.envs.gym.scale import ScaleEnv
+from servegym.envs.gym.vector import action_masks
 
 ENV_IDS = ("servegym/Route-v0", "servegym/Batch-v0", "servegym/Scale-v0", "servegym/Cluster-v0")
 
@@ -18,4 +19,5 @@ __all__ = [
     "RouteEnv",
     "ScaleEnv",
     "ServeEnv",
+    "action_masks",
 ]

@@ -93,6 +93,7 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._aux: EnvAux | None = None
         self._ev = S.EV_DONE
         self._done = True
+        self._steps = 0
         self._mask = np.zeros(lay.mask_size, np.int8)
         self._history: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []
 
@@ -182,11 +183,20 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
         ]
         return self.scenario.model_copy(update={"sources": sources})
 
-    def new_episode(self, rng: np.random.Generator, opts: dict[str, Any]) -> tuple[Simulator, EnvAux]:
-        """A fresh simulator and aux state; the workload seed comes from ``rng`` unless fixed."""
+    def new_episode(
+        self, rng: np.random.Generator, opts: dict[str, Any], reset_seed: int | None = None
+    ) -> tuple[Simulator, EnvAux]:
+        """A fresh simulator and aux state.
+
+        The workload seed is, in order: ``options["seed"]``, the config's ``sim_seed``, the seed passed to
+        ``reset(seed=...)``, else a draw from ``rng``. So ``reset(seed=5)`` and ``reset(options={"seed": 5})``
+        give the same workload, and the leaderboard's and README's episodes replay with plain ``reset(seed=)``.
+        """
         seed = opts.get("seed")
         if seed is None:
             seed = self.config["sim_seed"]
+        if seed is None:
+            seed = reset_seed
         if seed is None:
             seed = int(rng.integers(0, 2**63 - 1))
         scenario = self._episode_scenario(opts.get("window_start_s"))
@@ -199,7 +209,7 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
         opts = self._episode_options(options)
-        self._sim, self._aux = self.new_episode(self.np_random, opts)
+        self._sim, self._aux = self.new_episode(self.np_random, opts, seed)
         ev, obs, mask, ii, ff = K.env_reset(self._sim.state, self._aux)
         if ev == S.EV_DONE:
             raise RuntimeError(
@@ -207,6 +217,7 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
                 f"before its horizon ({self.scenario.horizon_s} s); lengthen horizon_s"
             )
         self._ev, self._done, self._mask = ev, False, mask
+        self._steps = 0
         self._history.clear()
         self._record()
         info = self._info(ev, mask, ii, ff, np.zeros(K.N_RC))
@@ -222,15 +233,22 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
         if status < 0:
             raise self._invalid(action, status, dim)
         self._ev, self._mask = ev, mask
+        self._steps += 1
         terminated = self._is_terminated(status)
         truncated = self._is_truncated(status)
         info = self._info(ev, mask, ii, ff, rc)
         if terminated or truncated:
             self._done = True
-            info["metrics"] = compute_metrics(self._sim.outcome(final=True))
+            info["metrics"] = self.episode_metrics()
         if self.render_mode == "rgb_array":
             self._record()
         return self._obs(obs), self._reward(rc), terminated, truncated, info
+
+    def episode_metrics(self) -> dict[str, Any]:
+        """The metrics of the episode so far, as if it ended now (requests in flight count as unfinished)."""
+        if self._sim is None:
+            raise ResetNeeded(f"{type(self).__name__}: call reset() before episode_metrics()")
+        return compute_metrics(self._sim.outcome(final=True))
 
     def action_masks(self) -> np.ndarray:
         """Valid actions of the pending decision (MaskablePPO); per-dim masks concatenated for MultiDiscrete."""
@@ -255,8 +273,9 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
         return status == K.ST_TERMINATED
 
     def _is_truncated(self, status: int) -> bool:
-        """The simulated horizon was reached with work left."""
-        return status == K.ST_TRUNCATED
+        """The simulated horizon was reached with work left, or the config's ``max_episode_steps``."""
+        limit = self.config["max_episode_steps"]
+        return status == K.ST_TRUNCATED or (limit is not None and self._steps >= limit)
 
     def _info(
         self, ev: int, mask: np.ndarray, ii: np.ndarray, ff: np.ndarray, rc: np.ndarray
@@ -336,3 +355,23 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
         kv = st.repi[S.XI_KV_USED] / st.repi[S.XI_KV_CAP]
         self._history.append((self._sim.now, st.repi[S.XI_QN].copy(), kv, st.repi[S.XI_STATE].copy()))
         del self._history[:-200]
+
+
+class MetricsOnTruncation(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Put ``info["metrics"]`` into the last info of an episode cut by a wrapper, as the env does at its own ends.
+
+    ``gym.make(id, max_episode_steps=n)`` truncates in Gymnasium's TimeLimit, outside the env, so the env
+    cannot know the episode ended; wrap that env in this to get the metrics. Simpler: give the env the step
+    limit itself, ``gym.make(id, config={"max_episode_steps": n})``. (Registering this wrapper in the spec's
+    ``additional_wrappers`` would apply it automatically, but Gymnasium then refuses the native vector env.)
+    """
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if (terminated or truncated) and "metrics" not in info:
+            info["metrics"] = self.env.unwrapped.episode_metrics()
+        return obs, reward, terminated, truncated, info

@@ -68,7 +68,8 @@ def base_config() -> dict[str, Any]:
         "scenario_overrides": {},
         # Shortcut for scenario_overrides["horizon_s"]; None keeps the scenario's horizon.
         "horizon_s": None,
-        # None: every episode draws a fresh workload seed from the env's np_random (seeded by reset(seed=...)).
+        # None: reset(seed=s) uses s as the workload seed (as options={"seed": s} does); a reset without a seed
+        # draws one from the env's np_random.
         # An int: the same workload every episode (evaluation on a fixed trace sample).
         "sim_seed": None,
         # Padding of the variable-size parts; None takes the size of the scenario the env is built with.
@@ -88,10 +89,15 @@ def base_config() -> dict[str, Any]:
         "rate_bin_s": 15.0,
         # Period of the time-of-day features; None takes the scenario's diurnal period, else one day.
         "day_period_s": None,
-        # "raise": an out-of-range or masked action raises InvalidActionError. "noop_penalty": it is replaced
-        # by the decision's no-op (route: the scenario's built-in rule; batch: start now; scale: hold) and the
-        # step's invalid_action component is 1.
-        "invalid_action": "raise",
+        # "noop_penalty" (default): an out-of-range or masked action is replaced by the decision's no-op (route:
+        # the scenario's built-in rule; batch: start now; scale: hold) and the step's invalid_action component
+        # is 1, so unmasked learners and the standard checkers (Gymnasium's and SB3's check_env) work as they
+        # are; the mask stays in info["action_mask"] / action_masks() for MaskablePPO. "raise": such an action
+        # raises InvalidActionError (the leaderboard's runs and replays use it, so a log never hides one).
+        "invalid_action": "noop_penalty",
+        # Truncate an episode after this many steps (None: only at the scenario's horizon), with the metrics in
+        # the last info. Gymnasium's own gym.make(id, max_episode_steps=n) cuts outside the env and loses them.
+        "max_episode_steps": None,
         # Raw candidate features of the pending decision in info (docs/envs.md); False saves ~3 us per step.
         "info_features": True,
         # Weights of the reward components (docs/envs.md): reward = sum(sign * weight * component).
@@ -177,6 +183,12 @@ def check_values(cfg: dict[str, Any], where: str) -> None:
     for key in ("horizon_s", "day_period_s"):
         need(cfg[key] is None or (is_num(cfg[key]) and cfg[key] > 0), key, "must be None or a number > 0")
     need(cfg["sim_seed"] is None or is_int(cfg["sim_seed"]), "sim_seed", "must be None or an int")
+    need(
+        cfg["max_episode_steps"] is None
+        or (is_int(cfg["max_episode_steps"]) and cfg["max_episode_steps"] >= 1),
+        "max_episode_steps",
+        "must be None or an int >= 1",
+    )
     need(isinstance(cfg["info_features"], bool), "info_features", "must be a bool")
     need(
         cfg["session_features"] in ("auto", True, False), "session_features", "must be 'auto', true or false"

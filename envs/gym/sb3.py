@@ -5,6 +5,8 @@ dones, infos)`` with a list of per-env info dicts; a finished env is reset in th
 observation goes in ``infos[i]["terminal_observation"]``, with ``infos[i]["TimeLimit.truncated"]`` telling
 a horizon cut (bootstrap) from a true end. The native vector env already autoresets in the same step, so
 this adapter only reshapes its output. ``env_method("action_masks")`` serves sb3-contrib's MaskablePPO.
+Each finished episode's return, length and wall time go in ``infos[i]["episode"]``, as SB3's ``VecMonitor``
+writes them, so ``rollout/ep_rew_mean`` is logged without wrapping (wrapping in VecMonitor as well is harmless).
 
     from servegym.envs.gym.sb3 import SB3VecEnv
     venv = SB3VecEnv("servegym/Batch-v0", num_envs=8, horizon_s=300)
@@ -13,6 +15,7 @@ this adapter only reshapes its output. ``env_method("action_masks")`` serves sb3
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +42,9 @@ class SB3VecEnv(VecEnv):
         super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
         self.render_mode = venv.render_mode
         self._actions: np.ndarray | None = None
+        self._ep_return = np.zeros(self.num_envs)
+        self._ep_length = np.zeros(self.num_envs, np.int64)
+        self._ep_start = np.full(self.num_envs, time.perf_counter())
 
     def reset(self) -> VecEnvObs:
         seeds = None if all(s is None for s in self._seeds) else list(self._seeds)
@@ -52,6 +58,9 @@ class SB3VecEnv(VecEnv):
         self._reset_seeds()
         self._reset_options()
         self.reset_infos = [{} for _ in range(self.num_envs)]
+        self._ep_return[:] = 0.0
+        self._ep_length[:] = 0
+        self._ep_start[:] = time.perf_counter()
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
@@ -60,8 +69,17 @@ class SB3VecEnv(VecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         obs, rewards, terminated, truncated, info = self.venv.step(self._actions)
         dones = terminated | truncated
+        self._ep_return += rewards
+        self._ep_length += 1
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        now = time.perf_counter()
         for j in np.flatnonzero(dones):
+            infos[j]["episode"] = {
+                "r": float(self._ep_return[j]),
+                "l": int(self._ep_length[j]),
+                "t": round(now - self._ep_start[j], 6),
+            }
+            self._ep_return[j], self._ep_length[j], self._ep_start[j] = 0.0, 0, now
             infos[j]["terminal_observation"] = info["final_obs"][j]
             infos[j]["TimeLimit.truncated"] = bool(truncated[j] and not terminated[j])
             infos[j]["metrics"] = {

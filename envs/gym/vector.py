@@ -55,6 +55,11 @@ class ServeVectorEnv(VectorEnv):
             raise ValueError(f"{type(self).__name__}: num_envs must be an int >= 1, got {num_envs!r}")
         # A never-stepped single env parses the config, owns the scenario and builds each episode.
         self.proto = self.ENV_CLASS(config=config, render_mode=None, **kwargs)
+        if self.proto.config["max_episode_steps"] is not None:
+            raise C.ConfigError(
+                f"{type(self).__name__}: config key 'max_episode_steps' is for single envs; the native vector "
+                f"env's episodes end at the scenario's horizon, so set horizon_s to shorten them"
+            )
         self.num_envs = int(num_envs)
         self.render_mode = render_mode
         # Step the sub-envs on numba's threads (NUMBA_NUM_THREADS); results are identical to serial.
@@ -105,7 +110,7 @@ class ServeVectorEnv(VectorEnv):
         opts = self.proto._episode_options(options)
         states, auxs = List(), List()
         for j in range(n):
-            sim, aux = self.proto.new_episode(self._rng(j), opts)
+            sim, aux = self.proto.new_episode(self._rng(j), opts, seeds[j])
             self._sims[j], self._aux_py[j] = sim, aux
             states.append(sim.state)
             auxs.append(aux)
@@ -267,3 +272,16 @@ class ScaleVectorEnv(ServeVectorEnv):
 
 class ClusterVectorEnv(ServeVectorEnv):
     ENV_CLASS = ClusterEnv
+
+
+def action_masks(envs: VectorEnv) -> np.ndarray:
+    """The stacked action masks ``(num_envs, mask_size)`` of any vector env of the servegym ids.
+
+    The native vector env has ``action_masks()``; Gymnasium's ``SyncVectorEnv`` and ``AsyncVectorEnv``
+    (``gym.make_vec(id, vectorization_mode="sync" | "async")``) build their class themselves, so their masks
+    come through ``call("action_masks")``, which this stacks into the same array.
+    """
+    method = getattr(envs, "action_masks", None)
+    if callable(method):
+        return np.asarray(method(), dtype=bool)
+    return np.stack([np.asarray(m, dtype=bool) for m in envs.call("action_masks")])
