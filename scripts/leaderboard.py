@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from servegym.agents import PRETRAINED_DIR
 from servegym.baselines.harness import nan_to_none
 from servegym.baselines.leaderboard.board import board_from_entries, csv_rows, markdown, ranking_rows
 from servegym.baselines.leaderboard.cells import (
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", action="append", help="only these scenarios (repeatable)")
     ap.add_argument("--max-seeds", type=int, default=None, help="only the first N test seeds (smoke runs)")
     ap.add_argument("--workload", choices=("auto", "trace", "twin"), default="auto")
-    ap.add_argument("--agents", default=str(REPO / "agents" / "pretrained"), help="pretrained agent folders")
+    ap.add_argument("--agents", default=str(PRETRAINED_DIR), help="pretrained agent folders")
     ap.add_argument("--no-agents", action="store_true")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--fresh", action="store_true", help="rerun every cell (ignore the cache)")
