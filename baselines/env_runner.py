@@ -217,8 +217,11 @@ def replay_actions(
     from servegym.envs.gym.base import InvalidActionError
 
     cfg = {**dict(env_config or {}), "info_features": False}  # replay reads no features
+    a = np.asarray(actions)
+    if a.dtype.kind not in "iu":  # a float log would be truncated to other actions than were logged
+        raise ReplayError(f"action log must hold integers, got dtype {a.dtype}")
     env = make_env(env_id, scenario, cfg)
-    a = np.asarray(actions).astype(np.int64)
+    a = a.astype(np.int64)
     if a.ndim != 2 or a.shape[1] != len(env.layout.nvec):
         raise ReplayError(f"action log has shape {a.shape}; {env_id} needs (steps, {len(env.layout.nvec)})")
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
