@@ -180,6 +180,8 @@ def run_env_episode(
     cfg.setdefault("info_features", needs_info_features(pol))
     if env is None:
         env = make_env(env_id, scenario, cfg)
+    if isinstance(pol, SB3Policy):
+        pol.check_spaces(env)
     flat = _Flattener(env)
     pol.reset(seed=int(seed))
     options: dict[str, Any] = {"seed": int(seed)}
