@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_agents import write_config
 
 from servegym.agents.config import AgentConfigError, load_agent_config
 from servegym.agents.train import checkpoints, main
 from servegym.baselines.env_runner import run_env_episode
 from servegym.baselines.policy import PolicyError
 from servegym.baselines.registry import make_policy
+from tests.test_agents import write_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import deep_update, tiny_dict
 
 from servegym.envs.data import DataPathError, resolve_data_path
 from servegym.envs.scenario import ScenarioError, scenario_from_dict
 from servegym.envs.workloads.requests import WorkloadError
 from servegym.envs.workloads.scenario_requests import requests_for_scenario
 from servegym.envs.workloads.traces import load_azure_trace, load_generic_csv, load_mooncake_trace
+from tests.conftest import deep_update, tiny_dict
 
 POOL = tiny_dict()["pools"][0]
 TENANT = tiny_dict()["tenants"][0]
