@@ -239,6 +239,7 @@ def test_pool_workers_exit_when_the_leaderboard_is_killed(tmp_path):
         )
     )
     parent = subprocess.Popen([sys.executable, str(prog)], stdout=subprocess.PIPE, text=True)
+    worker = None
     try:
         worker = int(parent.stdout.readline())
         assert _state(worker) is not None
@@ -251,3 +252,59 @@ def test_pool_workers_exit_when_the_leaderboard_is_killed(tmp_path):
     finally:
         if parent.poll() is None:
             parent.kill()
+        if worker is not None and _state(worker) is not None:
+            os.kill(worker, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_kill_9_of_the_leaderboard_leaves_no_worker_behind(suite_file, tmp_path):
+    """The real command with a two-worker pool, killed while its workers run cells."""
+    out = tmp_path / "out"
+    args = [sys.executable, str(SCRIPT), "--suite", str(suite_file), "--out", str(out)]
+    args += [
+        "--markdown",
+        str(tmp_path / "LB.md"),
+        "--no-agents",
+        "--no-plots",
+        "--no-progress",
+        "--workers",
+        "2",
+    ]
+    args += ["--policy", "jsq", "--policy", "random", "--policy", "round_robin", "--policy", "lor"]
+    board = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers) < 2 and board.poll() is None and time.monotonic() < deadline:
+            workers = [
+                c for c in _children(board.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()
+            ]
+            time.sleep(0.05)
+        assert len(workers) == 2, "the pool did not start"
+        os.kill(board.pid, signal.SIGKILL)
+        board.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_state(w) is not None for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_state(w) is None for w in workers), "pool workers outlived the killed leaderboard"
+    finally:
+        if board.poll() is None:
+            board.kill()
+        for w in workers:  # a failing run must not leave its orphans behind either
+            if _state(w) is not None:
+                os.kill(w, signal.SIGKILL)
+    # the killed run left no lock behind: a new run resumes into the same folder
+    with C.output_lock(out):
+        pass
