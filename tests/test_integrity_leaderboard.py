@@ -308,3 +308,31 @@ def test_kill_9_of_the_leaderboard_leaves_no_worker_behind(suite_file, tmp_path)
     # the killed run left no lock behind: a new run resumes into the same folder
     with C.output_lock(out):
         pass
+
+
+def test_two_runs_racing_into_one_out_never_mix_their_cells(suite_file, tmp_path):
+    out = tmp_path / "out"
+    base = [sys.executable, str(SCRIPT), "--suite", str(suite_file), "--out", str(out), "--no-agents"]
+    base += ["--no-plots", "--no-progress", "--workers", "1", "--policy", "jsq", "--policy", "random"]
+    runs = [
+        subprocess.Popen(
+            [*base, "--markdown", str(tmp_path / f"LB{i}.md"), "--fresh"], stderr=subprocess.PIPE, text=True
+        )
+        for i in range(2)
+    ]
+    results = [(r.wait(timeout=300), r.stderr.read()) for r in runs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes in ([0, 0], [0, 3]), results  # the loser is refused (3), or it ran after the winner
+    if codes == [0, 3]:
+        assert any("another leaderboard run" in err for _, err in results)
+    suite = load_suite(suite_file)
+    entries = C.entry_files([out / "cells"])
+    assert len(entries) == 4
+    for js in entries:
+        e = json.loads(js.read_text())
+        assert hashlib.sha256(js.with_name(e["actions_file"]).read_bytes()).hexdigest() == e["actions_sha256"]
+        assert C.validate_entry(js, suite).ok
+    listed = json.loads((out / "results.json").read_text())["entries"]
+    assert sorted(e["actions_sha256"] for e in listed) == sorted(
+        json.loads(js.read_text())["actions_sha256"] for js in entries
+    )
