@@ -1,12 +1,11 @@
 """Leaderboard integrity under bad input, faults and races (issue 14, items 1-5).
 
-Every test runs on a one-scenario cut of suite v0 (chat_bursty's twin, 60 s, two test seeds).
+Every test plays chat_bursty's twin (60 s, two test seeds) from test_leaderboard's cut of suite v0.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import signal
@@ -21,36 +20,16 @@ import pytest
 import yaml
 
 from servegym.baselines.leaderboard import cells as C
-from servegym.baselines.leaderboard.suite import SUITE_DIR, load_suite
+from servegym.baselines.leaderboard.suite import load_suite
+from tests.test_leaderboard import SCRIPT, script, tiny_suite  # noqa: F401  (a fixture)
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "scripts" / "leaderboard.py"
-
-
-def script():
-    spec = importlib.util.spec_from_file_location("leaderboard_script_integrity", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
-def suite_file(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("suite")
-    raw = yaml.safe_load((SUITE_DIR / "v0.yaml").read_text())
-    raw["version"] = "tiny_integrity"
-    raw["default_seeds"]["test"] = [1000, 1001]
-    sc = next(s for s in raw["scenarios"] if s["name"] == "chat_bursty")
-    sc.pop("trace")
-    doc = yaml.safe_load((SUITE_DIR / sc["scenario"]).read_text())
-    doc["horizon_s"] = 60.0
-    (root / "chat_bursty.yaml").write_text(yaml.safe_dump(doc))
-    sc["scenario"] = "chat_bursty.yaml"
-    raw["scenarios"] = [sc]
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+def suite_file(tiny_suite) -> Path:  # noqa: F811  (the fixture, by name)
+    """test_leaderboard's cut of suite v0: chat_bursty's twin at 60 s (the scenario used here), two test seeds."""
+    return tiny_suite
 
 
 def cell(seed: int = 1000, **env_config) -> C.Cell:
