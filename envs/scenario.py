@@ -88,7 +88,8 @@ class _Strict(BaseModel):
                 continue
             types = _annotation_types(f.annotation)
             takes_models = any(isinstance(t, type) and issubclass(t, BaseModel) for t in types)
-            if bool not in types and not takes_models:
+            numeric = int in types or float in types
+            if numeric and bool not in types and not takes_models:
                 raise ValueError(f"{key}: expected a number, got {value!r} (true/false is not a number)")
         return data
 
