@@ -385,7 +385,7 @@ def run_cells(
                         continue
                     finish(futs[fut], *result)
     elif backend == "ray":
-        _run_ray(suite_file, cells, todo, finish, workers, address)
+        _run_ray(suite_file, cells, todo, finish, failed, workers, address)
     else:
         raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
     return [e for e in entries if e is not None]
@@ -396,6 +396,7 @@ def _run_ray(
     cells: Sequence[Cell],
     todo: Sequence[int],
     finish: Callable[[int, dict[str, Any], bytes], None],
+    failed: Callable[[int, Exception], None],
     workers: int,
     address: str | None,
 ) -> None:
@@ -422,8 +423,13 @@ def _run_ray(
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                entry, blob = ray.get(ref)
-                finish(pending.pop(ref), entry, blob)
+                i = pending.pop(ref)
+                try:
+                    entry, blob = ray.get(ref)
+                except Exception as e:  # as the local pool: the cell fails alone
+                    failed(i, e)
+                    continue
+                finish(i, entry, blob)
     finally:
         if started and not address:
             ray.shutdown()
