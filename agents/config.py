@@ -19,7 +19,8 @@ class AgentConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no inf/NaN: an infinite learning rate passes a `gt=0` bound and only fails in torch, on NaN logits
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PPOParams(_Strict):
@@ -60,8 +61,9 @@ class AgentConfig(_Strict):
     n_envs: Annotated[int, Field(ge=1)] = 4
     normalize_obs: bool = False
     normalize_reward: bool = True
-    train_seeds: list[int] = list(range(0, 100))
-    eval_seeds: list[int] = list(range(1000, 1005))  # held out: never used for training
+    train_seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = list(range(0, 100))
+    # held out: never used for training
+    eval_seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = list(range(1000, 1005))
     eval_freq: Annotated[int, Field(ge=1)] = 10_000  # total env steps between evaluations
     checkpoint_freq: Annotated[int, Field(ge=1)] = 10_000
     ppo: PPOParams = PPOParams()
@@ -99,9 +101,17 @@ def load_agent_config(name_or_path: str | Path, overrides: dict[str, Any] | None
         known = sorted(p.stem for p in AGENT_CONFIG_DIR.glob("*.yaml"))
         raise AgentConfigError(f"{path}: no such agent config; known: {known}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise AgentConfigError(
+            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); is it a YAML file?"
+        ) from None
     except yaml.YAMLError as e:
         raise AgentConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise AgentConfigError(
+            f"{path}: an agent config must be a YAML mapping of keys, got {type(raw).__name__}"
+        )
     raw.update(overrides or {})
     try:
         return AgentConfig.model_validate(raw)

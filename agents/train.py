@@ -39,12 +39,43 @@ def git_commit() -> str | None:
         return None
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted(
+def checkpoints(out: Path) -> list[Path]:
+    """The run's checkpoints, oldest first."""
+    return sorted(
         (out / "checkpoints").glob("model_*_steps.zip"),
         key=lambda p: int(re.search(r"_(\d+)_steps", p.name).group(1)),  # type: ignore[union-attr]
     )
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ckpts = checkpoints(out)
     return ckpts[-1] if ckpts else None
+
+
+def resume_from(out: Path, cfg: AgentConfig, venv):
+    """(model, venv, checkpoint) of the newest checkpoint that loads whole with its normalization
+    statistics; a damaged one (a run killed while writing it) is reported and the one before it tried.
+    (None, venv, None) when none loads."""
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    algo = MaskablePPO if cfg.algo == "maskable_ppo" else PPO
+    for ckpt in reversed(checkpoints(out)):
+        stats = ckpt.with_name(ckpt.name.replace("model_", "model_vecnormalize_").replace(".zip", ".pkl"))
+        try:
+            env = venv
+            if isinstance(venv, VecNormalize) and stats.exists():
+                env = VecNormalize.load(str(stats), venv.venv)
+            model = algo.load(str(ckpt), env=env, device="cpu", tensorboard_log=str(out / "tb"))
+        except Exception as e:  # zipfile.BadZipFile, EOFError, UnpicklingError, ...: a truncated file
+            print(
+                f"--resume: skipping {ckpt.name}: cannot load it or {stats.name} ({type(e).__name__}: {e})",
+                file=sys.stderr,
+            )
+            continue
+        return model, env, ckpt
+    return None, venv, None
 
 
 def make_vec_env(cfg: AgentConfig, n_envs: int, seed: int):
@@ -149,19 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         eval_env = VecNormalize(eval_env, norm_obs=cfg.normalize_obs, norm_reward=False, training=False)
 
     # 4. model: new, or the newest checkpoint with its normalization statistics
-    ckpt = latest_checkpoint(out) if args.resume else None
-    if args.resume and ckpt is None:
-        print(f"--resume: no checkpoint in {out / 'checkpoints'}; starting fresh", file=sys.stderr)
-    if ckpt is not None:
-        from sb3_contrib import MaskablePPO
-        from stable_baselines3 import PPO
-
-        stats = ckpt.with_name(ckpt.name.replace("model_", "model_vecnormalize_").replace(".zip", ".pkl"))
-        if isinstance(venv, VecNormalize) and stats.exists():
-            venv = VecNormalize.load(str(stats), venv.venv)
-        algo = MaskablePPO if cfg.algo == "maskable_ppo" else PPO
-        model = algo.load(str(ckpt), env=venv, device="cpu", tensorboard_log=str(out / "tb"))
-    else:
+    model, ckpt = None, None
+    if args.resume:
+        model, venv, ckpt = resume_from(out, cfg, venv)
+        if ckpt is None:
+            print(
+                f"--resume: no loadable checkpoint in {out / 'checkpoints'}; starting fresh", file=sys.stderr
+            )
+    if model is None:
         model = build_model(cfg, venv, out, args.seed)
 
     # 5. callbacks: charts/..., the load curriculum, held-out evaluation keeping the best model, checkpoints

@@ -182,6 +182,8 @@ def run_env_episode(
     cfg.setdefault("invalid_action", "raise")
     if env is None:
         env = make_env(env_id, scenario, cfg)
+    if isinstance(pol, SB3Policy):
+        pol.check_spaces(env)
     flat = _Flattener(env)
     pol.reset(seed=int(seed))
     options: dict[str, Any] = {"seed": int(seed)}
@@ -220,8 +222,11 @@ def replay_actions(
 
     # replay reads no features, and an action the env refuses must fail the replay, not become a no-op
     cfg = {**dict(env_config or {}), "info_features": False, "invalid_action": "raise"}
+    a = np.asarray(actions)
+    if a.dtype.kind not in "iu":  # a float log would be truncated to other actions than were logged
+        raise ReplayError(f"action log must hold integers, got dtype {a.dtype}")
     env = make_env(env_id, scenario, cfg)
-    a = np.asarray(actions).astype(np.int64)
+    a = a.astype(np.int64)
     if a.ndim != 2 or a.shape[1] != len(env.layout.nvec):
         raise ReplayError(f"action log has shape {a.shape}; {env_id} needs (steps, {len(env.layout.nvec)})")
     discrete = isinstance(env.action_space, gym.spaces.Discrete)

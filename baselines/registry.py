@@ -242,20 +242,40 @@ def _load_sb3(path: Path, algo: str | None = None, **kwargs: Any) -> Policy:
     import yaml
 
     files = run_files(Path(path))
-    run_cfg = yaml.safe_load(files["config"].read_text()) if "config" in files else {}
+    try:
+        run_cfg = yaml.safe_load(files["config"].read_text()) if "config" in files else {}
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise PolicyError(
+            f"checkpoint {str(path)!r}: cannot read its run config {files['config']}: {e}"
+        ) from None
+    if not isinstance(run_cfg, dict):
+        raise PolicyError(f"checkpoint {str(path)!r}: its run config {files['config']} is not a mapping")
     if algo is None:
         algo = {"maskable_ppo": "MaskablePPO", "ppo": "PPO"}.get(run_cfg.get("algo", "ppo"), "PPO")
     obs_norm = None
     if "vecnormalize" in files and run_cfg.get("normalize_obs", False):
-        with open(files["vecnormalize"], "rb") as f:
-            obs_norm = pickle.load(f)
+        try:
+            with open(files["vecnormalize"], "rb") as f:
+                obs_norm = pickle.load(f)
+        except Exception as e:  # a truncated pickle raises UnpicklingError, EOFError, ...
+            raise PolicyError(
+                f"checkpoint {str(path)!r}: cannot load its normalization statistics {files['vecnormalize']} "
+                f"({type(e).__name__}: {e}); the file is damaged or truncated"
+            ) from None
     for module in ("stable_baselines3", "sb3_contrib"):
         cls = getattr(importlib.import_module(module), algo, None)
         if cls is not None:
-            with _pre_rename_modules():
-                model = cls.load(str(path), device="cpu", **kwargs)
+            try:
+                with _pre_rename_modules():
+                    model = cls.load(str(path), device="cpu", **kwargs)
+            except Exception as e:  # zipfile.BadZipFile, EOFError, KeyError, ...: a damaged model.zip
+                raise PolicyError(
+                    f"checkpoint {str(path)!r}: cannot load it as {algo} ({type(e).__name__}: {e}); the file "
+                    "is damaged or truncated"
+                ) from None
             policy = SB3Policy(str(path), model, obs_norm)
             policy.env_id = run_cfg.get("env_id")
+            policy.run_config = run_cfg
             return policy
     raise PolicyError(
         f"checkpoint {str(path)!r}: no algorithm class {algo!r} in stable_baselines3/sb3_contrib"
@@ -270,6 +290,27 @@ class SB3Policy:
         self.model = model
         self.obs_norm = obs_norm  # a VecNormalize whose statistics were saved with the model, or None
         self.env_id: str | None = None  # the env the model was trained on, when its run config says
+        self.run_config: dict[str, Any] = {}  # the training run's config.yaml, when there is one
+
+    def check_spaces(self, env: Any) -> None:
+        """PolicyError naming both shapes when ``env``'s spaces are not the ones the model was trained on
+        (else the first ``predict`` fails deep in numpy on mismatched operands)."""
+        trained_obs, trained_act = self.model.observation_space, self.model.action_space
+        if trained_obs == env.observation_space and trained_act == env.action_space:
+            return
+
+        def shapes(space: Any) -> Any:
+            sub = getattr(space, "spaces", None)
+            return {k: v.shape for k, v in sub.items()} if isinstance(sub, Mapping) else space
+
+        cfg = self.run_config
+        trained = f"env {cfg.get('env_id', '?')}, scenario {cfg.get('scenario', '?')}, env_config {cfg.get('env_config', {})}"
+        raise PolicyError(
+            f"checkpoint {self.name!r} does not fit this env: it was trained with observations "
+            f"{shapes(trained_obs)} and actions {trained_act} ({trained}), this env gives observations "
+            f"{shapes(env.observation_space)} and actions {env.action_space}; build the env with the agent's "
+            "padding (max_replicas, max_pools) and the same top_k / scale_step / rate_bins"
+        )
 
     def reset(self, seed: int | None = None) -> None:
         if seed is not None:

@@ -164,9 +164,33 @@ def data_dir() -> Path:
     return Path(cache).expanduser() / "servegym" / "data"
 
 
+TRACE_ROOTS_VAR = "SERVEGYM_TRACE_ROOTS"
+
+
+class DataPathError(ValueError):
+    """A data file path that leaves the data directory (an absolute path, ``..``, or a symlink out)."""
+
+
+def trace_roots() -> list[Path]:
+    """Folders a scenario's trace ``file`` may resolve into: the data directory, plus the folders a user
+    lists explicitly in ``$SERVEGYM_TRACE_ROOTS`` (separated by ``os.pathsep``)."""
+    extra = [p for p in os.environ.get(TRACE_ROOTS_VAR, "").split(os.pathsep) if p.strip()]
+    return [data_dir().resolve(), *(Path(p).expanduser().resolve() for p in extra)]
+
+
 def resolve_data_path(rel: str) -> Path:
-    """`data_dir() / rel`; a missing file raises FileNotFoundError saying how to get it."""
+    """`data_dir() / rel`, which must stay inside the data directory (or a root listed in
+    ``$SERVEGYM_TRACE_ROOTS``), else DataPathError; a missing file raises FileNotFoundError saying how
+    to get it. A scenario file can then never make the simulator read (and quote) an arbitrary file."""
     path = data_dir() / rel
+    real = path.resolve()
+    roots = trace_roots()
+    if not any(real.is_relative_to(r) for r in roots):
+        raise DataPathError(
+            f"data file {rel!r} resolves to {real}, outside the data directory {roots[0]}; give a path "
+            f"relative to it without '..', or allow another folder with ${TRACE_ROOTS_VAR}="
+            f"/that/folder (several separated by {os.pathsep!r})"
+        )
     if path.is_file():
         return path
     names = [s.name for s in REGISTRY.values() if s.rel_path == rel]

@@ -9,7 +9,7 @@ the config layer must not import the simulator.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
@@ -37,8 +37,61 @@ class ScenarioError(ValueError):
     """A scenario file or override that does not validate; the message names the file and key path."""
 
 
+# Bounds on the work and memory one key can ask for, checked before anything is generated or allocated.
+# Requests a scenario may generate in expectation; ~200 bytes each between the request table and the
+# simulator's per-request state (envs/workloads/requests.py, envs/sim/state.py), so ~10 GB at the limit.
+MAX_EXPECTED_REQUESTS = 50_000_000
+BYTES_PER_REQUEST = 200
+# Control ticks per episode (horizon_s / control_interval_s); each costs ~0.5 us even when nothing changes.
+MAX_CONTROL_TICKS = 1_000_000
+# The prefix-cache tables hold two int64 per block and replica, sized by the largest pool's cache for
+# every replica (envs/sim/build.py).
+PREFIX_CACHE_BYTES_PER_BLOCK = 16
+MAX_PREFIX_CACHE_BYTES = 2 << 30
+# Gamma gaps of shape 1/cv^2: beyond cv 30 (shape 1/900) most float64 draws underflow to 0, so arrivals
+# collapse into a few giant batches, and generation cannot tell when it has reached the horizon.
+MAX_GAMMA_CV = 30.0
+
+
+def _annotation_types(ann: Any) -> set[Any]:
+    """Every type an annotation names, through Annotated, unions, lists and dicts."""
+    out = {ann}
+    for arg in get_args(ann):
+        out |= _annotation_types(arg)
+    return out
+
+
+def _has_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, dict):
+        return any(_has_bool(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_bool(v) for v in value)
+    return False
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: no key of a scenario means anything when infinite or NaN (an infinite price
+    # makes the cost inf, an infinite pause or latency keeps requests in flight forever)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        """YAML's ``true`` is not a number: pydantic would take it as 1 for an int or float key."""
+        if not isinstance(data, dict):
+            return data
+        for key, value in data.items():
+            f = cls.model_fields.get(key)
+            if f is None or not _has_bool(value):
+                continue
+            types = _annotation_types(f.annotation)
+            takes_models = any(isinstance(t, type) and issubclass(t, BaseModel) for t in types)
+            numeric = int in types or float in types
+            if numeric and bool not in types and not takes_models:
+                raise ValueError(f"{key}: expected a number, got {value!r} (true/false is not a number)")
+        return data
 
 
 class PoolConfig(_Strict):
@@ -133,7 +186,8 @@ class DiurnalSpec(_Strict):
 class ArrivalSpec(_Strict):
     process: Literal["poisson", "gamma"] = "poisson"
     rate_per_s: Annotated[float, Field(gt=0)]
-    cv: Annotated[float, Field(gt=0)] = 1.0  # gamma only: coefficient of variation of inter-arrival times
+    # gamma only: coefficient of variation of inter-arrival times (at most MAX_GAMMA_CV)
+    cv: Annotated[float, Field(gt=0, le=MAX_GAMMA_CV)] = 1.0
     diurnal: DiurnalSpec | None = None
 
 
@@ -303,7 +357,7 @@ class PoliciesConfig(_Strict):
 class Scenario(_Strict):
     name: str
     description: str = ""
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
     horizon_s: Annotated[float, Field(gt=0)]
     control_interval_s: Annotated[float, Field(gt=0)] = 60.0
     # A request that has waited this long in a replica queue without starting is dropped and counted.
@@ -341,6 +395,15 @@ class Scenario(_Strict):
                 raise ValueError(
                     f"policies.replica_capacity_rps: no capacity for pools {sorted(pools - set(cap))}"
                 )
+        for a, row in self.region_latency_ms.items():
+            for b, ms in row.items():
+                back = self.region_latency_ms.get(b, {}).get(a)
+                if back is not None and back != ms:
+                    raise ValueError(
+                        f"region_latency_ms: {a}->{b} is {ms} ms but {b}->{a} is {back} ms; latencies are "
+                        "symmetric, give one value (or both equal)"
+                    )
+        _check_budgets(self)
         models = {p.model for p in self.pools}
         regions = {p.region for p in self.pools}
         for i, t in enumerate(self.tenants):
@@ -365,6 +428,42 @@ class Scenario(_Strict):
                 if r not in names:
                     names.append(r)
         return names
+
+
+def _check_budgets(sc: Scenario) -> None:
+    """Refuse, naming the key and the estimate, a scenario whose work or memory one key blows up."""
+    ticks = sc.horizon_s / sc.control_interval_s
+    if ticks > MAX_CONTROL_TICKS:
+        raise ValueError(
+            f"control_interval_s: {sc.control_interval_s:g} s over horizon_s {sc.horizon_s:g} s is {ticks:.3g} "
+            f"control ticks (~{ticks * 0.5e-6:.3g} s of CPU per episode); at most {MAX_CONTROL_TICKS:g}: "
+            "raise control_interval_s"
+        )
+    total = 0.0
+    for i, src in enumerate(sc.sources):
+        if src.kind == "trace":
+            continue  # its size is the file's
+        n = src.arrival.rate_per_s * sc.horizon_s
+        key = f"sources.{i}.arrival.rate_per_s"
+        if src.kind == "sessions":
+            n *= src.steps.mean
+            key += " (x steps.mean)"
+        total += n
+        if total > MAX_EXPECTED_REQUESTS:
+            raise ValueError(
+                f"{key}: {src.arrival.rate_per_s:g}/s over horizon_s {sc.horizon_s:g} s brings the expected "
+                f"requests to {total:.3g} (~{total * BYTES_PER_REQUEST / 2**30:.3g} GiB); at most "
+                f"{MAX_EXPECTED_REQUESTS:g}: lower the rate or the horizon"
+            )
+    blocks = max(((p.prefix_cache_blocks or 0) for p in sc.pools if p.prefix_cache), default=0)
+    replicas = sum(p.max_replicas for p in sc.pools)
+    need = blocks * replicas * PREFIX_CACHE_BYTES_PER_BLOCK
+    if need > MAX_PREFIX_CACHE_BYTES:
+        i = next(i for i, p in enumerate(sc.pools) if p.prefix_cache and p.prefix_cache_blocks == blocks)
+        raise ValueError(
+            f"pools.{i}.prefix_cache_blocks: {blocks} blocks on each of {replicas} replicas need "
+            f"~{need / 2**30:.3g} GiB of prefix-cache tables; at most {MAX_PREFIX_CACHE_BYTES / 2**30:g} GiB"
+        )
 
 
 def _unique(names: list[str], where: str) -> None:

@@ -26,8 +26,11 @@ from servegym.baselines.harness import nan_to_none
 from servegym.baselines.leaderboard.board import board_from_entries, csv_rows, markdown, ranking_rows
 from servegym.baselines.leaderboard.cells import (
     Cell,
+    OutputBusy,
     atomic_write_text,
     entry_files,
+    env_config_problem,
+    output_lock,
     run_cells,
     slug,
     validate_entry,
@@ -85,7 +88,7 @@ def agent_fits(model_path: Path, env_id: str, scenario: Path, env_config: dict[s
         env = make_env(env_id, scenario, env_config)
     except ValueError as e:
         return str(e).splitlines()[0]
-    pol = make_policy(model_path)
+    pol = make_policy(model_path)  # raises for a damaged model.zip: plan() marks the agent failed
     model = getattr(pol, "model", None)
     if model is not None and (
         model.observation_space != env.observation_space or model.action_space != env.action_space
@@ -134,7 +137,11 @@ def plan(
             if run_cfg.get("env_id") != sc.env_id:
                 continue
             cfg = {**sc.env_config, **agent_env_config(run_cfg)}
-            why_not = agent_fits(model, sc.env_id, sc.path(workload), cfg)
+            try:
+                why_not = env_config_problem(sc, cfg) or agent_fits(model, sc.env_id, sc.path(workload), cfg)
+            except Exception as e:  # a truncated or foreign model.zip: this agent fails, the rest run
+                notes.append(f"FAILED {label} on {sc.name}: cannot load {model}: {type(e).__name__}: {e}")
+                continue
             if why_not:
                 notes.append(f"{label} skipped on {sc.name}: {why_not}")
                 continue
@@ -257,6 +264,26 @@ def main(argv: list[str] | None = None) -> int:
     if not cells:
         print("nothing to run (check --policy / --scenario)", file=sys.stderr)
         return 2
+    try:
+        with output_lock(out):
+            return run_locked(args, argv, suite, cells, notes, out, md, t0)
+    except OutputBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+
+
+def run_locked(
+    args: argparse.Namespace,
+    argv: list[str],
+    suite: Suite,
+    cells: list[Cell],
+    notes: list[str],
+    out: Path,
+    md: Path,
+    t0: float,
+) -> int:
+    """Run the cells and write the outputs; ``out`` is locked by the caller. Exit status 1 when an agent
+    or a cell failed (the others are on the board, and the failures in its notes)."""
     if args.fresh:
         for c in cells:
             for suffix in (".json", ".npz"):
@@ -266,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         from tqdm import tqdm
 
         bar = tqdm(total=len(cells), unit="cell", desc=f"leaderboard {suite.version}")
+    failures: list[tuple[Cell, str]] = []
     try:
         entries = run_cells(
             suite,
@@ -275,15 +303,20 @@ def main(argv: list[str] | None = None) -> int:
             args.workers,
             args.address,
             on_done=(lambda c, e: bar.update(1)) if bar is not None else None,
+            failures=failures,
         )
     finally:
         if bar is not None:
             bar.close()
+    notes = notes + [f"FAILED {c.label} on {c.scenario} seed {c.seed}: {err}" for c, err in failures]
     wall = time.perf_counter() - t0
     command = "python scripts/leaderboard.py" + ("" if not argv else " " + shlex.join(argv))
     write_outputs(suite, entries, out, md, command, wall, notes, not args.no_plots)
     print(f"{len(entries)} cells in {wall:.1f} s -> {md}, {out}/results.csv")
-    return 0
+    failed = [n for n in notes if n.startswith("FAILED")]
+    for n in failed:
+        print(n, file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

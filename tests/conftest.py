@@ -8,15 +8,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from servegym.envs.scenario import Scenario, scenario_from_dict
 
-# CI explores a fixed set of examples (derandomized), so a landing never depends on a lucky draw; local runs
-# keep exploring new ones (and hypothesis replays any failure it found from its database).
+# Hypothesis profiles (docs/testing.md). CI explores a fixed set of examples (derandomized), so a landing never
+# depends on a lucky draw; local runs keep exploring new ones (and hypothesis replays any failure it found from
+# its database). `long` is the maintainers' deep fuzz: HYPOTHESIS_PROFILE=long scales every property test's
+# example count by HYPOTHESIS_MAX_EXAMPLES / 100 (default 20000 / 100 = 200x, tens of thousands in all).
 settings.register_profile("ci", derandomize=True)
-if os.environ.get("CI"):
-    settings.load_profile("ci")
+settings.register_profile(
+    "long",
+    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "20000")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+_PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else None)
+if _PROFILE:
+    settings.load_profile(_PROFILE)
+
+
+def examples(n: int) -> int:
+    """A property test's example count: ``n`` under the default and ci profiles (100 examples), scaled by the
+    active profile's ``max_examples / 100`` otherwise. Tests pass ``max_examples=examples(n)`` instead of a bare
+    number, which would override every profile."""
+    return max(1, n * settings.default.max_examples // 100)
+
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,7 @@ from servegym.envs.sim import state as S
 from servegym.envs.sim.replica import prefix_hits
 from servegym.envs.sim.simulator import Simulator
 from servegym.envs.sim.state import EV_BATCH, EV_DONE, EV_ROUTE, EV_SCALE, EV_TIME
-from tests.conftest import tiny_dict, tiny_scenario
+from tests.conftest import examples, tiny_dict, tiny_scenario
 from tests.test_sim_core import drive
 
 # ---------------------------------------------------------------- hand-built info dicts
@@ -564,7 +564,7 @@ def test_new_rules_keep_the_core_consistent(routing: str, scaling: str):
         assert c["arrived"] == c["finished"] + c["dropped"] + c["in_flight"]
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(12), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=hs.integers(0, 2**31 - 1),
     rate=hs.floats(1.0, 40.0),

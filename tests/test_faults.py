@@ -16,14 +16,14 @@ from servegym.envs.metrics import compute_metrics
 from servegym.envs.scenario import ScenarioError
 from servegym.envs.sim import state as S
 from servegym.envs.sim.simulator import Simulator
-from tests.conftest import tiny_scenario
+from tests.conftest import examples, tiny_scenario
 from tests.test_baselines import drive_with_agent
 from tests.test_sim_core import drive
 
 A100 = {"gpu": "a100-80gb", "model": "llama-2-7b", "cold_start_s": 3.0}
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=hs.integers(0, 2**31 - 1),
     rate=hs.floats(0.5, 30.0),

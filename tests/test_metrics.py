@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from servegym.envs.metrics import compute_metrics, format_metrics_table, jain_index, max_min_shares
 from servegym.envs.sim.outcome import SimOutcome
+from tests.conftest import examples
 
 NAN = float("nan")
 INF = float("inf")
@@ -431,7 +432,7 @@ def random_outcome(draw) -> SimOutcome:
     return build(rows, now=now, tenants={"a": 1.0, "b": 2.0, "c": 0.5})
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(random_outcome())
 def test_property_attainment_bounds_and_accounting(o: SimOutcome):
     m = compute_metrics(o)

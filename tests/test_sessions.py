@@ -18,7 +18,7 @@ from servegym.envs.sim import state as S
 from servegym.envs.sim.simulator import Simulator
 from servegym.envs.workloads.requests import PREFIX_BLOCK_TOKENS, WorkloadError
 from servegym.envs.workloads.scenario_requests import requests_for_scenario
-from tests.conftest import tiny_scenario
+from tests.conftest import examples, tiny_scenario
 from tests.test_sim_core import drive
 
 SESSIONS = {
@@ -189,7 +189,7 @@ def test_session_metrics_definitions():
     assert m["session/reused_tokens"] + m["session/reprefilled_tokens"] == m["session/context_tokens"]
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=hs.integers(0, 2**31 - 1),
     routing=hs.sampled_from(["round_robin", "lor", "prefix_affinity", "session_affinity"]),

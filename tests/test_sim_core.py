@@ -17,7 +17,7 @@ from servegym.envs.sim import state as S
 from servegym.envs.sim.simulator import Simulator
 from servegym.envs.sim.state import EV_BATCH, EV_DONE, EV_ROUTE, EV_SCALE
 from servegym.envs.workloads.requests import RequestTable
-from tests.conftest import REPO, tiny_scenario
+from tests.conftest import REPO, examples, tiny_scenario
 
 
 def check_invariants(sim: Simulator, last_now: float) -> None:
@@ -56,7 +56,7 @@ def drive(sim: Simulator, rng: np.random.Generator, step_s: float) -> None:
             return
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=hs.integers(0, 2**31 - 1),
     rate=hs.floats(0.5, 30.0),

@@ -9,11 +9,14 @@ actions through the env and accepts the entry only if every metric reproduces ex
 Cells are cached under ``<out>/cells/<scenario>/<policy>/seed<seed>.{json,npz}``; a cell whose entry
 exists with the same ``key`` (a hash of everything that determines the episode) is not run again, so an
 interrupted leaderboard resumes where it stopped. Files are written to a temporary name and moved into
-place with ``os.replace``, the action log before the entry, so a cell is either complete or absent.
+place with ``os.replace``, the action log before the entry; a cached entry counts only when its log's
+sha256 is the one it names, so a cell is either complete and matching or run again. A run holds a lock on
+its output folder (``output_lock``) and its pool workers exit when it dies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -23,8 +26,9 @@ import multiprocessing
 import os
 import re
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,7 @@ import numpy as np
 from servegym.baselines.leaderboard.suite import (
     Suite,
     SuiteError,
+    SuiteScenario,
     env_version,
     file_sha256,
     load_suite,
@@ -92,14 +97,57 @@ def actions_to_npz(actions: np.ndarray) -> bytes:
 
 
 def actions_from_npz(data: bytes) -> np.ndarray:
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return z["actions"]
+    """The ``actions`` array of an action log; ``ValueError`` naming the problem for anything else (a
+    truncated or garbage file, no ``actions`` array, or non-integer actions, which would be truncated)."""
+    if not data.startswith(b"PK"):
+        raise ValueError("not a .npz action log (no zip header)")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            files = list(z.files)
+            actions = z["actions"] if "actions" in files else None
+    except Exception as e:  # zipfile.BadZipFile, EOFError, zlib.error, OSError, ValueError: a damaged file
+        raise ValueError(f"not a readable .npz action log ({type(e).__name__}: {e})") from None
+    if actions is None:
+        raise ValueError(f"no 'actions' array in the .npz action log (it has {files})")
+    if actions.dtype.kind not in "iu":
+        raise ValueError(
+            f"actions must be integers, got dtype {actions.dtype} (a float log is not replayable)"
+        )
+    return actions
 
 
 def versions() -> dict[str, str]:
     from servegym.baselines.harness import versions as harness_versions
 
     return dict(harness_versions())
+
+
+# ---------------------------------------------------------------- the env configuration a cell may use
+
+# Env config keys that decide the episode's dynamics or which requests a slot index means: an entry must
+# run them as the suite sets them for the scenario (else the env's defaults). The other keys size the
+# padding, the reward or the features, which an agent chooses and which no metric depends on.
+PINNED_ENV_KEYS = ("scenario", "scenario_overrides", "horizon_s", "sim_seed", "batch_order")
+
+
+def env_config_problem(sc: SuiteScenario, env_config: Any) -> str | None:
+    """None if ``env_config`` plays the suite's scenario ``sc`` as the suite specifies, else why not."""
+    from servegym.envs.gym.config import base_config
+
+    if not isinstance(env_config, Mapping):
+        return f"env_config must be a mapping, got {type(env_config).__name__}"
+    defaults = base_config()
+    unknown = sorted(set(env_config) - set(defaults))
+    if unknown:
+        return f"env_config has unknown keys {unknown}"
+    for key in sorted(set(PINNED_ENV_KEYS) | set(sc.env_config)):
+        want = sc.env_config.get(key, defaults[key])
+        got = env_config.get(key, defaults[key])
+        if got != want or type(got) is not type(want):
+            return (
+                f"env_config[{key!r}] = {got!r} changes the scenario: suite {sc.name!r} runs it with {want!r}"
+            )
+    return None
 
 
 # ---------------------------------------------------------------- running one cell
@@ -218,13 +266,56 @@ def read_entry(path: Path) -> dict[str, Any] | None:
 
 
 def cached_entry(out: Path, suite: Suite, cell: Cell) -> dict[str, Any] | None:
+    """The cell's entry if it is current and its action log is the one it names (same sha256); a pair
+    mixed by an interrupted or concurrent writer is run again rather than trusted."""
     js = (out / cell.rel_stem()).with_suffix(".json")
     entry = read_entry(js)
-    if entry is None or entry.get("key") != cell_key(suite, cell):
+    if not isinstance(entry, dict) or entry_problem(entry) or entry.get("key") != cell_key(suite, cell):
         return None
-    if not js.with_name(entry.get("actions_file", "")).is_file():
+    try:
+        blob = js.with_name(entry["actions_file"]).read_bytes()
+    except OSError:
         return None
-    return entry
+    return entry if hashlib.sha256(blob).hexdigest() == entry["actions_sha256"] else None
+
+
+class OutputBusy(RuntimeError):
+    """Another leaderboard run holds the output folder."""
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder for a whole run (cells, results, plots), so that two
+    runs never interleave their cells and results. The lock is released when the process ends, even
+    by ``kill -9``, so a killed run never blocks the next one."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / ".leaderboard.lock"
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputBusy(
+                f"{out}: another leaderboard run is writing here (it holds {lock}); wait for it to "
+                "finish or pass another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Pool worker initializer: exit as soon as the leaderboard process is gone. A parent killed with
+    ``kill -9`` cannot stop its pool, and spawned workers would otherwise live on as orphans."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 # ---------------------------------------------------------------- backends
@@ -241,8 +332,12 @@ def run_cells(
     workers: int = 2,
     address: str | None = None,
     on_done: Progress | None = None,
+    failures: list[tuple[Cell, str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run ``cells`` (those not already cached), writing each as it finishes; every cell's entry, in order."""
+    """Run ``cells`` (those not already cached), writing each as it finishes; every cell's entry, in order.
+
+    With ``failures`` (a list), a cell that raises is appended there with the error and the other cells
+    still run; without it the first error propagates."""
     entries: list[dict[str, Any] | None] = [cached_entry(out, suite, c) for c in cells]
     todo = [i for i, e in enumerate(entries) if e is None]
     for i, e in enumerate(entries):
@@ -255,22 +350,42 @@ def run_cells(
         if on_done is not None:
             on_done(cells[i], entries[i])
 
+    def failed(i: int, err: Exception) -> None:
+        if failures is None:
+            raise err
+        failures.append((cells[i], f"{type(err).__name__}: {err}"))
+
     suite_file = str(suite.path)
     if not todo:
         pass
     elif backend == "local":
         if workers <= 1 or len(todo) == 1:
             for i in todo:
-                finish(i, *run_cell(suite_file, cells[i]))
+                try:
+                    result = run_cell(suite_file, cells[i])
+                except Exception as e:
+                    failed(i, e)
+                    continue
+                finish(i, *result)
         else:
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=SPAWN) as pool:
+            with ProcessPoolExecutor(
+                max_workers=min(workers, len(todo)),
+                mp_context=SPAWN,
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            ) as pool:
                 futs = {pool.submit(run_cell, suite_file, cells[i]): i for i in todo}
                 for fut in as_completed(futs):
-                    finish(futs[fut], *fut.result())
+                    try:
+                        result = fut.result()
+                    except Exception as e:
+                        failed(futs[fut], e)
+                        continue
+                    finish(futs[fut], *result)
     elif backend == "ray":
-        _run_ray(suite_file, cells, todo, finish, workers, address)
+        _run_ray(suite_file, cells, todo, finish, failed, workers, address)
     else:
         raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
     return [e for e in entries if e is not None]
@@ -281,6 +396,7 @@ def _run_ray(
     cells: Sequence[Cell],
     todo: Sequence[int],
     finish: Callable[[int, dict[str, Any], bytes], None],
+    failed: Callable[[int, Exception], None],
     workers: int,
     address: str | None,
 ) -> None:
@@ -307,8 +423,13 @@ def _run_ray(
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                entry, blob = ray.get(ref)
-                finish(pending.pop(ref), entry, blob)
+                i = pending.pop(ref)
+                try:
+                    entry, blob = ray.get(ref)
+                except Exception as e:  # as the local pool: the cell fails alone
+                    failed(i, e)
+                    continue
+                finish(i, entry, blob)
     finally:
         if started and not address:
             ray.shutdown()
@@ -343,21 +464,54 @@ class Verdict:
     message: str
 
 
+_ENTRY_TYPES: dict[str, tuple[type, ...]] = {
+    "suite_version": (str,),
+    "scenario": (str,),
+    "seed": (int,),
+    "env_id": (str,),
+    "actions_file": (str,),
+    "actions_sha256": (str,),
+    "metrics": (dict,),
+}
+
+
+def entry_problem(entry: Any) -> str | None:
+    """None if ``entry`` has every field replay needs, with the right type, else what is wrong."""
+    if not isinstance(entry, dict):
+        return f"an entry must be a JSON object, got {type(entry).__name__}"
+    missing = [k for k in _ENTRY_TYPES if k not in entry]
+    if missing:
+        return f"entry lacks {missing}"
+    for key, types in _ENTRY_TYPES.items():
+        v = entry[key]
+        if isinstance(v, bool) or not isinstance(v, types):
+            return f"entry field {key!r} must be {' or '.join(t.__name__ for t in types)}, got {v!r:.80}"
+    name = entry["actions_file"]
+    if name != Path(name).name or name in ("", ".", "..") or "\\" in name:
+        return f"entry field 'actions_file' must be a file name beside the entry, got {name!r:.80}"
+    if entry.get("workload", "twin") not in ("trace", "twin"):
+        return f"entry field 'workload' must be 'trace' or 'twin', got {entry['workload']!r:.80}"
+    return None
+
+
 def validate_entry(path: str | Path, suite: Suite | None = None) -> Verdict:
-    """Replay an entry's action log and check its metrics reproduce exactly; a clear reason if not."""
+    """Replay an entry's action log and check its metrics reproduce exactly; a clear reason if not.
+    Never raises for a bad entry: whatever is wrong with one file becomes its verdict."""
+    try:
+        return _validate_entry(Path(path), suite)
+    except Exception as e:  # a malformed entry the checks above did not foresee: still a verdict
+        return Verdict(str(path), False, f"malformed entry ({type(e).__name__}: {e})")
+
+
+def _validate_entry(path: Path, suite: Suite | None) -> Verdict:
     from servegym.baselines.env_runner import ReplayError, replay_actions
 
-    path = Path(path)
     entry = read_entry(path)
     if entry is None:
         return Verdict(str(path), False, "not a readable JSON entry")
-    missing = [
-        k
-        for k in ("suite_version", "scenario", "seed", "env_id", "actions_file", "actions_sha256", "metrics")
-        if k not in entry
-    ]
-    if missing:
-        return Verdict(str(path), False, f"entry lacks {missing}")
+    problem = entry_problem(entry)
+    if problem:
+        return Verdict(str(path), False, problem)
     try:
         if suite is None or suite.version != entry["suite_version"]:
             suite = load_suite(entry["suite_version"])
@@ -374,7 +528,11 @@ def validate_entry(path: str | Path, suite: Suite | None = None) -> Verdict:
         return Verdict(
             str(path), False, f"env {entry['env_id']} is not the suite's {sc.env_id} for {sc.name}"
         )
-    if int(entry["seed"]) not in sc.test_seeds:
+    env_config = entry.get("env_config") or {}
+    problem = env_config_problem(sc, env_config)
+    if problem:
+        return Verdict(str(path), False, problem)
+    if entry["seed"] not in sc.test_seeds:
         return Verdict(
             str(path), False, f"seed {entry['seed']} is not a test seed of {sc.name} {sc.test_seeds}"
         )
@@ -393,9 +551,9 @@ def validate_entry(path: str | Path, suite: Suite | None = None) -> Verdict:
             actions,
             entry["env_id"],
             scen_path,
-            int(entry["seed"]),
-            entry.get("env_config") or {},
-            sc.window_start_s(workload, int(entry["seed"])),
+            entry["seed"],
+            env_config,
+            sc.window_start_s(workload, entry["seed"]),
         )
     except (ReplayError, ValueError, KeyError) as e:
         return Verdict(str(path), False, f"replay failed: {e}")

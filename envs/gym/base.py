@@ -159,8 +159,14 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
         if update:
             self.configure(update)
         seed = options.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise ValueError(f"{name}.reset: option 'seed' (the workload seed) must be an int, got {seed!r}")
+        if seed is not None and (
+            isinstance(seed, (bool, np.bool_))
+            or not isinstance(seed, (int, np.integer))
+            or not 0 <= seed < 2**63
+        ):
+            raise ValueError(
+                f"{name}.reset: option 'seed' (the workload seed) must be an int in [0, 2**63), got {seed!r}"
+            )
         window = options.get("window_start_s")
         if window is not None:
             if not any(s.kind == "trace" for s in self.scenario.sources):
@@ -208,14 +214,23 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
-        opts = self._episode_options(options)
-        self._sim, self._aux = self.new_episode(self.np_random, opts, seed)
-        ev, obs, mask, ii, ff = K.env_reset(self._sim.state, self._aux)
-        if ev == S.EV_DONE:
-            raise RuntimeError(
-                f"{type(self).__name__}: scenario {self.scenario.name!r} gives no decision of this env's kind "
-                f"before its horizon ({self.scenario.horizon_s} s); lengthen horizon_s"
-            )
+        # A reset that raises leaves the env needing a reset, with the config it had before (a bad option
+        # must not stick and break every later plain reset).
+        config, scenario = self.config, self.scenario
+        self._done = True
+        try:
+            opts = self._episode_options(options)
+            self._sim, self._aux = self.new_episode(self.np_random, opts, seed)
+            ev, obs, mask, ii, ff = K.env_reset(self._sim.state, self._aux)
+            if ev == S.EV_DONE:
+                raise RuntimeError(
+                    f"{type(self).__name__}: scenario {self.scenario.name!r} gives no decision of this env's "
+                    f"kind before its horizon ({self.scenario.horizon_s} s); lengthen horizon_s"
+                )
+        except BaseException:
+            self.config, self.scenario = config, scenario
+            self._sim = self._aux = None
+            raise
         self._ev, self._done, self._mask = ev, False, mask
         self._steps = 0
         self._history.clear()
@@ -311,6 +326,12 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
         if self._discrete:
             if isinstance(action, np.ndarray) and action.size == 1:
                 action = action.reshape(())
+            if isinstance(action, (bool, np.bool_)) or (
+                isinstance(action, np.ndarray) and action.dtype == bool
+            ):
+                raise InvalidActionError(
+                    f"{name}: action must be an integer in {self.action_space}, got the bool {action!r}"
+                )
             try:
                 a = operator.index(action)
             except TypeError:

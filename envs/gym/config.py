@@ -182,7 +182,11 @@ def check_values(cfg: dict[str, Any], where: str) -> None:
         need(cfg[key] is None or (is_int(cfg[key]) and cfg[key] >= 1), key, "must be None or an int >= 1")
     for key in ("horizon_s", "day_period_s"):
         need(cfg[key] is None or (is_num(cfg[key]) and cfg[key] > 0), key, "must be None or a number > 0")
-    need(cfg["sim_seed"] is None or is_int(cfg["sim_seed"]), "sim_seed", "must be None or an int")
+    need(
+        cfg["sim_seed"] is None or (is_int(cfg["sim_seed"]) and 0 <= cfg["sim_seed"] < 2**63),
+        "sim_seed",
+        "must be None or an int in [0, 2**63)",
+    )
     need(
         cfg["max_episode_steps"] is None
         or (is_int(cfg["max_episode_steps"]) and cfg["max_episode_steps"] >= 1),

@@ -107,21 +107,28 @@ class ServeVectorEnv(VectorEnv):
         for j, s in enumerate(seeds):
             if s is not None:
                 self._rngs[j] = seeding.np_random(s)[0]
-        opts = self.proto._episode_options(options)
-        states, auxs = List(), List()
-        for j in range(n):
-            sim, aux = self.proto.new_episode(self._rng(j), opts, seeds[j])
-            self._sims[j], self._aux_py[j] = sim, aux
-            states.append(sim.state)
-            auxs.append(aux)
+        # as ServeEnv.reset: a reset that raises leaves the envs needing a reset, with the previous config
+        config, scenario = self.proto.config, self.proto.scenario
+        self._states = self._auxs = None
+        try:
+            opts = self.proto._episode_options(options)
+            states, auxs = List(), List()
+            for j in range(n):
+                sim, aux = self.proto.new_episode(self._rng(j), opts, seeds[j])
+                self._sims[j], self._aux_py[j] = sim, aux
+                states.append(sim.state)
+                auxs.append(aux)
+            evs, obs, mask, ii, ff = K.vec_reset(states, auxs, np.arange(n))
+            if np.any(evs == S.EV_DONE):
+                raise RuntimeError(
+                    f"{type(self).__name__}: scenario {self.proto.scenario.name!r} gives no decision of this "
+                    f"env's kind before its horizon; lengthen horizon_s"
+                )
+        except BaseException:
+            self.proto.config, self.proto.scenario = config, scenario
+            raise
         self._states, self._auxs = states, auxs
         self._opts = {k: v for k, v in opts.items() if k != "seed"}  # a fixed workload seed is per reset
-        evs, obs, mask, ii, ff = K.vec_reset(states, auxs, np.arange(n))
-        if np.any(evs == S.EV_DONE):
-            raise RuntimeError(
-                f"{type(self).__name__}: scenario {self.proto.scenario.name!r} gives no decision of this env's "
-                f"kind before its horizon; lengthen horizon_s"
-            )
         self._evs, self._mask = evs, mask
         return self._obs(obs), self._infos(evs, mask, ii, ff, np.zeros((n, K.N_RC)))
 
@@ -220,10 +227,12 @@ class ServeVectorEnv(VectorEnv):
 
     def _actions(self, actions: Any) -> np.ndarray:
         arr = np.asarray(actions)
-        if arr.dtype.kind not in "iu" or arr.size != self._act_shape[0] * self._act_shape[1]:
+        # the exact batched shape: a transposed or flat array of the right size would hand one env's
+        # action to another
+        if arr.dtype.kind not in "iu" or arr.shape != self.action_space.shape:
             raise InvalidActionError(
-                f"{type(self).__name__}: actions must be integers shaped like {self.action_space}, got "
-                f"shape {arr.shape} dtype {arr.dtype}"
+                f"{type(self).__name__}: actions must be integers of shape {self.action_space.shape} "
+                f"({self.action_space}), got shape {arr.shape} dtype {arr.dtype}"
             )
         if (
             arr.dtype == np.uint64

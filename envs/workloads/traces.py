@@ -129,7 +129,7 @@ def _convert_py(kind: str, s: str):
 
 
 def _parse_python(
-    path: str, raw: list[str], first_line: int, cols: list[_Col], idx: dict[str, int]
+    path: str, raw: list[str], first_line: int, cols: list[_Col], idx: dict[str, int], n_fields: int
 ) -> dict[str, object]:
     """Parse a chunk with the csv module; raises WorkloadError at the first bad field."""
     values: dict[str, list] = {c.name: [] for c in cols}
@@ -145,6 +145,8 @@ def _parse_python(
                 values[c.name].append(_convert_py(c.kind, row[j]))
             except (ValueError, UnicodeEncodeError) as exc:
                 _fail(path, f"not a valid {c.kind} value: {row[j]!r} ({exc})", line, c.name)
+        if len(row) != n_fields:  # a row with extra or missing fields has its values under other columns
+            _fail(path, f"row has {len(row)} fields but the header has {n_fields}", line)
     out: dict[str, object] = {}
     for c in cols:
         v = values[c.name]
@@ -158,17 +160,52 @@ def _parse_python(
     return out
 
 
+def _first_non_utf8_line(path: str) -> int | None:
+    """1-based number of the first line that is not UTF-8 (only on the error path)."""
+    with open(path, "rb") as f:
+        for line_no, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return line_no
+    return None
+
+
+def _not_utf8(path: str, exc: UnicodeDecodeError) -> NoReturn:
+    _fail(path, f"not UTF-8 text ({exc.reason}); traces must be UTF-8", _first_non_utf8_line(path))
+
+
 def _iter_csv_chunks(path: str, cols: list[_Col]) -> Iterator[dict[str, object]]:
     """Yield per-chunk column arrays. Timestamps come as (ns, digits), hashes as (lengths, flat)."""
+    try:
+        yield from _iter_utf8_csv_chunks(path, cols)
+    except UnicodeDecodeError as exc:
+        _not_utf8(path, exc)
+
+
+def _iter_utf8_csv_chunks(path: str, cols: list[_Col]) -> Iterator[dict[str, object]]:
     with open(path, encoding="utf-8-sig", newline=None) as f:
         header_line = f.readline()
         if not header_line.strip():
             _fail(path, "empty file (no header line)")
         header = [h.strip() for h in next(csv.reader([header_line]))]
+        for c in cols:
+            if header.count(c.name) > 1:
+                _fail(
+                    path, f"column '{c.name}' appears {header.count(c.name)} times in the header", 1, c.name
+                )
+        n_fields = len(header)
         idx = {c.name: header.index(c.name) for c in cols if c.name in header}
         for c in cols:
             if c.required and c.name not in idx:
-                _fail(path, f"missing column '{c.name}'; header has {header}", 1, c.name)
+                # the header is not quoted back: a file that is not a trace may hold anything
+                _fail(
+                    path,
+                    f"missing column '{c.name}' (the header has {len(header)} columns; this format needs "
+                    f"{[c.name for c in cols if c.required]})",
+                    1,
+                    c.name,
+                )
         present = [c for c in cols if c.name in idx]
         fast = all(c.kind != "hashes" for c in present)
         dtype = np.dtype([(f"c{i}", _NP_KIND[c.kind]) for i, c in enumerate(present)] if fast else [])
@@ -177,11 +214,13 @@ def _iter_csv_chunks(path: str, cols: list[_Col]) -> Iterator[dict[str, object]]
         while raw := list(itertools.islice(f, _CHUNK_LINES)):
             first, next_line = next_line, next_line + len(raw)
             if not fast:
-                yield _parse_python(path, raw, first, present, idx)
+                yield _parse_python(path, raw, first, present, idx, n_fields)
                 continue
             lines = [ln for ln in raw if not ln.isspace()]
             if not lines:
                 continue
+            if any(ln.count(",") != n_fields - 1 for ln in lines):  # or quoted commas: the csv module decides
+                _parse_python(path, raw, first, present, idx, n_fields)
             try:
                 arr = np.loadtxt(
                     lines, delimiter=",", dtype=dtype, usecols=usecols, comments=None, quotechar='"', ndmin=1
@@ -198,7 +237,7 @@ def _iter_csv_chunks(path: str, cols: list[_Col]) -> Iterator[dict[str, object]]
                     else:
                         out[c.name] = np.ascontiguousarray(col)
             except (ValueError, TypeError) as exc:
-                _parse_python(path, raw, first, present, idx)  # raises with the exact line and field
+                _parse_python(path, raw, first, present, idx, n_fields)  # raises at the exact line and field
                 _fail(path, f"lines {first}-{next_line - 1}: {exc}")
             yield out
 
@@ -531,8 +570,11 @@ def _json_int(path: str, line: int, rec: dict, key: str) -> int:
     v = rec[key]
     if isinstance(v, bool) or not isinstance(v, int):
         if isinstance(v, float) and v.is_integer():
-            return int(v)
-        _fail(path, f"expected an integer, got {v!r}", line, key)
+            v = int(v)
+        else:
+            _fail(path, f"expected an integer, got {v!r:.40}", line, key)
+    if not -(2**63) <= v < 2**63:
+        _fail(path, "integer out of int64 range", line, key)
     return v
 
 
@@ -551,42 +593,10 @@ def load_mooncake_trace(
     _check_args(tenant_index, time_scale, window_start_s, window_s, max_requests)
     stop = _Stop(window_start_s, window_s, max_requests)
     ts, inp, out, nblk, flat = [], [], [], [], []
-    with open(path, encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                _fail(path, f"invalid JSON: {exc}", line_no)
-            if not isinstance(rec, dict):
-                _fail(path, "expected a JSON object", line_no)
-            for key in ("timestamp", "input_length", "output_length", "hash_ids"):
-                if key not in rec:
-                    _fail(path, "missing key", line_no, key)
-            t = rec["timestamp"]
-            if isinstance(t, bool) or not isinstance(t, int | float):
-                _fail(path, f"expected a number (ms), got {t!r}", line_no, "timestamp")
-            n_in = _json_int(path, line_no, rec, "input_length")
-            hids = rec["hash_ids"]
-            if not isinstance(hids, list) or any(isinstance(h, bool) or not isinstance(h, int) for h in hids):
-                _fail(path, "expected a list of integers", line_no, "hash_ids")
-            if n_in >= 1 and len(hids) != -(-n_in // block_tokens):
-                _fail(
-                    path,
-                    f"{len(hids)} blocks for input_length {n_in}; expected ceil({n_in}/{block_tokens})",
-                    line_no,
-                    "hash_ids",
-                )
-            ts.append(t)
-            inp.append(n_in)
-            out.append(_json_int(path, line_no, rec, "output_length"))
-            nblk.append(len(hids))
-            flat.extend(hids)
-            if len(ts) % _CHUNK_LINES == 0 and stop.done(
-                np.asarray(ts[-_CHUNK_LINES:], dtype=np.float64) / 1e3
-            ):
-                break
+    try:
+        _read_mooncake(path, block_tokens, stop, ts, inp, out, nblk, flat)
+    except UnicodeDecodeError as exc:
+        _not_utf8(path, exc)
     arrival = np.asarray(ts, dtype=np.float64) / 1e3
     offsets = np.zeros(len(nblk) + 1, dtype=np.int64)
     np.cumsum(nblk, out=offsets[1:])
@@ -613,6 +623,48 @@ def load_mooncake_trace(
         max_requests=max_requests,
         time_scale=time_scale,
     )
+
+
+def _read_mooncake(path: str, block_tokens: int, stop: _Stop, ts, inp, out, nblk, flat) -> None:
+    """The Mooncake JSONL records, appended to the column lists (the loop of ``load_mooncake_trace``)."""
+    with open(path, encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                _fail(path, f"invalid JSON: {exc}", line_no)
+            if not isinstance(rec, dict):
+                _fail(path, "expected a JSON object", line_no)
+            for key in ("timestamp", "input_length", "output_length", "hash_ids"):
+                if key not in rec:
+                    _fail(path, "missing key", line_no, key)
+            t = rec["timestamp"]
+            if isinstance(t, bool) or not isinstance(t, int | float):
+                _fail(path, f"expected a number (ms), got {t!r:.40}", line_no, "timestamp")
+            if not (abs(t) < 1e18 and math.isfinite(t)):  # 10**400 would overflow the float64 column
+                _fail(path, f"out of range (finite, |t| < 1e18 ms), got {t!r:.40}", line_no, "timestamp")
+            n_in = _json_int(path, line_no, rec, "input_length")
+            hids = rec["hash_ids"]
+            if not isinstance(hids, list) or any(isinstance(h, bool) or not isinstance(h, int) for h in hids):
+                _fail(path, "expected a list of integers", line_no, "hash_ids")
+            if n_in >= 1 and len(hids) != -(-n_in // block_tokens):
+                _fail(
+                    path,
+                    f"{len(hids)} blocks for input_length {n_in}; expected ceil({n_in}/{block_tokens})",
+                    line_no,
+                    "hash_ids",
+                )
+            ts.append(t)
+            inp.append(n_in)
+            out.append(_json_int(path, line_no, rec, "output_length"))
+            nblk.append(len(hids))
+            flat.extend(hids)
+            if len(ts) % _CHUNK_LINES == 0 and stop.done(
+                np.asarray(ts[-_CHUNK_LINES:], dtype=np.float64) / 1e3
+            ):
+                break
 
 
 _LOADERS = {
