@@ -39,7 +39,13 @@ def register_envs() -> None:
     of steps until then is random for the event-driven envs (and follows horizon_s for Scale), so a fixed
     step limit would silently cut episodes short when a user changes horizon_s.
     """
+    import warnings
+
     from gymnasium.envs.registration import register, registry
+
+    # gymnasium calls an id "out of date" when a higher version is registered; -v0 is kept on purpose (it pins
+    # the timing that suite v0 replays), so that warning would only be noise.
+    warnings.filterwarnings("ignore", message=r".*The environment servegym/\w+-v0 is out of date")
 
     # The version of an id pins the timing of the dynamics (envs/sim/timing.py): -v0 the Splitwise-era
     # overheads without context limits (suite v0 and its leaderboard entries replay bit for bit), -v1 the

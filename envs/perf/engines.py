@@ -17,8 +17,8 @@ Profiles (``ENGINES``):
 ``vllm`` (default of timing v1)
     vLLM with CUDA graphs (vLLM V1 captures piecewise graphs for every batch, prefill included): no launch
     floor; CPU per iteration and per sequence from Vidur's measured vLLM-based engine (``overhead.vllm`` of
-    perf_coefficients.json, fitted by envs/perf/fit.py on cpu_overheads.csv), plus the measured worker
-    broadcast when tp > 1.
+    perf_coefficients.json, fitted by envs/perf/fit.py on cpu_overheads.csv). Vidur's Ray broadcast to the
+    TP workers is left out: vLLM's multiprocessing executor broadcasts through shared memory.
 ``vllm-eager``
     The same engine with ``--enforce-eager``: every iteration is bounded below by the eager launch floor per
     layer times the layers. The floor per layer is Vidur's measured model execution of CodeLlama-34B (48
@@ -43,22 +43,26 @@ ENGINES = ("splitwise", "vidur", "none", "vllm", "vllm-eager")
 DEFAULT_ENGINE = "vllm"
 INTERCONNECTS = ("nvlink", "pcie")
 
-# PCIe ring all-reduce (no Vidur profile exists for PCIe-only nodes): t = 2(n-1) * latency + 2(n-1)/n *
-# bytes / bandwidth (the ring algorithm's steps and bytes per GPU, NCCL's documented "bus bandwidth" model,
-# nccl-tests PERFORMANCE.md). Bandwidth: PCIe 4.0 x16 is 32 GB/s per direction (A100 PCIe, A40), PCIe 5.0
-# x16 64 GB/s (H100 PCIe) (PCI-SIG specifications); NCCL reaches about 80% of it through the host bridge,
-# an assumption of this model. Latency per ring step: 10 us, also an assumption (a PCIe round trip plus
-# NCCL's protocol cost). Neither is validated against a measurement.
+# PCIe all-reduce (no Vidur profile exists for PCIe-only nodes). NCCL's ring moves 2(n-1)/n x bytes per GPU
+# (nccl-tests PERFORMANCE.md, "bus bandwidth"), so the time over PCIe is the measured NVLink time (its
+# latency, protocol and kernel costs kept) plus those bytes at the PCIe rate minus the same bytes at the
+# NVLink rate: t_pcie = t_nvlink + 2(n-1)/n * bytes * (1/B_pcie - 1/B_nvlink). Rates per direction: PCIe 4.0
+# x16 32 GB/s (A100 PCIe, A40), PCIe 5.0 x16 64 GB/s (H100 PCIe) (PCI-SIG specifications); NVLink 3 300 GB/s
+# (A100 SXM), NVLink 4 450 GB/s (H100 SXM) (NVIDIA datasheets). NCCL reaches about 80% of the PCIe rate
+# through the host bridge: an assumption of this model, as is reusing the SXM GPUs' kernels. Not validated.
 PCIE_GBPS = {"a100-80gb": 32e9, "h100-80gb": 64e9, "a40": 32e9}
+NVLINK_GBPS = {
+    "a100-80gb": 300e9,
+    "h100-80gb": 450e9,
+    "a40": 56e9,
+}  # A40: NVLink bridge of 2 GPUs, 112.5 GB/s bidir.
 PCIE_EFFICIENCY = 0.8
-PCIE_STEP_LATENCY_S = 10e-6
 
 
-def pcie_allreduce_s(gpu: str, tp: int, nbytes: np.ndarray) -> np.ndarray:
-    """Seconds for one all-reduce of ``nbytes`` over ``tp`` GPUs that talk through PCIe (ring model)."""
-    bw = PCIE_GBPS[gpu] * PCIE_EFFICIENCY
-    steps = 2 * (tp - 1)
-    return steps * PCIE_STEP_LATENCY_S + steps / tp * np.asarray(nbytes, dtype=np.float64) / bw
+def pcie_extra_allreduce_s(gpu: str, tp: int, nbytes: np.ndarray) -> np.ndarray:
+    """Seconds one all-reduce of ``nbytes`` over ``tp`` GPUs takes over PCIe beyond its NVLink time."""
+    ring_bytes = 2.0 * (tp - 1) / tp * np.asarray(nbytes, dtype=np.float64)
+    return ring_bytes * (1.0 / (PCIE_GBPS[gpu] * PCIE_EFFICIENCY) - 1.0 / NVLINK_GBPS[gpu])
 
 
 def engine_overheads(table: dict, engine: str, gpu: str, tp: int, layers: int) -> tuple[float, ...]:
@@ -76,9 +80,5 @@ def engine_overheads(table: dict, engine: str, gpu: str, tp: int, layers: int) -
         )
     o = table["overhead"]["vllm"]
     host = o["by_gpu"].get(gpu, o["by_gpu"][o["fallback_gpu"]])
-    fixed, per_seq = host["fixed_s"], host["per_decode_seq_s"]
-    if tp > 1:  # the driver broadcasts each iteration's inputs to its tp workers
-        fixed += host["tp_comm_fixed_s"]
-        per_seq += host["tp_comm_per_seq_s"]
     floor = host["eager_floor_s_per_layer"] * layers if engine == "vllm-eager" else 0.0
-    return floor, fixed, per_seq, 0.0
+    return floor, host["fixed_s"], host["per_decode_seq_s"], 0.0

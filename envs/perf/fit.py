@@ -290,13 +290,6 @@ def fit_entry(data_dir: Path, model: ModelSpec, gpu: GpuSpec, tp: int, cache: di
         "tail_slope_s_per_token": sig(tail_slope(toks.astype(float), full) * MS),
         "lm_head_s": lm_head_s(model, toks, ops["mlp_up_proj"]),
     }
-    if (
-        ar is not None
-    ):  # the measured NVLink all-reduce part of linear_s, so that an interconnect can replace it
-        n_ar = 2 * model.num_layers + 1
-        entry["allreduce_s"] = [
-            sig(n_ar * float(ar(model.hidden * t * model.bytes_per_param)) * MS) for t in toks[idx]
-        ]
     if ref is not None:
         entry["derivation"] = (
             f"per-operator {gpu.name}/a100-80gb time ratio of {ref} (same token count) applied to the "
@@ -415,9 +408,10 @@ def fit_vllm_overhead(data_dir: Path, splitwise: dict) -> dict:
     """Host-side costs of a vLLM-family engine (engine profiles "vllm" and "vllm-eager", envs/perf/engines.py).
 
     CPU per iteration and per sequence: Vidur's measured schedule + sampler + prepare_inputs +
-    process_model_outputs (medians; CodeLlama-34B, TP2, batch 8-128), a line in batch size; with tp > 1 also
-    the measured per-iteration worker broadcast (ray_comm_time). These are per iteration and per sequence, not
-    per layer, so they carry to any model size. Eager launch floor per layer: Vidur's measured model execution
+    process_model_outputs (medians; CodeLlama-34B, TP2, batch 8-128), a line in batch size. Not ray_comm_time:
+    Vidur's engine broadcasts each iteration's inputs to its TP workers through Ray, vLLM's multiprocessing
+    executor through a shared-memory queue. These are per iteration and per sequence, not per layer, so they
+    carry to any model size. Eager launch floor per layer: Vidur's measured model execution
     (model_execution_e2e median) of CodeLlama-34B (48 layers) is flat from batch 8 to 40 (within 5%: a host
     launch floor above the GPU work), its median there divided by its layers; Splitwise's Llama2-70B fit (80 layers) is the second model size that checks it."""
     path = data_dir / LEGACY / "cpu_overheads.csv"
@@ -429,18 +423,16 @@ def fit_vllm_overhead(data_dir: Path, splitwise: dict) -> dict:
         "process_model_outputs_median",
     ]
     fixed, per_seq = _cpu_line(rows, path, cpu)
-    comm_fixed, comm_seq = _cpu_line(rows, path, ["ray_comm_time_mean"])
     layers = MODELS["codellama-34b"].num_layers
     exec_ms = column(rows, "model_execution_e2e_median", path)
     flat = exec_ms <= 1.05 * exec_ms.min()  # batch 8-40: the GPU work grows, the execution time does not
     floor_layer = round(float(np.median(exec_ms[flat])) * MS / layers, 9)
     sw = splitwise["by_gpu"]["a100-80gb"]["floor_s_per_layer"]
-    host = {"fixed_s": fixed, "per_decode_seq_s": per_seq, "tp_comm_fixed_s": comm_fixed,
-            "tp_comm_per_seq_s": comm_seq, "eager_floor_s_per_layer": floor_layer}  # fmt: skip
+    host = {"fixed_s": fixed, "per_decode_seq_s": per_seq, "eager_floor_s_per_layer": floor_layer}
     return {
         "source": f"{LEGACY}/cpu_overheads.csv; eager floor checked against overhead.splitwise",
         "rows": f"all {len(rows)} rows (CodeLlama-34B, 48 layers, batch 8-128, TP2)",
-        "method": "least-squares lines in batch size (CPU; worker broadcast for tp > 1); eager launch floor = "
+        "method": "least-squares line in batch size of the CPU costs (no Ray broadcast); eager launch floor = "
         "median model_execution_e2e over the flat rows (within 5% of the minimum) / layers",
         "eager_floor_check": {
             "codellama-34b_48_layers_s_per_layer": floor_layer,

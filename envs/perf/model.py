@@ -41,7 +41,7 @@ from servegym.envs.perf.engines import (
     ENGINES,
     INTERCONNECTS,
     engine_overheads,
-    pcie_allreduce_s,
+    pcie_extra_allreduce_s,
 )
 from servegym.envs.perf.specs import GPUS, MODELS, PROFILE_ALIASES, get_gpu, get_model, kv_heads_per_gpu
 
@@ -106,13 +106,9 @@ def coefficients_from_table(
     t_last, v_last = float(e["tokens"][-1]), float(e["linear_s"][-1])
     knots = np.array([*e["tokens"], 2.0 * t_last], dtype=np.float64)
     values = np.array([*e["linear_s"], v_last + e["tail_slope_s_per_token"] * t_last], dtype=np.float64)
-    if interconnect == "pcie" and tp > 1:
-        # swap the measured NVLink all-reduces (2 per layer + embedding) for the PCIe ring model
-        nv = np.array(e["allreduce_s"], dtype=np.float64)
-        nv = np.append(nv, nv[-1] + (nv[-1] - nv[-2]) / (knots[-2] - knots[-3]) * (knots[-1] - knots[-2]))
+    if interconnect == "pcie" and tp > 1:  # the all-reduces (2 per layer + embedding) cross PCIe, not NVLink
         n_ar = 2 * base.num_layers + 1
-        pcie = n_ar * pcie_allreduce_s(gpu, tp, base.hidden * knots * base.bytes_per_param)
-        values = np.maximum.accumulate(values - nv + pcie)
+        values = values + n_ar * pcie_extra_allreduce_s(gpu, tp, base.hidden * knots * base.bytes_per_param)
     k = len(knots)
     c = np.zeros(HEADER + 2 * k)
     c[0], c[1] = LAYOUT_VERSION, k
