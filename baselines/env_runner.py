@@ -273,5 +273,7 @@ def env_episode_runner(spec: EpisodeSpec) -> dict[str, Any]:
     pol = resolve_policy(spec.policy, sc, **kw)
     if env_id is None:
         env_id = getattr(pol, "env_id", None) or "servegym/Route-v0"
+    if spec.timing is not None:  # the versions of an env id differ only in timing (envs/__init__.py)
+        env_id = f"{env_id.rsplit('-', 1)[0]}-{spec.timing}"
     metrics, _ = run_env_episode(pol, env_id, scenario, spec.seed, env_config)
     return metrics

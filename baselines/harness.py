@@ -62,6 +62,9 @@ class EpisodeSpec:
     seed: int
     overrides: Mapping[str, Any] | None = None  # deep-merged over the scenario file
     policy_kwargs: Mapping[str, Any] | None = None  # for make_policy (env-driven runners)
+    # Timing version (envs/sim/timing.py): None runs the core's rules with the Simulator's default (v1) and an
+    # agent on its env id as given; "v0"/"v1" pins both (an env id's version is set to it).
+    timing: str | None = None
 
 
 EpisodeRunner = Callable[[EpisodeSpec], dict[str, Any]]
@@ -102,7 +105,7 @@ def builtin_episode(spec: EpisodeSpec) -> dict[str, Any]:
     from servegym.envs.metrics import compute_metrics
     from servegym.envs.sim.simulator import Simulator
 
-    sim = Simulator(spec.scenario, seed=spec.seed, overrides=scenario_overrides(spec))
+    sim = Simulator(spec.scenario, seed=spec.seed, overrides=scenario_overrides(spec), timing=spec.timing)
     return compute_metrics(sim.run())
 
 
@@ -232,18 +235,19 @@ def evaluate_many(
     episode_runner: EpisodeRunner | None = None,
     policy_kwargs: Mapping[str, Any] | None = None,
     keys: Sequence[str] | None = None,
+    timing: str | None = None,
 ) -> list[EvalResult]:
     """Every policy on every scenario over the same seeds, in one process pool.
 
     Returns one ``EvalResult`` per (policy, scenario), records sorted by seed; ``keys`` restricts the
-    aggregate (default: every numeric metric).
+    aggregate (default: every numeric metric); ``timing`` pins the timing version (EpisodeSpec.timing).
     """
     seed_list = seeds_list(seeds)
     for pol in policies:
         if episode_runner is None and builtin_policies(pol) is not None:  # fail early, naming the policy
             scenario_overrides(EpisodeSpec(pol, scenarios[0], 0, overrides))
     specs = [
-        EpisodeSpec(pol, str(sc), s, overrides, policy_kwargs)
+        EpisodeSpec(pol, str(sc), s, overrides, policy_kwargs, timing)
         for pol in policies
         for sc in scenarios
         for s in seed_list
@@ -272,10 +276,11 @@ def evaluate(
     episode_runner: EpisodeRunner | None = None,
     policy_kwargs: Mapping[str, Any] | None = None,
     keys: Sequence[str] | None = None,
+    timing: str | None = None,
 ) -> EvalResult:
     """``policy`` (name or checkpoint) on ``scenario`` (name or path) for ``seeds`` (a count or a list)."""
     return evaluate_many(
-        [policy], [scenario], seeds, overrides, workers, progress, episode_runner, policy_kwargs, keys
+        [policy], [scenario], seeds, overrides, workers, progress, episode_runner, policy_kwargs, keys, timing
     )[0]
 
 

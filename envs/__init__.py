@@ -60,23 +60,36 @@ def register_envs() -> None:
     of steps until then is random for the event-driven envs (and follows horizon_s for Scale), so a fixed
     step limit would silently cut episodes short when a user changes horizon_s.
     """
+    import warnings
+
     from gymnasium.envs.registration import register, registry
 
-    for name, module, cls in (
-        ("Route", "route", "RouteEnv"),
-        ("Batch", "batch", "BatchEnv"),
-        ("Scale", "scale", "ScaleEnv"),
-        ("Cluster", "cluster", "ClusterEnv"),
-    ):
-        env_id = f"servegym/{name}-v0"
-        if env_id in registry:
-            continue
-        register(
-            id=env_id,
-            entry_point=f"servegym.envs.gym.{module}:{cls}",
-            vector_entry_point=f"servegym.envs.gym.vector:{name}VectorEnv",
-            kwargs={"scenario": "chat_azure" if name in ("Route", "Batch") else "hetero_a100_h100"},
-        )
+    # gymnasium calls an id "out of date" when a higher version is registered; -v0 is kept on purpose (it pins
+    # the timing that suite v0 replays), so that warning would only be noise.
+    warnings.filterwarnings("ignore", message=r".*The environment servegym/\w+-v0 is out of date")
+
+    # The version of an id pins the timing of the dynamics (envs/sim/timing.py): -v0 the Splitwise-era
+    # overheads without context limits (suite v0 and its leaderboard entries replay bit for bit), -v1 the
+    # engine profiles (default vllm) with context limits. Same classes; a scenario's own ``timing:`` wins.
+    for version in ("v0", "v1"):
+        for name, module, cls in (
+            ("Route", "route", "RouteEnv"),
+            ("Batch", "batch", "BatchEnv"),
+            ("Scale", "scale", "ScaleEnv"),
+            ("Cluster", "cluster", "ClusterEnv"),
+        ):
+            env_id = f"servegym/{name}-{version}"
+            if env_id in registry:
+                continue
+            register(
+                id=env_id,
+                entry_point=f"servegym.envs.gym.{module}:{cls}",
+                vector_entry_point=f"servegym.envs.gym.vector:{name}VectorEnv",
+                kwargs={
+                    "scenario": "chat_azure" if name in ("Route", "Batch") else "hetero_a100_h100",
+                    "timing": version,
+                },
+            )
 
 
 register_envs()

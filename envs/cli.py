@@ -59,7 +59,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from servegym.envs.sim.simulator import Simulator
 
     t0 = time.perf_counter()
-    sim = Simulator(args.scenario, seed=args.seed, overrides=parse_overrides(args.set))
+    sim = Simulator(
+        args.scenario,
+        seed=args.seed,
+        overrides=parse_overrides(args.set),
+        timing=args.timing,
+        trace=args.trace_rows if args.trace else 0,
+    )
     t_build = time.perf_counter() - t0
     t1 = time.perf_counter()
     outcome = sim.run(progress=not args.quiet)
@@ -69,7 +75,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(
         f"scenario {sc.name} | seed {sim.seed} | horizon {sc.horizon_s:g} s | "
         f"policies batching={sc.policies.batching} routing={sc.policies.routing} "
-        f"scaling={sc.policies.scaling}"
+        f"scaling={sc.policies.scaling} | timing {sim.timing}"
     )
     print(
         f"{len(sim.requests):,} requests simulated in {t_run:.2f} s wall, workload built in {t_build:.2f} s "
@@ -79,6 +85,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(metrics, f, indent=1, sort_keys=True)
+    if args.trace:
+        from servegym.envs.sim.trace import write_trace_csv
+
+        n = write_trace_csv(sim.iteration_trace(), args.trace)
+        print(f"\nwrote {n:,} iterations to {args.trace}")
     return 0
 
 
@@ -100,6 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--json", default=None, help="also write every metric to this JSON file")
     sim.add_argument("--all", action="store_true", help="print every metric, not the summary")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    sim.add_argument(
+        "--timing",
+        choices=("v0", "v1"),
+        default=None,
+        help="timing version when the scenario names none (v1)",
+    )
+    sim.add_argument("--trace", default=None, metavar="CSV", help="write the per-iteration trace to this CSV")
+    sim.add_argument(
+        "--trace-rows", type=int, default=1_000_000, help="iterations the trace keeps (first ones)"
+    )
     sub.add_parser("scenarios", help="list the shipped scenarios")
     args = ap.parse_args(argv)
     if args.cmd is None:

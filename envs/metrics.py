@@ -66,6 +66,12 @@ Sessions (only when the outcome has sessions: agentic workloads, envs/workloads/
     prompt + output), ``session/reused_tokens`` the part of it served from the prefix cache (at most the
     context), ``session/reprefilled_tokens`` the rest, prefilled again.
 
+Context limits (only under timing v1, which enforces each model's context; envs/sim/timing.py)
+    ``context/rejected``: requests removed at load because prompt + output exceed their model's context
+    (context_policy reject; not in any other metric); ``context/truncated``: requests whose prompt was
+    shortened to fit (truncate); ``context/dropped``: arrived requests dropped because they exceed it (drop;
+    also in ``dropped`` and SLO misses).
+
 Values are Python ints/floats, so ``json.dumps`` works; NaN is emitted as the (non-standard) ``NaN``.
 Cost is O(N) time with a handful of N-sized temporaries; the only Python loops are over tenants/pools.
 """
@@ -152,9 +158,18 @@ def compute_metrics(o: SimOutcome) -> dict[str, int | float]:
     m["evicted"] = int(ev.sum(where=arrived, dtype=np.int64)) if ev is not None else 0
     m["evicted_requests"] = int(np.count_nonzero((ev > 0) & arrived)) if ev is not None else 0
     m["drop_rate"] = _div(counts["dropped"], counts["arrived"])
+    if o.context_limit is not None:
+        _context_metrics(o, m, arrived)
     if o.session is not None:
         _session_metrics(o, m, arrived, finished)
     return m
+
+
+def _context_metrics(o: SimOutcome, m: dict, arrived: np.ndarray) -> None:
+    over = o.prompt_tokens.astype(np.int64) + o.output_tokens > o.context_limit
+    m["context/rejected"] = int(o.context_rejected)
+    m["context/truncated"] = int(o.context_truncated)
+    m["context/dropped"] = int(np.count_nonzero(arrived & over & (o.status == STATUS_DROPPED)))
 
 
 def _session_metrics(o: SimOutcome, m: dict, arrived: np.ndarray, finished: np.ndarray) -> None:

@@ -28,6 +28,10 @@ ROUTING_POLICIES = (
     "cost_aware",
     "session_affinity",
 )
+# Engine profiles of envs/perf/engines.py (the config layer does not import the perf model; a test keeps them equal).
+ENGINE_PROFILES = ("splitwise", "vidur", "none", "vllm", "vllm-eager")
+TIMING_VERSIONS = ("v0", "v1")
+CONTEXT_POLICIES = ("reject", "truncate", "drop")
 SCALING_POLICIES = ("static", "reactive", "target_util", "forecast", "reactive_replace", "spot_mix")
 # scaling rules that size pools from the arrival rate against a per-replica capacity
 CAPACITY_SCALERS = ("target_util", "forecast", "spot_mix")
@@ -131,6 +135,16 @@ class PoolConfig(_Strict):
     reclaim_mtbr_s: Annotated[float, Field(gt=0)] | None = None
     # SageServe (Jaiswal et al., 2025) works with a 65 s warning before a low-priority VM is reclaimed.
     reclaim_warning_s: Annotated[float, Field(ge=0)] = 65.0
+    # ---- timing (docs/perf_model.md, envs/perf/engines.py)
+    # Serving engine profile: "vllm" (CUDA graphs), "vllm-eager", "splitwise" (the Splitwise-era Llama2-70B
+    # calibration), "vidur", "none" (GPU kernels only). None: the timing version's engine (v0 splitwise, v1 vllm).
+    engine: Literal[ENGINE_PROFILES] | None = None  # type: ignore[valid-type]
+    # How the tp GPUs of a replica exchange all-reduces: "nvlink" (Vidur's measured DGX profiles) or "pcie"
+    # (a ring model over PCIe, envs/perf/engines.py).
+    interconnect: Literal["nvlink", "pcie"] = "nvlink"
+    # KV-cache size per replica in 16-token blocks, e.g. read off an engine's startup log; None: derived from
+    # GPU memory, weights and activations (envs/perf/model.py kv_cache_blocks).
+    kv_blocks: Annotated[int, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> PoolConfig:
@@ -370,6 +384,15 @@ class Scenario(_Strict):
     tenants: Annotated[list[TenantConfig], Field(min_length=1)]
     sources: Annotated[list[Source], Field(min_length=1)]
     policies: PoliciesConfig = PoliciesConfig()
+    # ---- timing version and context limits (docs/perf_model.md "Timing versions")
+    # "v0": Splitwise-era overheads and no context limit (what suite v0 and the -v0 env ids replay); "v1":
+    # engine profiles per pool (default vllm) and each model's context limit. None: the caller decides
+    # (Simulator and the CLI: v1; the servegym/*-v0 env ids: v0; the *-v1 ids: v1).
+    timing: Literal[TIMING_VERSIONS] | None = None  # type: ignore[valid-type]
+    # Timing v1: a request whose prompt + output exceed its model's context is rejected at load (removed from
+    # the workload, counted), has its prompt truncated to fit (keeping its last tokens, as vLLM's
+    # truncate_prompt_tokens does), or is dropped on arrival (an SLO miss, counted as context_dropped).
+    context_policy: Literal[CONTEXT_POLICIES] = "reject"  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _cross_references(self) -> Scenario:

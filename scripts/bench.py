@@ -143,7 +143,8 @@ def synthetic(n_requests: int, replicas: int = 16, rate_per_replica: float = RAT
     }
 
 
-def measure(raw: dict) -> dict:
+def measure(raw: dict, timing: str = "v0", trace: int = 0) -> dict:
+    raw = {**raw, "timing": timing}
     sc = scenario_from_dict(raw)
     warm = scenario_from_dict({**raw, "horizon_s": min(5.0, raw["horizon_s"])})
     t0 = time.perf_counter()
@@ -152,7 +153,7 @@ def measure(raw: dict) -> dict:
 
     tracemalloc.start()
     t0 = time.perf_counter()
-    sim = Simulator(sc)
+    sim = Simulator(sc, trace=trace)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     sim.run()
@@ -180,16 +181,23 @@ def measure(raw: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1M synthetic requests instead of 10M")
-    ap.add_argument("--only", choices=["cluster16", "synthetic", "features"], default=None)
+    ap.add_argument("--only", choices=["cluster16", "synthetic", "features", "trace"], default=None)
+    # The ~80% load (RATE_80) was measured under timing v0; v1 serves the same load faster (vLLM engine).
+    ap.add_argument("--timing", choices=("v0", "v1"), default="v0", help="timing version of the runs")
     args = ap.parse_args()
-    out: dict = {}
+    out: dict = {"timing": args.timing}
     if args.only in (None, "cluster16"):
-        out["cluster16"] = measure(cluster16(horizon_s=3600.0))
+        out["cluster16"] = measure(cluster16(horizon_s=3600.0), args.timing)
     if args.only in (None, "synthetic"):
         n = 1_000_000 if args.quick else 10_000_000
-        out["synthetic"] = measure(synthetic(n))
+        out["synthetic"] = measure(synthetic(n), args.timing)
+    if args.only == "trace":  # the per-iteration trace off vs on (every iteration recorded), same run
+        off = measure(cluster16(horizon_s=3600.0), args.timing)
+        on = measure(cluster16(horizon_s=3600.0), args.timing, trace=2_000_000)
+        out["trace"] = {"off": off["sim_requests_per_s"], "on": on["sim_requests_per_s"],
+                        "on_over_off": round(on["sim_requests_per_s"] / off["sim_requests_per_s"], 3)}  # fmt: skip
     if args.only in (None, "features"):
-        base = out.get("cluster16") or measure(cluster16(horizon_s=3600.0))
+        base = out.get("cluster16") or measure(cluster16(horizon_s=3600.0), args.timing)
         feats: dict = {}
         for name, raw in (
             ("faults", with_faults(cluster16(horizon_s=3600.0))),
@@ -198,7 +206,7 @@ def main() -> None:
             # half of the traffic as closed-loop agentic sessions (the release heap, session-affinity routing)
             ("sessions", with_sessions(cluster16(horizon_s=3600.0))),
         ):
-            r = measure(raw)
+            r = measure(raw, args.timing)
             r["slowdown_vs_off"] = round(base["sim_requests_per_s"] / r["sim_requests_per_s"], 3)
             feats[name] = r
         out["features"] = feats

@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keys", nargs="*", default=list(SUMMARY_KEYS), help="metrics in the terminal table")
     ap.add_argument("--plots", default=None, help="directory for timeline and latency-CDF PNGs (first seed)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument(
+        "--timing",
+        choices=("v0", "v1"),
+        default="v1",
+        help="timing version for every policy, heuristics and agents alike (v0: the README's earlier tables)",
+    )
     ap.add_argument("--list", action="store_true", help="list policies and scenarios, then exit")
     args = ap.parse_args(argv)
 
@@ -53,7 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         seeds = list(range(args.seed_start, args.seed_start + args.seeds))
         t0 = time.perf_counter()
         results = evaluate_many(
-            args.policy, args.scenario, seeds, overrides, args.workers, progress=not args.quiet
+            args.policy,
+            args.scenario,
+            seeds,
+            overrides,
+            args.workers,
+            progress=not args.quiet,
+            timing=args.timing,
         )
         wall = time.perf_counter() - t0
     except (ScenarioError, PolicyError, NotImplementedError) as e:

@@ -1,9 +1,11 @@
-"""Compare the shipped performance model with Splitwise's measured Llama2-70B prompt/token times.
+"""Compare the performance model with measurements: one table over every source, then Splitwise in detail.
 
-    python scripts/validate_perf_model.py --data-dir ../shared/data [--overhead splitwise|vidur|none]
+    python scripts/validate_perf_model.py --data-dir ../shared/data [--engine vllm] [--overhead splitwise]
 
-Prints MAPE per hardware (prompt, token, both) for the held-out validation measurements, the training
-measurements and all of them, then one JSON line with the validation figures. Logic: envs/perf/validate.py.
+The table covers the independent public sources of envs/perf/validation/*.csv (predicted with ``--engine``,
+default the timing-v1 engine "vllm"; logic in envs/perf/external.py) and Splitwise's Llama2-70B measurements
+(the fit source of the "splitwise" profile that timing v0 pins; its held-out rows). Then the per-split MAPE
+report of Splitwise with ``--overhead`` (envs/perf/validate.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from servegym.envs.perf import validate
+from servegym.envs.perf import external, validate
 from servegym.envs.perf.fit import default_data_dir
 from servegym.envs.perf.model import OVERHEAD_PROFILES, load_table
 
@@ -22,7 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=default_data_dir(), help="reference data folder")
     ap.add_argument("--coefficients", type=Path, default=None, help="coefficient JSON (default: shipped)")
     ap.add_argument("--overhead", choices=OVERHEAD_PROFILES, default="splitwise")
+    ap.add_argument(
+        "--engine", choices=OVERHEAD_PROFILES, default="vllm", help="engine for the public sources"
+    )
     args = ap.parse_args(argv)
+    rows = external.summarize(external.load_cells(), args.engine) + external.splitwise_summary(args.data_dir)
+    print(external.format_table(rows))
+    print()
     res = validate.run(args.data_dir, load_table(args.coefficients), args.overhead)
     print(validate.format_report(res))
     return 0

@@ -141,7 +141,7 @@ def test_session_affinity_baseline_through_the_env_reproduces_the_builtin_router
     router = RoutingRule("session_affinity", **_route_kwargs())
     router.reset(0)
     got = run_env(env, lambda info: router.act(None, info))
-    ref = compute_metrics(Simulator(AGENTIC, seed=4, overrides=overrides).run())
+    ref = compute_metrics(Simulator(AGENTIC, seed=4, overrides=overrides, timing="v0").run())  # as Route-v0
     assert ref["session/completed"] > 20 and ref["session/reused_tokens"] > 0
     assert_same_metrics(got, ref)
 
@@ -151,7 +151,7 @@ def test_session_batching_rules_from_info_reproduce_the_builtin_batcher(batching
     overrides = {**BUSY, "horizon_s": 120.0, "policies": {"batching": batching}}
     env = gym.make("servegym/Batch-v0", scenario=AGENTIC, sim_seed=5, scenario_overrides=overrides)
     got = run_env(env, head_of_line(BATCHING_IDS[batching]))
-    ref = compute_metrics(Simulator(AGENTIC, seed=5, overrides=overrides).run())
+    ref = compute_metrics(Simulator(AGENTIC, seed=5, overrides=overrides, timing="v0").run())  # as Batch-v0
     # exact only while no request expires in a full replica's queue (the env's admission check drops it earlier)
     assert ref["dropped"] == 0 and ref["session/completed"] > 10
     assert_same_metrics(got, ref)

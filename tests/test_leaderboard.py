@@ -98,15 +98,15 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_env_runner_with_a_heuristic_reproduces_the_builtin_rule():
     over = {"horizon_s": 120.0}
-    ref = builtin_episode(EpisodeSpec("jsq", "chat_azure", 3, over))
+    ref = builtin_episode(EpisodeSpec("jsq", "chat_azure", 3, over))  # the Simulator's default timing, v1
     got, actions = run_env_episode(
-        "jsq", "servegym/Route-v0", "chat_azure", 3, {"horizon_s": 120.0}, record=True
+        "jsq", "servegym/Route-v1", "chat_azure", 3, {"horizon_s": 120.0}, record=True
     )
     assert ref["finished"] > 200
     assert same(got, ref)
     assert actions.dtype == np.uint8 and actions.shape == (ref["arrived"], 1)
     # the log replays to the same metrics, and the harness runs the agent through the env the same way
-    assert same(replay_actions(actions, "servegym/Route-v0", "chat_azure", 3, {"horizon_s": 120.0}), ref)
+    assert same(replay_actions(actions, "servegym/Route-v1", "chat_azure", 3, {"horizon_s": 120.0}), ref)
     res = evaluate(
         "jsq",
         "chat_azure",
@@ -115,6 +115,7 @@ def test_env_runner_with_a_heuristic_reproduces_the_builtin_rule():
         workers=1,
         episode_runner=env_episode_runner,
         policy_kwargs={"env_id": "servegym/Route-v0"},
+        timing="v1",  # runs the agent on Route-v1
     )
     assert same({k: res.records[0][k] for k in ref}, ref)
 

@@ -81,7 +81,10 @@ def test_positive_for_tiny_batches_and_single_phase(combo: tuple[str, str, int])
         c = load_perf_coefficients(*combo, overhead=overhead)
         assert t(c, 0, 0.0, 1, 1) > 0  # one decode
         assert t(c, 1, 1.0, 0, 0) > 0  # one prompt token
-        assert t(c, 512, pairs(512), 0, 0) > t(c, 0, 0.0, 1, 512)  # prefill-only vs decode-only both work
+        if (
+            overhead != "vllm-eager"
+        ):  # eager: both sit on the same launch floor, plus the decode's sequence cost
+            assert t(c, 512, pairs(512), 0, 0) > t(c, 0, 0.0, 1, 512)  # prefill-only vs decode-only both work
 
 
 def test_h100_faster_than_a100_for_same_work() -> None:
@@ -115,8 +118,9 @@ def test_python_and_njit_callers_agree() -> None:
 
 def test_known_figures_are_plausible() -> None:
     # Llama2-70B TP8 decode at batch 1 (data README: ~45 ms A100 / ~30 ms H100 time between tokens).
-    a = t(load_perf_coefficients("llama-2-70b", "a100-80gb", 8), 0, 0.0, 1, 600)
-    h = t(load_perf_coefficients("llama-2-70b", "h100-80gb", 8), 0, 0.0, 1, 600)
+    # These are Splitwise's engine, so its profile (timing v0's).
+    a = t(load_perf_coefficients("llama-2-70b", "a100-80gb", 8, "splitwise"), 0, 0.0, 1, 600)
+    h = t(load_perf_coefficients("llama-2-70b", "h100-80gb", 8, "splitwise"), 0, 0.0, 1, 600)
     assert 0.038 < a < 0.052 and 0.025 < h < 0.035
 
 

@@ -214,12 +214,13 @@ def heuristics_for(suite: Suite, env_id: str) -> list[str]:
     """The registered heuristics that answer an env's decision (Cluster-v0: the suite's combinations)."""
     from servegym.baselines.registry import list_policies
 
+    name = env_id.rsplit("-", 1)[0]  # every version of an id takes the same decision (versions pin timing)
     kind = {
-        "servegym/Route-v0": "route",
-        "servegym/Batch-v0": "batch",
-        "servegym/Scale-v0": "scale",
-    }.get(env_id)
-    if env_id == "servegym/Cluster-v0":
+        "servegym/Route": "route",
+        "servegym/Batch": "batch",
+        "servegym/Scale": "scale",
+    }.get(name)
+    if name == "servegym/Cluster":
         return list(suite.cluster_combinations)
     if kind is None:
         raise SuiteError(f"no heuristics known for env id {env_id!r}")

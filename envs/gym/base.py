@@ -206,7 +206,7 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
         if seed is None:
             seed = int(rng.integers(0, 2**63 - 1))
         scenario = self._episode_scenario(opts.get("window_start_s"))
-        sim = Simulator(scenario, seed=int(seed), control=C.CONTROLS[self.MODE])
+        sim = Simulator(scenario, seed=int(seed), control=C.CONTROLS[self.MODE], timing=self.config["timing"])
         return sim, make_aux(self.layout, self.config, scenario, sim)
 
     # ------------------------------------------------------------------ gymnasium API

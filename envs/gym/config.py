@@ -84,6 +84,10 @@ def base_config() -> dict[str, Any]:
         # Agentic-session observation groups (docs/envs.md): "auto" adds them when the scenario has a sessions
         # source, so the observations of other scenarios (and the agents trained on them) stay as they are.
         "session_features": "auto",
+        # Timing version of the dynamics when the scenario names none (envs/sim/timing.py): the servegym/*-v0 ids
+        # pin "v0" (Splitwise-era overheads, no context limit: what suite v0 and its entries replay), the *-v1 ids
+        # use "v1" (engine profiles, default vllm, and context limits).
+        "timing": "v0",
         # Arrival-rate history in the global features: rate_bins bins of rate_bin_s seconds, per tier.
         "rate_bins": 4,
         "rate_bin_s": 15.0,
@@ -193,6 +197,7 @@ def check_values(cfg: dict[str, Any], where: str) -> None:
         "max_episode_steps",
         "must be None or an int >= 1",
     )
+    need(cfg["timing"] in ("v0", "v1"), "timing", "must be 'v0' or 'v1'")
     need(isinstance(cfg["info_features"], bool), "info_features", "must be a bool")
     need(
         cfg["session_features"] in ("auto", True, False), "session_features", "must be 'auto', true or false"

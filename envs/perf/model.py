@@ -36,12 +36,19 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from servegym.envs.perf.specs import GPUS, MODELS, get_gpu, get_model, kv_heads_per_gpu
+from servegym.envs.perf.engines import (
+    DEFAULT_ENGINE,
+    ENGINES,
+    INTERCONNECTS,
+    engine_overheads,
+    pcie_extra_allreduce_s,
+)
+from servegym.envs.perf.specs import GPUS, MODELS, PROFILE_ALIASES, get_gpu, get_model, kv_heads_per_gpu
 
 LAYOUT_VERSION = 1
 HEADER = 16
 COEF_JSON = Path(__file__).with_name("perf_coefficients.json")
-OVERHEAD_PROFILES = ("splitwise", "vidur", "none")
+OVERHEAD_PROFILES = ENGINES  # the engine profiles (envs/perf/engines.py); "overhead" is their older name
 
 
 def entry_key(model: str, gpu: str, tp: int) -> str:
@@ -65,27 +72,43 @@ def load_table(path: str | Path | None = None) -> dict:
 def supported(table: dict | None = None) -> list[tuple[str, str, int]]:
     """(model, gpu, tp) combinations that have coefficients."""
     t = table if table is not None else load_table()
-    return sorted((e["model"], e["gpu"], int(e["tp"])) for e in t["entries"].values())
+    fitted = {(e["model"], e["gpu"], int(e["tp"])) for e in t["entries"].values()}
+    aliased = {(a, g, tp) for a, base in PROFILE_ALIASES.items() for m, g, tp in fitted if m == base}
+    return sorted(fitted | aliased)
 
 
 def coefficients_from_table(
-    table: dict, model: str, gpu: str, tp: int, overhead: str = "splitwise"
+    table: dict,
+    model: str,
+    gpu: str,
+    tp: int,
+    overhead: str = DEFAULT_ENGINE,
+    interconnect: str = "nvlink",
 ) -> np.ndarray:
-    """Assemble the coefficient vector for one (model, gpu, tp) from a parsed coefficient table."""
+    """Assemble the coefficient vector for one (model, gpu, tp) from a parsed coefficient table.
+
+    ``overhead`` is the engine profile (envs/perf/engines.py); ``interconnect`` "nvlink" keeps the measured
+    NVLink all-reduces, "pcie" replaces them by the PCIe ring model of engines.pcie_allreduce_s."""
     m, g = get_model(model), get_gpu(gpu)
-    key = entry_key(model, gpu, tp)
+    base = get_model(PROFILE_ALIASES.get(model, model))  # same decoder layers: reuse the fitted table
+    key = entry_key(base.name, gpu, tp)
     if key not in table["entries"]:
         raise KeyError(
             f"no coefficients for model={model!r} gpu={gpu!r} tp={tp}; supported: "
             + ", ".join(f"{a}/{b}/tp{c}" for a, b, c in supported(table))
         )
     if overhead not in OVERHEAD_PROFILES:
-        raise ValueError(f"unknown overhead profile {overhead!r}; known: {OVERHEAD_PROFILES}")
+        raise ValueError(f"unknown engine (overhead profile) {overhead!r}; known: {OVERHEAD_PROFILES}")
+    if interconnect not in INTERCONNECTS:
+        raise ValueError(f"unknown interconnect {interconnect!r}; known: {INTERCONNECTS}")
     e = table["entries"][key]
     # One extra knot at twice the profiled range carries the fitted tail slope (see fit.tail_slope).
     t_last, v_last = float(e["tokens"][-1]), float(e["linear_s"][-1])
     knots = np.array([*e["tokens"], 2.0 * t_last], dtype=np.float64)
     values = np.array([*e["linear_s"], v_last + e["tail_slope_s_per_token"] * t_last], dtype=np.float64)
+    if interconnect == "pcie" and tp > 1:  # the all-reduces (2 per layer + embedding) cross PCIe, not NVLink
+        n_ar = 2 * base.num_layers + 1
+        values = values + n_ar * pcie_extra_allreduce_s(gpu, tp, base.hidden * knots * base.bytes_per_param)
     k = len(knots)
     c = np.zeros(HEADER + 2 * k)
     c[0], c[1] = LAYOUT_VERSION, k
@@ -104,30 +127,29 @@ def coefficients_from_table(
     c[5] = layers * a["decode_fixed_s"]
     c[6] = layers * kv_bytes_per_token / (g.mem_bw * a["decode_bw_efficiency"])
     c[7], c[8] = e["lm_head_s"]
+    if m.vocab != base.vocab:  # the output GEMM has vocab/tp columns
+        c[7] *= m.vocab / base.vocab
+        c[8] *= m.vocab / base.vocab
 
-    if overhead != "none":
-        o = table["overhead"][overhead]
-        host = o["by_gpu"].get(gpu, o["by_gpu"][o["fallback_gpu"]])
-        c[9] = host["floor_s_per_layer"] * layers
-        c[10] = host["fixed_s"]
-        c[11] = host["per_decode_seq_s"]
-        c[12] = host["prefill_s"]
+    c[9], c[10], c[11], c[12] = engine_overheads(table, overhead, gpu, tp, layers)
 
     c[HEADER : HEADER + k] = knots
     c[HEADER + k : HEADER + 2 * k] = values
     return c
 
 
-def load_perf_coefficients(model: str, gpu: str, tp: int, overhead: str = "splitwise") -> np.ndarray:
+def load_perf_coefficients(
+    model: str, gpu: str, tp: int, overhead: str = DEFAULT_ENGINE, interconnect: str = "nvlink"
+) -> np.ndarray:
     """Coefficient vector (float64, layout in the module docstring) for ``iteration_time_s``.
 
-    ``overhead`` selects the framework-overhead calibration: "splitwise" (default; fitted to the Splitwise
-    Llama2-70B measurements, the only end-to-end data), "vidur" (Vidur's cpu_overheads.csv, no launch floor),
-    or "none" (GPU kernels only).
+    ``overhead`` selects the engine profile (envs/perf/engines.py): "vllm" (default: CUDA graphs, vLLM's
+    measured CPU costs), "vllm-eager", "splitwise" (the Splitwise-era Llama2-70B calibration that timing v0
+    pins), "vidur" (Vidur's CPU overheads as Vidur applies them) or "none" (GPU kernels only).
     """
     if not isinstance(tp, (int, np.integer)) or tp < 1:
         raise ValueError(f"tp must be a positive int, got {tp!r}")
-    return coefficients_from_table(load_table(), model, gpu, int(tp), overhead)
+    return coefficients_from_table(load_table(), model, gpu, int(tp), overhead, interconnect)
 
 
 @numba.njit(cache=True)

@@ -47,6 +47,8 @@ class ModelSpec:
     intermediate: int  # intermediate_size (gated SiLU MLP: gate, up and down projections)
     vocab: int  # vocab_size
     num_params: int  # total parameters incl. untied embedding and lm_head (= param_count_from_geometry)
+    # max_position_embeddings of config.json: prompt + output tokens one sequence may hold (timing v1 enforces it)
+    max_context: int = 4096
     bytes_per_param: int = 2  # fp16/bf16 weights and KV cache
 
     @property
@@ -61,11 +63,31 @@ MODELS: dict[str, ModelSpec] = {
     ),
     # huggingface.co/meta-llama/Meta-Llama-3-8B config.json (GQA, 8 KV heads); 8.03B params (model card).
     "llama-3-8b": ModelSpec(
-        "llama-3-8b", "meta-llama/Meta-Llama-3-8B", 32, 4096, 32, 8, 128, 14336, 128256, 8_030_261_248
+        "llama-3-8b", "meta-llama/Meta-Llama-3-8B", 32, 4096, 32, 8, 128, 14336, 128256, 8_030_261_248, 8192
+    ),
+    # huggingface.co/meta-llama/Llama-3.1-8B config.json: the Llama-3-8B geometry (same layers, vocab 128256)
+    # with a 131,072-token context (max_position_embeddings, rope scaling "llama3").
+    "llama-3.1-8b": ModelSpec(
+        "llama-3.1-8b", "meta-llama/Llama-3.1-8B", 32, 4096, 32, 8, 128, 14336, 128256, 8_030_261_248, 131072
     ),
     # huggingface.co/meta-llama/Llama-2-70b-hf config.json (GQA, 8 KV heads); 68.98B params.
     "llama-2-70b": ModelSpec(
         "llama-2-70b", "meta-llama/Llama-2-70b-hf", 80, 8192, 64, 8, 128, 28672, 32000, 68_976_648_192
+    ),
+    # huggingface.co/meta-llama/Llama-3.1-70B config.json: Llama-2-70B's layer shapes (80 layers, hidden 8192,
+    # 64 q / 8 KV heads, intermediate 28672) with vocab 128256 and a 131,072-token context; 70.55B params.
+    "llama-3.1-70b": ModelSpec(
+        "llama-3.1-70b",
+        "meta-llama/Llama-3.1-70B",
+        80,
+        8192,
+        64,
+        8,
+        128,
+        28672,
+        128256,
+        70_553_706_496,
+        131072,
     ),
     # huggingface.co/codellama/CodeLlama-34b-Instruct-hf config.json (vocab 32000, GQA 8); 33.74B params.
     # Its per-GPU attention geometry at TP2 is the one of Vidur's legacy attention profile.
@@ -80,8 +102,14 @@ MODELS: dict[str, ModelSpec] = {
         22016,
         32000,
         33_743_970_304,
+        16384,
     ),
 }
+
+
+# Models whose decoder layers are identical to a profiled model's: they reuse its fitted linear-op table
+# (envs/perf/model.py rescales the output layer by vocabulary size; attention and KV come from their own spec).
+PROFILE_ALIASES: dict[str, str] = {"llama-3.1-8b": "llama-3-8b", "llama-3.1-70b": "llama-2-70b"}
 
 
 def param_count_from_geometry(m: ModelSpec) -> int:

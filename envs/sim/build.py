@@ -9,12 +9,13 @@ from __future__ import annotations
 import numpy as np
 
 from servegym.envs.perf.model import kv_cache_blocks, load_perf_coefficients
-from servegym.envs.perf.specs import get_gpu
+from servegym.envs.perf.specs import get_gpu, get_model
 from servegym.envs.scenario import PoolConfig, Scenario, ScenarioError
 from servegym.envs.sim import state as S
 from servegym.envs.sim.faults import arm_initial_faults
 from servegym.envs.sim.policies import BATCHING_IDS, ROUTING_IDS, SCALING_IDS
 from servegym.envs.sim.state import SimState
+from servegym.envs.sim.timing import pool_engine, resolve_timing, tenant_context_limits
 from servegym.envs.workloads.requests import RequestTable, SessionColumns
 
 CONTROLS = ("route", "batch", "scale")
@@ -35,6 +36,11 @@ def session_first_rows(sess: SessionColumns) -> np.ndarray:
 def pool_kv_blocks(scenario: Scenario) -> list[int]:
     out = []
     for i, p in enumerate(scenario.pools):
+        if (
+            p.kv_blocks is not None
+        ):  # an explicit size (timing-independent: a scenario that sets it asks for it)
+            out.append(int(p.kv_blocks))
+            continue
         try:
             get_gpu(p.gpu)
             out.append(
@@ -67,8 +73,13 @@ def build_state(
     requests: RequestTable,
     core_seed: int,
     control: tuple[str, ...] = (),
+    timing: str | None = None,
+    trace_capacity: int = 0,
 ) -> SimState:
-    """Allocate and fill the state; ``control`` names the decision kinds the caller will take."""
+    """Allocate and fill the state; ``control`` names the decision kinds the caller will take; ``timing`` is
+    the default timing version (envs/sim/timing.py) when the scenario names none; ``trace_capacity`` rows of
+    per-iteration trace are kept (0: off)."""
+    timing = resolve_timing(scenario, timing)
     for c in control:
         if c not in CONTROLS:
             raise ValueError(f"control: unknown decision kind {c!r}; known: {CONTROLS}")
@@ -106,7 +117,8 @@ def build_state(
     coefs = []
     for i, p in enumerate(pools):
         try:
-            coefs.append(np.asarray(load_perf_coefficients(p.model, p.gpu, p.tp), dtype=np.float64))
+            coef = load_perf_coefficients(p.model, p.gpu, p.tp, pool_engine(p, timing), p.interconnect)
+            coefs.append(np.asarray(coef, dtype=np.float64))
         except (KeyError, ValueError) as e:
             raise ScenarioError(f"scenario {scenario.name!r}: pools.{i} ({p.name}): {e}") from None
     k_max = max(len(c) for c in coefs)
@@ -214,6 +226,10 @@ def build_state(
     pooli[S.PI_PREFIX] = [p.prefix_cache for p in pools]
     pooli[S.PI_FIRST_REP] = p_first
     pooli[S.PI_SPOT] = [p.spot for p in pools]
+    limits = tenant_context_limits(scenario, timing)
+    pooli[S.PI_MAX_CTX] = (
+        S.NO_CONTEXT_LIMIT if limits is None else [get_model(p.model).max_context for p in pools]
+    )
 
     repf = np.zeros((S.N_XF, n_rep))
     repf[S.XF_NEXT] = np.inf
@@ -259,6 +275,7 @@ def build_state(
         # one entry per session at most; later steps bound the number of sessions with a pending step
         relq=np.stack([np.full(max(n_later, 1), np.inf), np.full(max(n_later, 1), -1.0)]),
         rlog=np.full(max(n_later, 1), -1, dtype=np.int32),
+        trace=np.zeros((max(int(trace_capacity), 0), S.N_TR)),
     )
     if any(p.mtbf_s or (p.spot and p.reclaim_mtbr_s) for p in pools):
         arm_initial_faults(st)  # draws only when the feature is on: other runs keep their random stream

@@ -117,6 +117,7 @@ from servegym.envs.sim.state import (
     PF_ROUTED_LAST,
     PI_FIRST_REP,
     PI_MAX,
+    PI_MAX_CTX,
     PI_MIN,
     PI_MODEL,
     PI_REGION,
@@ -169,10 +170,16 @@ def can_serve(st, r, i):
 
 @hot
 def fits_any_pool(st, i):
-    """Whether some pool serving i's model could hold it when up (else it can never be served)."""
-    need = blocks_for(st.rqi[RI_PROMPT, i] + st.rqi[RI_OUTPUT, i])
+    """Whether some pool serving i's model could hold it when up and within its context (else it can never
+    be served)."""
+    ctx = st.rqi[RI_PROMPT, i] + st.rqi[RI_OUTPUT, i]
+    need = blocks_for(ctx)
     for p in range(st.pooli.shape[1]):
-        if st.pooli[PI_MODEL, p] == st.rqi[RI_MODEL, i] and need <= kv_limit(st, st.pooli[PI_FIRST_REP, p]):
+        if (
+            st.pooli[PI_MODEL, p] == st.rqi[RI_MODEL, i]
+            and need <= kv_limit(st, st.pooli[PI_FIRST_REP, p])
+            and ctx <= st.pooli[PI_MAX_CTX, p]  # the model's context (timing v1; no limit in v0)
+        ):
             return True
     return False
 

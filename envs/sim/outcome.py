@@ -108,6 +108,10 @@ class SimOutcome:
     # int32 per request: context shared with the previous step (its prompt + output; 0 for a first step)
     session_context_tokens: np.ndarray | None = None
     tenant_session_slo_s: np.ndarray | None = None  # float64 per tenant: session target, NaN when none
+    # --- context limits (timing v1; None under v0, which has none; envs/sim/timing.py)
+    context_limit: np.ndarray | None = None  # int32 per request: its model's max prompt + output tokens
+    context_rejected: int = 0  # requests removed from the workload at load (context_policy reject)
+    context_truncated: int = 0  # requests whose prompt was truncated to fit (context_policy truncate)
 
     @property
     def n_requests(self) -> int:
@@ -119,7 +123,15 @@ class SimOutcome:
         Ranges are checked as well as dtypes because the metrics use `np.bincount` on `tenant` and
         `status`, which would otherwise fail (or silently mis-count) on out-of-range codes.
         """
-        for name in ("now_s", "horizon_s", "max_service_gap", "failures", "reclaims"):
+        for name in (
+            "now_s",
+            "horizon_s",
+            "max_service_gap",
+            "failures",
+            "reclaims",
+            "context_rejected",
+            "context_truncated",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
                 raise ValueError(f"SimOutcome.{name}: expected a real number, got {type(value).__name__}")
@@ -146,6 +158,7 @@ class SimOutcome:
             ("session_steps_left", np.int32, n),
             ("session_context_tokens", np.int32, n),
             ("tenant_session_slo_s", np.float64, len(self.tenant_names)),
+            ("context_limit", np.int32, n),
         ):
             arr = getattr(self, name)
             if arr is not None and (
@@ -212,4 +225,5 @@ assert {f.name for f in fields(SimOutcome)} == (
     | {"now_s", "horizon_s", "max_service_gap", "tenant_names", "pool_names"}
     | {"pool_spot", "evictions", "failures", "reclaims"}
     | {"session", "session_steps_left", "session_context_tokens", "tenant_session_slo_s"}
+    | {"context_limit", "context_rejected", "context_truncated"}
 )

@@ -47,6 +47,7 @@ from servegym.envs.sim.state import (
     K_SLO_MET,
     K_SLO_MET_TOKENS,
     K_SLO_MISSED_FINISHED,
+    K_TRACE_N,
     KV_BLOCK_TOKENS,
     LS_FREE,
     LS_HEAP_KEY,
@@ -103,6 +104,12 @@ from servegym.envs.sim.state import (
     TF_WAITING,
     TF_WEIGHT,
     TIER_INTERACTIVE,
+    TR_DECODE,
+    TR_DURATION,
+    TR_KV_CTX,
+    TR_PREFILL,
+    TR_REPLICA,
+    TR_START,
     XF_BUSY_S,
     XF_FAULT,
     XF_KV_BLOCK_S,
@@ -689,6 +696,15 @@ def launch(st, r, now):
             st.repf[XF_NEXT, r] = next_visible_time(st, r, now)
         return
     dt = iteration_time_s(st.coef[pool], n_pf, pairs, n_dec, st.repi[XI_DSUM, r])
+    k = st.cnt[K_TRACE_N]
+    if k < st.trace.shape[0]:  # per-iteration trace (off: capacity 0)
+        st.trace[k, TR_REPLICA] = r
+        st.trace[k, TR_START] = now
+        st.trace[k, TR_PREFILL] = n_pf
+        st.trace[k, TR_DECODE] = n_dec
+        st.trace[k, TR_KV_CTX] = st.repi[XI_DSUM, r]
+        st.trace[k, TR_DURATION] = dt
+        st.cnt[K_TRACE_N] = k + 1
     st.repi[XI_BUSY, r] = 1
     st.repf[XF_NEXT, r] = now + dt
     st.repf[XF_BUSY_S, r] += dt

@@ -19,6 +19,13 @@ from servegym.envs.sim.build import build_state
 from servegym.envs.sim.outcome import SimOutcome
 from servegym.envs.sim.replica import sync_generated
 from servegym.envs.sim.state import EV_DONE, EV_TIME, SimState, state_nbytes
+from servegym.envs.sim.timing import (
+    apply_context_policy,
+    context_fields,
+    resolve_timing,
+    tenant_context_limits,
+)
+from servegym.envs.sim.trace import iteration_trace
 from servegym.envs.workloads.requests import RequestTable
 from servegym.envs.workloads.scenario_requests import requests_for_scenario
 
@@ -29,6 +36,8 @@ class Simulator:
     ``seed`` overrides the scenario's seed. ``requests`` replaces the scenario's workload sources with a
     ready request table (tenant indices refer to the scenario's tenants). Every random draw of the run (workload and core) comes from
     ``np.random.default_rng(seed)``: the same seed and scenario give bit-identical results.
+    ``timing`` is the timing version when the scenario names none (envs/sim/timing.py; default v1).
+    ``trace`` > 0 records up to that many iterations (``iteration_trace()``); 0 records nothing.
     """
 
     def __init__(
@@ -38,6 +47,8 @@ class Simulator:
         overrides: dict[str, Any] | None = None,
         control: tuple[str, ...] = (),
         requests: RequestTable | None = None,
+        timing: str | None = None,
+        trace: int = 0,
     ) -> None:
         if not isinstance(scenario, Scenario):
             scenario = load_scenario(scenario, overrides)
@@ -56,8 +67,12 @@ class Simulator:
                     f"Simulator(requests=...): tenant index {int(requests.tenant.max())} but the scenario "
                     f"has {len(scenario.tenants)} tenants"
                 )
-        self.requests = requests
-        self.state: SimState = build_state(scenario, self.requests, core_seed, control)
+        self.timing = resolve_timing(scenario, timing)
+        self.context_limit = tenant_context_limits(scenario, self.timing)
+        self.requests, self.context_counts = apply_context_policy(
+            requests, self.context_limit, scenario.context_policy
+        )
+        self.state: SimState = build_state(scenario, self.requests, core_seed, control, self.timing, trace)
 
     # ------------------------------------------------------------------ driving
     @property
@@ -216,7 +231,13 @@ class Simulator:
             failures=int(st.cnt[S.K_FAILURES]),
             reclaims=int(st.cnt[S.K_RECLAIMS]),
             **self._session_fields(),
+            **context_fields(self.context_limit, self.context_counts, st.rqi[S.RI_TENANT]),
         )
+
+    def iteration_trace(self) -> dict[str, np.ndarray]:
+        """The recorded iterations (``trace`` > 0): replica, start_s, prefill_tokens, decode_seqs,
+        kv_context_tokens, duration_s (predicted), in start order per replica; at most ``trace`` rows."""
+        return iteration_trace(self.state)
 
     def _session_fields(self) -> dict[str, Any]:
         """SimOutcome's session fields (none without sessions); static per run, so computed once."""

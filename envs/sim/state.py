@@ -97,7 +97,10 @@ N_PF = 19
     PI_SCALE_DELTA,  # the caller's scaling decision for the pending tick
     PI_SPOT,  # 1: spot / low-priority capacity (cheaper, reclaimed with a warning)
 ) = range(12)
-N_PI = 12
+# prompt + output tokens one sequence may hold (the model's context under timing v1; NO_CONTEXT_LIMIT in v0)
+PI_MAX_CTX = 12
+N_PI = 13
+NO_CONTEXT_LIMIT = 2**62
 
 # repf[field, replica] float64
 XF_READY, XF_NEXT, XF_ON_SINCE, XF_UP_SINCE, XF_BUSY_S, XF_UP_S, XF_KV_BLOCK_S, XF_KV_T = range(8)
@@ -199,7 +202,8 @@ N_CLOCK = 17
     K_RELEASED,  # session steps released so far: arrived = K_NEXT_ARRIVAL + K_RELEASED
     K_REL_N,
 ) = range(32)
-N_CNT = 32
+K_TRACE_N = 32  # iterations written to the per-iteration trace (its capacity is trace.shape[0]; 0 = off)
+N_CNT = 33
 
 # Event codes returned by advance().
 EV_DONE, EV_ROUTE, EV_BATCH, EV_SCALE, EV_TIME = 0, 1, 2, 3, 4
@@ -231,6 +235,15 @@ class SimState(NamedTuple):
     # i4[H] released session steps in release order, which is arrival-time order (K_RELEASED used): the
     # envs count recent arrivals of later steps from it as they count first arrivals from the sorted rows
     rlog: np.ndarray
+    # f8[cap, N_TR] per-iteration trace (Simulator(trace=...)); shape (0, N_TR) when off, which costs one
+    # comparison per iteration
+    trace: np.ndarray
+
+
+# trace columns: replica, start time, prefill tokens, decode sequences, KV context tokens of the decodes,
+# predicted duration (s)
+TR_REPLICA, TR_START, TR_PREFILL, TR_DECODE, TR_KV_CTX, TR_DURATION = range(6)
+N_TR = 6
 
 
 def state_nbytes(st: SimState) -> int:
