@@ -1,0 +1,90 @@
+"""Planning baselines (baselines/planning.py): the clairvoyant oracle and the MPC planner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from servegym.baselines import PolicyError, list_policies, make_policy
+from servegym.baselines.env_runner import make_env, replay_actions, run_env_episode
+from servegym.baselines.planning import FutureSampler
+from servegym.envs.sim import state as S
+from tests.conftest import tiny_scenario
+
+PLANNERS = [f"{p}_{k}" for k in ("route", "batch", "scale") for p in ("oracle", "mpc")]
+
+
+def test_planners_are_registered_but_never_swept_as_heuristics():
+    assert set(PLANNERS) <= set(list_policies(planners=True))
+    assert not set(PLANNERS) & set(list_policies())
+    assert make_policy("oracle_route").reference and not make_policy("mpc_route").reference
+    with pytest.raises(PolicyError, match="breadth must be an int >= 1"):
+        make_policy("oracle_route", breadth=0)
+    with pytest.raises(PolicyError, match="bind_env"):
+        make_policy("mpc_batch").act(None, {"decision": "batch"})
+
+
+@pytest.mark.parametrize(
+    ("env_id", "policy", "horizon"),
+    [
+        ("servegym/Route-v0", "oracle_route", 40.0),
+        ("servegym/Batch-v0", "mpc_batch", 20.0),
+        ("servegym/Scale-v0", "mpc_scale", 120.0),
+        ("servegym/Cluster-v0", "oracle_batch+mpc_route+oracle_scale", 40.0),
+    ],
+)
+def test_planner_episodes_replay_bit_for_bit(env_id, policy, horizon):
+    sc = tiny_scenario(horizon_s=horizon)
+    metrics, actions = run_env_episode(policy, env_id, sc, seed=1, record=True)
+    again, _ = run_env_episode(policy, env_id, sc, seed=1)
+    assert metrics == again  # deterministic given the seed
+    assert replay_actions(actions, env_id, sc, seed=1) == metrics
+
+
+def _perturb_future(env) -> None:
+    """Make every request that has not arrived yet very different (long prompts, one-token outputs)."""
+    st = env.sim.state
+    na, n_open = int(st.cnt[S.K_NEXT_ARRIVAL]), int(st.cnt[S.K_N_OPEN])
+    st.rqi[S.RI_OUTPUT, na:n_open] = 1
+    st.rqi[S.RI_PROMPT, na:n_open] = 2000
+
+
+def test_mpc_never_reads_the_realised_future_but_the_oracle_does():
+    sc = tiny_scenario(horizon_s=60.0)
+    env = make_env("servegym/Route-v0", sc)
+    env.reset(seed=2, options={"seed": 2})
+    mpc, oracle = make_policy("mpc_route", breadth=3), make_policy("oracle_route", breadth=3)
+    oracle_differs = 0
+    for k in range(40):
+        real, fake = env.fork(), env.fork()
+        _perturb_future(fake)
+        answers = {}
+        for name, pol in (("mpc", mpc), ("oracle", oracle)):
+            for tag, e in (("real", real), ("fake", fake)):
+                pol.bind_env(e)
+                pol.reset(seed=2)
+                answers[name, tag] = (pol.act(None, {"decision": "route"}), list(pol.last_values))
+        assert answers["mpc", "real"] == answers["mpc", "fake"], f"decision {k}"
+        oracle_differs += answers["oracle", "real"][1] != answers["oracle", "fake"][1]
+        _, _, term, trunc, _ = env.step(int(np.flatnonzero(env.action_masks())[k % 2 :][0]))
+        if term or trunc:
+            break
+    assert oracle_differs > 0  # the test's perturbation is one the oracle can see
+
+
+def test_future_sampler_replaces_every_request_not_yet_arrived():
+    sc = tiny_scenario(horizon_s=60.0)
+    env = make_env("servegym/Route-v0", sc)
+    env.reset(seed=0, options={"seed": 0})
+    for _ in range(30):
+        env.step(int(np.flatnonzero(env.action_masks())[0]))
+    sim = env.sim
+    fork = sim.fork()
+    FutureSampler(sim, [123]).into(fork, 0)
+    st, real = fork.state, sim.state
+    na, n_open = int(st.cnt[S.K_NEXT_ARRIVAL]), int(st.cnt[S.K_N_OPEN])
+    arr = st.rqf[S.RF_ARRIVAL, na:n_open]
+    assert np.all(arr > sim.now) and np.all(np.diff(arr[np.isfinite(arr)]) >= 0)
+    assert not np.array_equal(arr, real.rqf[S.RF_ARRIVAL, na:n_open])
+    assert np.array_equal(st.rqf[:, :na], real.rqf[:, :na], equal_nan=True)  # the past is untouched
+    assert np.array_equal(st.rqi[:, :na], real.rqi[:, :na])
