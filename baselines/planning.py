@@ -315,6 +315,10 @@ class Planner(BasePolicy):
         return out
 
 
+# Lookahead by decision kind: a scaling decision pays off only after a cold start (SageServe's 155 s) and a
+# control interval, so it needs a longer rollout than a routing or admission decision.
+DEFAULT_HORIZON_S = {"route": 30.0, "batch": 30.0, "scale": 300.0}
+
 DESCRIPTIONS = {
     "oracle": "clairvoyant {kind} planner: searches forks on the realised future (upper reference, unranked)",
     "mpc": "MPC {kind} planner: searches forks on futures sampled from the workload model",
@@ -324,7 +328,10 @@ DESCRIPTIONS = {
 def make_planner(kind: str, clairvoyant: bool):
     """A registry factory: ``oracle_route(horizon_s=..., breadth=..., depth=...)`` etc."""
 
-    def factory(horizon_s: float = 30.0, breadth: int = 4, depth: int = 1, samples: int = 1) -> Planner:
-        return Planner(kind, clairvoyant, horizon_s=horizon_s, breadth=breadth, depth=depth, samples=samples)
+    def factory(
+        horizon_s: float | None = None, breadth: int = 4, depth: int = 1, samples: int = 1
+    ) -> Planner:
+        h = DEFAULT_HORIZON_S[kind] if horizon_s is None else horizon_s
+        return Planner(kind, clairvoyant, horizon_s=h, breadth=breadth, depth=depth, samples=samples)
 
     return factory

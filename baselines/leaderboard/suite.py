@@ -88,6 +88,8 @@ class Suite:
     score_metric: str
     scenarios: tuple[SuiteScenario, ...]
     cluster_combinations: tuple[str, ...]
+    # run the planning baselines too: the clairvoyant oracle (a reference row, unranked) and MPC (ranked)
+    planners: bool = False
 
     def scenario(self, name: str) -> SuiteScenario:
         for s in self.scenarios:
@@ -165,6 +167,7 @@ def load_suite(name_or_path: str | Path = DEFAULT_SUITE) -> Suite:
             score_metric=str(raw.get("score_metric", "goodput/req_per_s")),
             scenarios=tuple(scenarios),
             cluster_combinations=tuple(raw.get("cluster_combinations", [])),
+            planners=bool(raw.get("planners", False)),
         )
     except (KeyError, TypeError) as e:
         raise SuiteError(f"{where}: missing or malformed key {e}") from None
