@@ -15,7 +15,8 @@ billed dollars) is played. ``breadth`` bounds the candidates tried at each level
 - ``mpc_*`` is model-predictive control with the simulator as the model: before each rollout the fork's
   future arrivals (every request not yet arrived) are replaced by a future sampled from the scenario's
   workload model with seeds of the planner's own, so it never reads the real arrivals; the value of a
-  candidate is its mean over ``samples`` sampled futures. It is ranked like any policy.
+  candidate is its mean over ``samples`` sampled futures, and it leaves the default candidate only for a
+  gain those futures agree on (``_significant``). It is ranked like any policy.
 
 Deviations and limits, stated: the requests already in the system keep their true output lengths in the
 forks of both planners (the simulator needs a length to run a request; resampling them would need the
@@ -196,6 +197,7 @@ class Planner(BasePolicy):
         breadth: int = 4,
         depth: int = 1,
         samples: int = 1,
+        z: float = 2.0,
         **_: Any,
     ) -> None:
         super().__init__()
@@ -215,6 +217,7 @@ class Planner(BasePolicy):
         self.breadth = int(breadth)
         self.depth = int(depth)
         self.samples = 1 if clairvoyant else int(samples)
+        self.z = float(z)
         self.env: Any = None
         self._sampler: FutureSampler | None = None
         self._objective: Objective | None = None
@@ -249,20 +252,33 @@ class Planner(BasePolicy):
         if len(cands) == 1:
             return self._to_env(env, cands[0])
         t_end = sim.now + self.horizon_s
-        values = [self._value(sim, c, t_end, self.depth) for c in cands]
-        self.last_values = values  # what the search saw (tests, diagnostics)
-        return self._to_env(
-            env, cands[int(np.argmax(values))]
-        )  # ties: the first (least loaded, top slot, hold)
+        per_sample = np.array([self._values(sim, c, t_end, self.depth) for c in cands])  # [cand, sample]
+        values = per_sample.mean(axis=1)
+        self.last_values = values.tolist()  # what the search saw (tests, diagnostics)
+        best = int(np.argmax(values))  # ties: the first (least loaded, top slot, hold)
+        if not self.clairvoyant and best != 0 and not self._significant(per_sample[best] - per_sample[0]):
+            best = 0
+        return self._to_env(env, cands[best])
 
-    def _value(self, sim: Simulator, cand: Candidate, t_end: float, depth: int) -> float:
-        total = 0.0
+    def _significant(self, gains: np.ndarray) -> bool:
+        """MPC leaves the default candidate only for a gain the sampled futures agree on: their mean gain
+        exceeds ``z`` standard errors. A rollout is chaotic (one routing change reshuffles every later
+        decision), so a single sampled future's best candidate is mostly noise (measured: one-sample MPC
+        on hetero_route routed like round robin)."""
+        k = len(gains)
+        if k < 2:
+            return False
+        se = float(gains.std(ddof=1)) / np.sqrt(k)
+        return float(gains.mean()) > self.z * se
+
+    def _values(self, sim: Simulator, cand: Candidate, t_end: float, depth: int) -> list[float]:
+        out = []
         for k in range(self.samples):
             fork = sim.fork()
             if self._sampler is not None:
                 self._sampler.into(fork, k)
-            total += self._rollout(fork, cand, t_end, depth)
-        return total / self.samples
+            out.append(self._rollout(fork, cand, t_end, depth))
+        return out
 
     def _rollout(self, fork: Simulator, cand: Candidate, t_end: float, depth: int) -> float:
         obj = self._objective
@@ -329,9 +345,13 @@ def make_planner(kind: str, clairvoyant: bool):
     """A registry factory: ``oracle_route(horizon_s=..., breadth=..., depth=...)`` etc."""
 
     def factory(
-        horizon_s: float | None = None, breadth: int = 4, depth: int = 1, samples: int = 1
+        horizon_s: float | None = None,
+        breadth: int = 4,
+        depth: int = 1,
+        samples: int = 4,
+        z: float = 2.0,
     ) -> Planner:
         h = DEFAULT_HORIZON_S[kind] if horizon_s is None else horizon_s
-        return Planner(kind, clairvoyant, horizon_s=h, breadth=breadth, depth=depth, samples=samples)
+        return Planner(kind, clairvoyant, horizon_s=h, breadth=breadth, depth=depth, samples=samples, z=z)
 
     return factory

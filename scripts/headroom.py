@@ -36,21 +36,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", action="append", default=None, help="only these (repeatable)")
     ap.add_argument("--seeds", type=int, default=3, help="the first N train seeds")
     ap.add_argument("--horizons", type=_floats, default=[10.0, 30.0], help="oracle lookahead, seconds")
+    ap.add_argument(
+        "--scale-horizons",
+        type=_floats,
+        default=[150.0, 300.0],
+        help="lookahead for scaling decisions (Scale-v0, Cluster-v0), seconds: beyond a cold start",
+    )
     ap.add_argument("--breadths", type=_ints, default=[4], help="candidates per decision")
     ap.add_argument("--depths", type=_ints, default=[1], help="decisions searched per rollout")
-    ap.add_argument("--mpc-samples", type=int, default=1, help="sampled futures per MPC candidate")
+    ap.add_argument("--mpc-samples", type=int, default=4, help="sampled futures per MPC candidate")
     ap.add_argument("--threshold", type=float, default=0.10, help="headroom a scenario needs for admission")
     ap.add_argument("--out", default=None, help="folder for headroom.md and headroom.json")
     args = ap.parse_args(argv)
     suite = load_suite(args.suite)
     names = args.scenario or [s.name for s in suite.scenarios]
-    searches = [Search(h, b, d) for h, b, d in itertools.product(args.horizons, args.breadths, args.depths)]
+    grid = itertools.product
+    searches = [Search(h, b, d) for h, b, d in grid(args.horizons, args.breadths, args.depths)]
+    scale_searches = [Search(h, b, d) for h, b, d in grid(args.scale_horizons, args.breadths, args.depths)]
     rows = []
     t0 = time.perf_counter()
     for name in names:
         sc = suite.scenario(name)
         seeds = sc.train_seeds[: args.seeds]
-        rows.append(measure(suite, sc, seeds, searches, args.mpc_samples, log=lambda m: print(m, flush=True)))
+        grid_here = scale_searches if sc.env_id.split("/")[1].startswith(("Scale", "Cluster")) else searches
+        rows.append(
+            measure(suite, sc, seeds, grid_here, args.mpc_samples, log=lambda m: print(m, flush=True))
+        )
         print(f"# {name} done at {time.perf_counter() - t0:.0f}s", flush=True)
     text = (
         f"Suite {suite.version}, score {suite.score_metric}, train seeds (first {args.seeds}); "

@@ -109,7 +109,7 @@ def measure(
     sc: SuiteScenario,
     seeds: Sequence[int],
     searches: Sequence[Search],
-    mpc_samples: int = 1,
+    mpc_samples: int = 4,
     log: Callable[[str], None] = lambda _: None,
 ) -> Headroom:
     """Run the heuristics, the oracle at every search setting and the MPC planner on ``seeds``."""
