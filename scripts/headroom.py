@@ -30,6 +30,21 @@ def _ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x]
 
 
+def report(rows: list, suite, args) -> str:
+    return (
+        f"Suite {suite.version}, score {suite.score_metric}, train seeds (first {args.seeds}); "
+        f"paired differences to the best heuristic, mean +- 95% CI.\n\n"
+        f"{table(rows, args.threshold)}\n\nOracle score by search setting (horizon s / breadth / depth):\n\n"
+        f"{search_table(rows)}\n"
+    )
+
+
+def write(out: Path, rows: list, suite, args) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "headroom.md").write_text(report(rows, suite, args))
+    (out / "headroom.json").write_text(json.dumps([r.__dict__ for r in rows], indent=1, default=list))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", default="v1")
@@ -55,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     scale_searches = [Search(h, b, d) for h, b, d in grid(args.scale_horizons, args.breadths, args.depths)]
     rows = []
     t0 = time.perf_counter()
+    out = Path(args.out) if args.out else None
     for name in names:
         sc = suite.scenario(name)
         seeds = sc.train_seeds[: args.seeds]
@@ -63,18 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             measure(suite, sc, seeds, grid_here, args.mpc_samples, log=lambda m: print(m, flush=True))
         )
         print(f"# {name} done at {time.perf_counter() - t0:.0f}s", flush=True)
-    text = (
-        f"Suite {suite.version}, score {suite.score_metric}, train seeds (first {args.seeds}); "
-        f"paired differences to the best heuristic, mean +- 95% CI.\n\n"
-        f"{table(rows, args.threshold)}\n\nOracle score by search setting (horizon s / breadth / depth):\n\n"
-        f"{search_table(rows)}\n"
-    )
-    print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "headroom.md").write_text(text)
-        (out / "headroom.json").write_text(json.dumps([r.__dict__ for r in rows], indent=1, default=list))
+        if out is not None:  # after every scenario: a long run that stops keeps what it measured
+            write(out, rows, suite, args)
+    print(report(rows, suite, args))
     return 0
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from servegym.baselines.env_runner import resolve_policy, run_env_episode
 from servegym.baselines.harness import mean_ci
 from servegym.baselines.leaderboard.suite import Suite, SuiteScenario, heuristics_for
+from servegym.baselines.registry import ClusterPolicy, make_policy
 
 PLANNER_KIND = {
     "servegym/Route-v0": ("route",),
@@ -99,7 +100,18 @@ class Headroom:
 
 
 def _episode(policy: str, sc: SuiteScenario, seed: int, **policy_kw: Any) -> dict[str, Any]:
-    pol = resolve_policy(policy, sc.path("twin"), **policy_kw)
+    parts = policy.split("+")
+    if len(parts) > 1 and all(p.startswith(("oracle_", "mpc_")) for p in parts):
+        # Cluster planners: the search setting's horizon is for routing and admission; the scaling planner
+        # keeps its default lookahead past a cold start (a 10 s rollout cannot see a new replica)
+        subs = {}
+        for p in parts:
+            kind = p.split("_", 1)[1]
+            kw = {k: v for k, v in policy_kw.items() if not (kind == "scale" and k == "horizon_s")}
+            subs[kind] = make_policy(p, **kw)
+        pol = ClusterPolicy(policy, subs)
+    else:
+        pol = resolve_policy(policy, sc.path("twin"), **policy_kw)
     metrics, _ = run_env_episode(pol, sc.env_id, sc.path("twin"), seed, sc.env_config)
     return metrics
 
