@@ -88,3 +88,52 @@ def test_future_sampler_replaces_every_request_not_yet_arrived():
     assert not np.array_equal(arr, real.rqf[S.RF_ARRIVAL, na:n_open])
     assert np.array_equal(st.rqf[:, :na], real.rqf[:, :na], equal_nan=True)  # the past is untouched
     assert np.array_equal(st.rqi[:, :na], real.rqi[:, :na])
+
+
+def test_headroom_script_reports_oracle_heuristics_and_mpc_on_train_seeds(tmp_path):
+    """scripts/headroom.py on a one-scenario suite: the table, the search grid and the JSON, train seeds only."""
+    import importlib.util
+    import json
+
+    import yaml
+
+    from servegym.baselines.leaderboard.headroom import measure
+    from servegym.baselines.leaderboard.suite import SUITE_DIR, load_suite
+
+    raw = yaml.safe_load((SUITE_DIR / "v1.yaml").read_text())
+    raw["scenarios"] = [s for s in raw["scenarios"] if s["name"] == "hetero_route"]
+    doc = yaml.safe_load((SUITE_DIR / "v1" / "hetero_route.yaml").read_text())
+    doc["horizon_s"] = 20.0
+    (tmp_path / "hetero_route.yaml").write_text(yaml.safe_dump(doc))
+    raw["scenarios"][0]["scenario"] = "hetero_route.yaml"
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    spec = importlib.util.spec_from_file_location(
+        "headroom_script", SUITE_DIR.parent.parent / "scripts" / "headroom.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "hr"
+    args = [
+        "--suite",
+        str(path),
+        "--seeds",
+        "1",
+        "--horizons",
+        "5,10",
+        "--breadths",
+        "2",
+        "--mpc-samples",
+        "2",
+    ]
+    assert mod.main([*args, "--out", str(out)]) == 0
+    (row,) = json.loads((out / "headroom.json").read_text())
+    assert row["seeds"] == [0] and set(row["oracle"]) == {"h5/b2/d1", "h10/b2/d1"}
+    assert set(row["heuristics"]) == set(list_policies("route")) and len(row["mpc"]) == 1
+    best = max(v[0] for h, v in row["heuristics"].items() if row["feasible"][h])
+    oracle = max(v[0] for v in row["oracle"].values())
+    md = (out / "headroom.md").read_text()
+    assert f"{(oracle - best) / best:+.1%}" in md and "h10/b2/d1" in md
+    suite = load_suite(path)
+    with pytest.raises(ValueError, match="measured on train seeds"):
+        measure(suite, suite.scenarios[0], [1000], [])
