@@ -198,6 +198,7 @@ class Planner(BasePolicy):
         depth: int = 1,
         samples: int = 1,
         z: float = 2.0,
+        cost_weight: float | None = None,
         **_: Any,
     ) -> None:
         super().__init__()
@@ -218,6 +219,9 @@ class Planner(BasePolicy):
         self.depth = int(depth)
         self.samples = 1 if clairvoyant else int(samples)
         self.z = float(z)
+        # reward per USD in the objective; None: the env's reward weight. A budget constraint is met by
+        # searching this weight on train seeds (scripts/headroom.py), as a Lagrange multiplier would be.
+        self.cost_weight = cost_weight
         self.env: Any = None
         self._sampler: FutureSampler | None = None
         self._objective: Objective | None = None
@@ -240,7 +244,10 @@ class Planner(BasePolicy):
             raise PolicyError(f"policy {self.name!r} plans on the env's simulator: call bind_env(env) first")
         sim = env.sim
         if self._objective is None:
-            self._objective = Objective(env.config["reward"], env._aux.price[: sim.state.pooli.shape[1]])
+            reward = dict(env.config["reward"])
+            if self.cost_weight is not None:
+                reward["cost_usd"] = float(self.cost_weight)
+            self._objective = Objective(reward, env._aux.price[: sim.state.pooli.shape[1]])
             if not self.clairvoyant:
                 base = 0 if self._seed is None else int(self._seed)
                 seeds = [
@@ -350,8 +357,18 @@ def make_planner(kind: str, clairvoyant: bool):
         depth: int = 1,
         samples: int = 4,
         z: float = 2.0,
+        cost_weight: float | None = None,
     ) -> Planner:
         h = DEFAULT_HORIZON_S[kind] if horizon_s is None else horizon_s
-        return Planner(kind, clairvoyant, horizon_s=h, breadth=breadth, depth=depth, samples=samples, z=z)
+        return Planner(
+            kind,
+            clairvoyant,
+            horizon_s=h,
+            breadth=breadth,
+            depth=depth,
+            samples=samples,
+            z=z,
+            cost_weight=cost_weight,
+        )
 
     return factory

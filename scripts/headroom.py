@@ -59,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--breadths", type=_ints, default=[4], help="candidates per decision")
     ap.add_argument("--depths", type=_ints, default=[1], help="decisions searched per rollout")
+    ap.add_argument(
+        "--cost-weights",
+        type=_floats,
+        default=[],
+        help="on scenarios with a cost constraint, also search the planners' reward per USD (a multiplier)",
+    )
     ap.add_argument("--mpc-samples", type=int, default=4, help="sampled futures per MPC candidate")
     ap.add_argument("--threshold", type=float, default=0.10, help="headroom a scenario needs for admission")
     ap.add_argument("--out", default=None, help="folder for headroom.md and headroom.json")
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = itertools.product
     searches = [Search(h, b, d) for h, b, d in grid(args.horizons, args.breadths, args.depths)]
     scale_searches = [Search(h, b, d) for h, b, d in grid(args.scale_horizons, args.breadths, args.depths)]
+    costs = [None, *args.cost_weights]
     rows = []
     t0 = time.perf_counter()
     out = Path(args.out) if args.out else None
@@ -75,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         sc = suite.scenario(name)
         seeds = sc.train_seeds[: args.seeds]
         grid_here = scale_searches if sc.env_id.split("/")[1].startswith("Scale") else searches
+        if any(c.metric == "cost/usd" for c in sc.constraints):
+            grid_here = [Search(s.horizon_s, s.breadth, s.depth, c) for s in grid_here for c in costs]
         rows.append(
             measure(suite, sc, seeds, grid_here, args.mpc_samples, log=lambda m: print(m, flush=True))
         )

@@ -47,12 +47,17 @@ class Search:
     horizon_s: float = 30.0
     breadth: int = 4
     depth: int = 1
+    cost_weight: float | None = None  # reward per USD in the planners' objective (None: the env's)
 
     def label(self) -> str:
-        return f"h{self.horizon_s:g}/b{self.breadth}/d{self.depth}"
+        c = "" if self.cost_weight is None else f"/c{self.cost_weight:g}"
+        return f"h{self.horizon_s:g}/b{self.breadth}/d{self.depth}{c}"
 
     def kwargs(self) -> dict[str, Any]:
-        return {"horizon_s": self.horizon_s, "breadth": self.breadth, "depth": self.depth}
+        kw: dict[str, Any] = {"horizon_s": self.horizon_s, "breadth": self.breadth, "depth": self.depth}
+        if self.cost_weight is not None:
+            kw["cost_weight"] = self.cost_weight
+        return kw
 
 
 def paired_ci(diffs: Sequence[float]) -> tuple[float, float]:
