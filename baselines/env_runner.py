@@ -185,6 +185,8 @@ def run_env_episode(
     if isinstance(pol, SB3Policy):
         pol.check_spaces(env)
     flat = _Flattener(env)
+    if hasattr(pol, "bind_env"):  # a planner searches forks of the env's simulator (baselines/planning.py)
+        pol.bind_env(env)
     pol.reset(seed=int(seed))
     options: dict[str, Any] = {"seed": int(seed)}
     if window_start_s is not None:

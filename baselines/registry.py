@@ -26,6 +26,8 @@ import numpy as np
 
 from servegym.baselines.batching import DESCRIPTIONS as BATCHING_DESCRIPTIONS
 from servegym.baselines.batching import BatchingRule
+from servegym.baselines.planning import DESCRIPTIONS as PLANNER_DESCRIPTIONS
+from servegym.baselines.planning import make_planner
 from servegym.baselines.policy import BasePolicy, Policy, PolicyError
 from servegym.baselines.routing import DESCRIPTIONS as ROUTING_DESCRIPTIONS
 from servegym.baselines.routing import RoutingRule
@@ -42,6 +44,7 @@ class PolicySpec:
     factory: Callable[..., Policy]
     description: str = ""
     builtin: bool = False  # also a rule of the simulator core (runs exactly via scenario overrides)
+    planner: bool = False  # a search over simulator forks (baselines/planning.py), not a heuristic
 
 
 _REGISTRY: dict[str, PolicySpec] = {}
@@ -55,6 +58,7 @@ def register(
     description: str = "",
     builtin: bool = False,
     overwrite: bool = False,
+    planner: bool = False,
 ) -> None:
     """Register a policy factory under ``name`` for decisions of ``kind``."""
     if kind not in KIND_TO_POLICY_KEY:
@@ -63,7 +67,7 @@ def register(
         raise ValueError(f"register({name!r}): '+' joins names of a combination and cannot be in a name")
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"register({name!r}): already registered (pass overwrite=True to replace it)")
-    _REGISTRY[name] = PolicySpec(name, kind, factory, description, builtin)
+    _REGISTRY[name] = PolicySpec(name, kind, factory, description, builtin, planner)
 
 
 def register_checkpoint_loader(suffix: str, loader: Callable[..., Policy]) -> None:
@@ -71,9 +75,15 @@ def register_checkpoint_loader(suffix: str, loader: Callable[..., Policy]) -> No
     _CHECKPOINT_LOADERS[suffix] = loader
 
 
-def list_policies(kind: str | None = None) -> list[str]:
-    """Registered single-rule names (combine them with ``+``), optionally only those answering ``kind``."""
-    return [n for n, s in _REGISTRY.items() if kind is None or s.kind == kind]
+def list_policies(kind: str | None = None, planners: bool = False) -> list[str]:
+    """Registered single-rule names (combine them with ``+``), optionally only those answering ``kind``.
+
+    The heuristics only, unless ``planners``: the planning baselines (``oracle_*``, ``mpc_*``) are run on
+    purpose (scripts/headroom.py, the leaderboard's reference rows), never swept as heuristics.
+    """
+    return [
+        n for n, s in _REGISTRY.items() if (kind is None or s.kind == kind) and (planners or not s.planner)
+    ]
 
 
 def policy_spec(name: str) -> PolicySpec:
@@ -177,6 +187,16 @@ class ClusterPolicy(BasePolicy):
             return sub.decide(obs, info, sub.state(st["env"]))
         return sub.act(obs, info)
 
+    def bind_env(self, env: Any) -> None:
+        """Hand the env to the sub-policies that plan on it (baselines/planning.py)."""
+        for sub in self.subs.values():
+            if hasattr(sub, "bind_env"):
+                sub.bind_env(env)
+
+    @property
+    def needs_info_features(self) -> bool:
+        return any(getattr(s, "needs_info_features", True) for s in self.subs.values())
+
 
 def _register_builtins() -> None:
     # partial() keeps the rule classes' keyword signatures visible to _accepted()
@@ -186,6 +206,15 @@ def _register_builtins() -> None:
         register(rule, "route", functools.partial(RoutingRule, rule), desc, builtin=True)
     for rule, desc in SCALING_DESCRIPTIONS.items():
         register(rule, "scale", functools.partial(ScalingRule, rule), desc, builtin=True)
+    for kind in ("route", "batch", "scale"):
+        for clairvoyant, prefix in ((True, "oracle"), (False, "mpc")):
+            register(
+                f"{prefix}_{kind}",
+                kind,
+                make_planner(kind, clairvoyant),
+                PLANNER_DESCRIPTIONS[prefix].format(kind=kind),
+                planner=True,
+            )
 
 
 def run_files(path: Path) -> dict[str, Path]:

@@ -131,6 +131,8 @@ def plan(
                 Cell(pol, pol, "heuristic", sc.name, s, sc.env_id, workload, dict(sc.env_config))
                 for s in seeds
             ]
+        if suite.planners:
+            cells += planner_cells(sc, seeds, workload, policies, notes)
         for label, model, run_cfg in agents:
             if policies and label not in policies:
                 continue
@@ -151,6 +153,35 @@ def plan(
     return cells, notes
 
 
+def headroom_section(path: Path) -> str:
+    """The headroom table (train seeds) of a ``scripts/headroom.py --out`` run, as a Markdown section."""
+    from servegym.baselines.leaderboard.headroom import Headroom, search_table, table
+
+    rows = [Headroom(**{**d, "seeds": tuple(d["seeds"])}) for d in json.loads(path.read_text())]
+    return (
+        "## Headroom (train seeds)\n\n"
+        "(oracle - best heuristic) / best heuristic in the score metric on train seeds, from "
+        f"`scripts/headroom.py` (`{path.name}`); the MPC planner beside it.\n\n"
+        f"{table(rows)}\n\nThe oracle's score as search grows:\n\n{search_table(rows)}\n"
+    )
+
+
+def planner_cells(sc: Any, seeds: list[int], workload: str, policies: list[str] | None, notes: list[str]):
+    """The oracle (kind ``reference``: shown, never ranked) and the MPC planner (kind ``planner``)."""
+    from servegym.baselines.leaderboard.headroom import planner_name
+
+    out = []
+    for prefix, kind in (("oracle", "reference"), ("mpc", "planner")):
+        name = planner_name(sc.env_id, prefix)
+        if policies and name not in policies:
+            continue
+        if prefix == "mpc" and workload == "trace":
+            notes.append(f"{name} skipped on {sc.name}: a replayed trace has no workload model to sample")
+            continue
+        out += [Cell(name, name, kind, sc.name, s, sc.env_id, workload, dict(sc.env_config)) for s in seeds]
+    return out
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -163,6 +194,7 @@ def write_outputs(
     wall: float,
     notes: list[str],
     plots: bool,
+    sections: list[str] | None = None,
 ) -> None:
     from servegym.baselines.harness import write_csv
 
@@ -200,7 +232,7 @@ def write_outputs(
         ],
     }
     atomic_write_text(out / "results.json", json.dumps(nan_to_none(payload), indent=1) + "\n")
-    atomic_write_text(md, markdown(board, command, wall, notes))
+    atomic_write_text(md, markdown(board, command, wall, notes, sections or ()))
     if plots:
         from servegym.baselines.leaderboard.plots import plot_frontier, plot_scores
 
@@ -254,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--fresh", action="store_true", help="rerun every cell (ignore the cache)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument(
+        "--headroom", default=None, help="headroom.json of scripts/headroom.py (train seeds) to print"
+    )
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -311,7 +346,8 @@ def run_locked(
     notes = notes + [f"FAILED {c.label} on {c.scenario} seed {c.seed}: {err}" for c, err in failures]
     wall = time.perf_counter() - t0
     command = "python scripts/leaderboard.py" + ("" if not argv else " " + shlex.join(argv))
-    write_outputs(suite, entries, out, md, command, wall, notes, not args.no_plots)
+    sections = [headroom_section(Path(args.headroom))] if args.headroom else []
+    write_outputs(suite, entries, out, md, command, wall, notes, not args.no_plots, sections)
     print(f"{len(entries)} cells in {wall:.1f} s -> {md}, {out}/results.csv")
     failed = [n for n in notes if n.startswith("FAILED")]
     for n in failed:

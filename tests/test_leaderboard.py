@@ -93,6 +93,34 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def run_v1_board(
+    tmp_path: Path,
+    horizons: dict[str, float],
+    test_seeds: list[int],
+    policies: tuple[str, ...],
+    **update: Any,
+) -> tuple[Path, Path]:
+    """A board over some v1 candidate scenarios cut to short horizons; (suite file, output folder)."""
+    raw = yaml.safe_load((SUITE_DIR / "v1.yaml").read_text())
+    raw.update(version="tiny_v1", **update)
+    raw["default_seeds"]["test"] = test_seeds
+    raw["scenarios"] = [sc for sc in raw["scenarios"] if sc["name"] in horizons]
+    for sc in raw["scenarios"]:
+        doc = yaml.safe_load((SUITE_DIR / sc["scenario"]).read_text())
+        doc["horizon_s"] = horizons[sc["name"]]
+        (tmp_path / Path(sc["scenario"]).name).write_text(yaml.safe_dump(doc))
+        sc["scenario"] = Path(sc["scenario"]).name
+    path = tmp_path / "tiny_v1.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tmp_path / "board"
+    args = ["--suite", str(path), "--out", str(out), "--markdown", str(out / "LEADERBOARD.md")]
+    args += ["--no-agents", "--no-plots", "--no-progress", "--workers", "1"]
+    for p in policies:
+        args += ["--policy", p]
+    assert script().main(args) == 0
+    return path, out
+
+
 # ---------------------------------------------------------------- env runner
 
 
@@ -264,23 +292,7 @@ def test_candidate_suite_v1_offers_the_agentic_and_spot_scenarios(tmp_path):
     assert [s.name for s in v1.scenarios[: len(v0.scenarios)]] == [s.name for s in v0.scenarios]
     assert all(a.path() == b.path() for a, b in zip(v0.scenarios, v1.scenarios, strict=False))
     new = {"agentic_route": 120.0, "spot_failures": 600.0}
-    raw = yaml.safe_load((SUITE_DIR / "v1.yaml").read_text())
-    raw["version"] = "tiny_v1"
-    raw["default_seeds"]["test"] = [1000]
-    raw["scenarios"] = [sc for sc in raw["scenarios"] if sc["name"] in new]
-    for sc in raw["scenarios"]:
-        doc = yaml.safe_load((SUITE_DIR / sc["scenario"]).read_text())
-        doc["horizon_s"] = new[sc["name"]]
-        (tmp_path / Path(sc["scenario"]).name).write_text(yaml.safe_dump(doc))
-        sc["scenario"] = Path(sc["scenario"]).name
-    path = tmp_path / "tiny_v1.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    out = tmp_path / "board"
-    args = ["--suite", str(path), "--out", str(out), "--markdown", str(out / "LEADERBOARD.md")]
-    args += ["--no-agents", "--no-plots", "--no-progress", "--workers", "1"]
-    for p in ("session_affinity", "round_robin", "spot_mix", "static"):
-        args += ["--policy", p]
-    assert script().main(args) == 0
+    path, out = run_v1_board(tmp_path, new, [1000], ("session_affinity", "round_robin", "spot_mix", "static"))
     suite = load_suite(path)
     entries = sorted((out / "cells").rglob("seed1000.json"))
     assert len(entries) == 4
@@ -290,3 +302,31 @@ def test_candidate_suite_v1_offers_the_agentic_and_spot_scenarios(tmp_path):
         metrics = json.loads(e.read_text())["metrics"]
         for c in suite.scenario(e.parent.parent.name).constraints:
             assert metrics[c.metric] == metrics[c.metric]  # reported and defined (not NaN)
+
+
+def test_planner_rows_oracle_unranked_mpc_ranked_both_replay(tmp_path):
+    """A suite with ``planners: true`` adds the oracle (a reference row, never ranked) and MPC (ranked); their
+    entries replay like any policy's, and every row carries its paired difference to the reference."""
+    policies = ("jsq", "round_robin", "oracle_route", "mpc_route")
+    path, out = run_v1_board(tmp_path, {"hetero_route": 40.0}, [1000, 1001], policies, planners=True)
+    ranking = {r["policy"]: r for r in read_csv(out / "ranking.csv")}
+    assert set(ranking) == {"jsq", "round_robin", "mpc_route"}  # the oracle is never ranked
+    results = {r["policy"]: r for r in read_csv(out / "results.csv")}
+    assert results["oracle_route"]["kind"] == "reference" and results["mpc_route"]["kind"] == "planner"
+    md = (out / "LEADERBOARD.md").read_text()
+    assert "`oracle_route` (clairvoyant reference, unranked)" in md
+    ref = json.loads((out / "results.json").read_text())["reference"]["hetero_route"]["policy"]
+    block = md.split("### hetero_route ")[1]
+    assert "goodput/req_per_s − reference, paired" in block
+    cells = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in block.splitlines()
+        if line.startswith("| `")
+    }
+    assert cells[f"`{ref}`"][-1] == "+0 ± 0"  # the reference against itself
+    assert all(re.match(r"[+-][\d.e+-]+ ± [\d.e+-]+$", c[-1]) for c in cells.values())
+    suite = load_suite(path)
+    for name in ("oracle_route", "mpc_route"):
+        for e in sorted((out / "cells" / "hetero_route" / name).glob("seed*.json")):
+            v = validate_entry(e, suite)
+            assert v.ok, v

@@ -22,10 +22,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from servegym.baselines.harness import aggregate
+from servegym.baselines.harness import aggregate, mean_ci
 from servegym.baselines.leaderboard.suite import Suite
 
 SCORE_FLOOR = 0.01
+REFERENCE = "reference"  # the kind of the clairvoyant oracle's rows
 # Metrics shown beside the score; the suite's constraint metrics are added per scenario.
 SHOWN = ("slo_attainment", "cost/usd", "ttft_s/p99", "tpot_s/p99", "fairness/jain", "drop_rate")
 
@@ -45,6 +46,7 @@ class Row:
     feasible: bool = False
     violations: list[str] = field(default_factory=list)
     score: float = float("nan")
+    per_seed: dict[int, float] = field(default_factory=dict)  # the score metric on each seed (paired tests)
 
     def mean(self, metric: str) -> float:
         st = self.stats.get(metric)
@@ -97,6 +99,9 @@ def build_rows(
                     seeds=seeds,
                     stats=aggregate(records, [k for k in keys if k in records[0]]),
                     complete=sorted(seeds) == sorted((seeds_of or {}).get(sc.name, sc.test_seeds)),
+                    per_seed={
+                        int(e["seed"]): float(e["metrics"].get(suite.score_metric, math.nan)) for e in es
+                    },
                 )
             )
     return rows
@@ -121,7 +126,8 @@ def score(suite: Suite, rows: list[Row]) -> Board:
             g = r.mean(metric)
             r.score = 0.0 if not r.feasible else (g / ref if ref > 0 and not math.isnan(g) else float("nan"))
     ranking = []
-    for pol in sorted({r.policy for r in rows}):
+    # the clairvoyant oracle's rows (kind "reference") are an upper reference: shown, never ranked
+    for pol in sorted({r.policy for r in rows if r.kind != REFERENCE}):
         mine = [r for r in rows if r.policy == pol and r.complete and not math.isnan(r.score)]
         if not mine:
             continue
@@ -138,6 +144,18 @@ def score(suite: Suite, rows: list[Row]) -> Board:
         )
     ranking.sort(key=lambda x: (-x.geomean, -x.n_scenarios, x.policy))
     return Board(suite, rows, ranking, reference)
+
+
+def paired_vs_reference(board: Board, row: Row) -> tuple[float, float, int]:
+    """Mean and 95% CI half-width of ``row``'s score metric minus the scenario's reference heuristic's on
+    the seeds both ran (paired on matched seeds), and how many seeds that is."""
+    ref = board.reference.get(row.scenario)
+    base = next((r for r in board.rows if ref and r.scenario == row.scenario and r.policy == ref[0]), None)
+    if base is None:
+        return math.nan, math.nan, 0
+    seeds = sorted(set(row.per_seed) & set(base.per_seed))
+    st = mean_ci([row.per_seed[s] - base.per_seed[s] for s in seeds])
+    return st["mean"], st["ci95"], len(seeds)
 
 
 def board_from_entries(
@@ -215,7 +233,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: int
     return [line, rule, *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def markdown(board: Board, command: str, wall_s: float, notes: Sequence[str] = ()) -> str:
+def markdown(
+    board: Board, command: str, wall_s: float, notes: Sequence[str] = (), sections: Sequence[str] = ()
+) -> str:
     suite = board.suite
     metric = suite.score_metric
     lines = [
@@ -231,6 +251,7 @@ def markdown(board: Board, command: str, wall_s: float, notes: Sequence[str] = (
         "- every entry is replay-validated: `python scripts/leaderboard.py validate leaderboard/cells`",
         *(f"- {n}" for n in notes),
         "",
+        *sections,
         "## Ranking",
         "",
     ]
@@ -286,12 +307,15 @@ def markdown(board: Board, command: str, wall_s: float, notes: Sequence[str] = (
             *extra,
             "ttft p99 (s)",
             "n",
+            f"{metric} − reference, paired",
         ]
         body = []
         for r in rows:
+            d, half, n_paired = paired_vs_reference(board, r)
+            paired = "-" if math.isnan(d) else (f"{d:+.3g}" + ("" if math.isnan(half) else f" ± {half:.2g}"))
             body.append(
                 [
-                    f"`{r.policy}`",
+                    f"`{r.policy}`" + (" (clairvoyant reference, unranked)" if r.kind == REFERENCE else ""),
                     "-" if math.isnan(r.score) else f"{r.score:.3f}",
                     "yes"
                     if r.feasible
@@ -302,12 +326,14 @@ def markdown(board: Board, command: str, wall_s: float, notes: Sequence[str] = (
                     *(fmt_ci(r.stats.get(m)) for m in extra),
                     fmt_ci(r.stats.get("ttft_s/p99")),
                     str(len(r.seeds)),
+                    paired if n_paired == len(r.seeds) else f"{paired} ({n_paired} seeds)",
                 ]
             )
         lines += _table(header, body, right_from=1)
         lines.append("")
     lines += [
-        "Values are `mean ± 95% CI half-width` (Student t) over the test seeds.",
+        "Values are `mean ± 95% CI half-width` (Student t) over the test seeds; the last column is the mean "
+        "per-seed difference to the reference heuristic on the same seeds (paired), with its 95% CI.",
         "",
         "Plots: [score per scenario](leaderboard/score_per_scenario.png), "
         "[cost vs SLO attainment](leaderboard/cost_vs_attainment.png).",

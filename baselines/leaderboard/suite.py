@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ class SuiteScenario:
     trace: TraceSpec | None = None
     env_config: dict[str, Any] = field(default_factory=dict)  # for every policy on this scenario
     base: Path = SUITE_DIR  # scenario files are relative to the suite file's folder
+    validation_seeds: tuple[int, ...] = ()  # for choices (hyperparameters, search settings); never reported
 
     def path(self, workload: str = "twin") -> Path:
         if workload == "trace":
@@ -88,6 +90,8 @@ class Suite:
     score_metric: str
     scenarios: tuple[SuiteScenario, ...]
     cluster_combinations: tuple[str, ...]
+    # run the planning baselines too: the clairvoyant oracle (a reference row, unranked) and MPC (ranked)
+    planners: bool = False
 
     def scenario(self, name: str) -> SuiteScenario:
         for s in self.scenarios:
@@ -149,9 +153,14 @@ def load_suite(name_or_path: str | Path = DEFAULT_SUITE) -> Suite:
                 trace=trace,
                 env_config=dict(s.get("env_config") or {}),
                 base=path.resolve().parent,
+                validation_seeds=_seeds(seeds["validation"], f"{w}.seeds.validation")
+                if "validation" in seeds
+                else (),
             )
-            if set(sc.train_seeds) & set(sc.test_seeds):
-                raise SuiteError(f"{w}: train and test seeds overlap")
+            splits = {"train": sc.train_seeds, "validation": sc.validation_seeds, "test": sc.test_seeds}
+            for (a, sa), (b, sb) in itertools.combinations(splits.items(), 2):
+                if set(sa) & set(sb):
+                    raise SuiteError(f"{w}: {a} and {b} seeds overlap ({sorted(set(sa) & set(sb))[:5]})")
             if not sc.path().exists():
                 raise SuiteError(f"{w}.scenario: no such file {sc.path()}")
             if trace is not None and set(trace.test_window_start_s) != set(sc.test_seeds):
@@ -165,6 +174,7 @@ def load_suite(name_or_path: str | Path = DEFAULT_SUITE) -> Suite:
             score_metric=str(raw.get("score_metric", "goodput/req_per_s")),
             scenarios=tuple(scenarios),
             cluster_combinations=tuple(raw.get("cluster_combinations", [])),
+            planners=bool(raw.get("planners", False)),
         )
     except (KeyError, TypeError) as e:
         raise SuiteError(f"{where}: missing or malformed key {e}") from None

@@ -309,6 +309,28 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
                 info.update(scale_info(self.layout, ii, ff))
         return info
 
+    def fork(self) -> ServeEnv:
+        """An independent copy of this env mid-episode (CompilerGym's ``fork``).
+
+        The copy holds its own simulator state (``Simulator.fork``: a copy of the packed arrays), env-side
+        state, pending decision, mask, generator and spaces. Stepped with the same actions, the fork and the
+        original return identical observations, rewards, infos and metrics; stepping one never moves the
+        other. Config, scenario and layout are shared (they are replaced, never changed in place).
+        """
+        twin = copy.copy(self)
+        if self._sim is not None:
+            twin._sim = self._sim.fork()
+        if self._aux is not None:
+            twin._aux = EnvAux(*(a.copy() for a in self._aux))
+        twin._mask = self._mask.copy()
+        twin._act = self._act.copy()
+        twin._history = list(self._history)
+        if self._np_random is not None:
+            twin._np_random = copy.deepcopy(self._np_random)
+        twin.observation_space = copy.deepcopy(self.observation_space)
+        twin.action_space = copy.deepcopy(self.action_space)
+        return twin
+
     # ------------------------------------------------------------------ helpers
     @property
     def sim(self) -> Simulator | None:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from servegym.envs.sim import core
 from servegym.envs.sim import state as S
 from servegym.envs.sim.audit import AUDIT_MESSAGES, audit
 from servegym.envs.sim.build import build_state
+from servegym.envs.sim.fork import copy_into, copy_state, release_control
 from servegym.envs.sim.outcome import SimOutcome
 from servegym.envs.sim.replica import sync_generated
 from servegym.envs.sim.state import EV_DONE, EV_TIME, SimState, state_nbytes
@@ -135,6 +137,29 @@ class Simulator:
     @property
     def forming_replica(self) -> int:
         return int(self.state.cnt[S.K_FORM_REPLICA])
+
+    # ------------------------------------------------------------------ forking (planning, search)
+    def snapshot(self) -> SimState:
+        """A copy of the whole run state (the packed arrays, the core's random stream included)."""
+        return copy_state(self.state)
+
+    def restore(self, snap: SimState) -> None:
+        """Put this run back to ``snap`` (taken from it by ``snapshot``); the arrays keep their identity."""
+        copy_into(self.state, snap)
+
+    def fork(self) -> Simulator:
+        """An independent copy of this run: continued with the same decisions it gives bit-identical results.
+
+        The scenario and the request table are shared (the core never writes to them); the state is copied.
+        """
+        twin = copy.copy(self)
+        twin.state = copy_state(self.state)
+        return twin
+
+    def release_control(self) -> None:
+        """Settle the pending decision with the scenario's built-in rule and take every later one by the
+        rules too (a planner's rollout); the caller controls nothing in this run afterwards."""
+        release_control(self.state)
 
     # ------------------------------------------------------------------ observation of the state
     def counts(self) -> dict[str, int]:

@@ -1,0 +1,374 @@
+"""Planning baselines: a clairvoyant oracle (an upper reference) and an honest MPC planner, for every decision.
+
+Both answer a pending decision (route, batch, scale; on Cluster-v0 combine them,
+``oracle_batch+oracle_route+oracle_scale``) by search over forks
+of the running simulator (``Simulator.fork``, docs/envs.md): each candidate action is applied to a fork,
+later decisions are taken by the search (``depth`` > 1) or by the scenario's built-in rules
+(``Simulator.release_control``), the fork is simulated ``horizon_s`` ahead, and the candidate whose fork
+collected the most of the env's own reward (its ``reward`` weights on met / missed / dropped requests and on
+billed dollars) is played. ``breadth`` bounds the candidates tried at each level.
+
+- ``oracle_*`` plans on the realised future: the fork holds the episode's actual future arrivals. It sees
+  what no policy can, so it is an **upper reference** (the issue's "clairvoyant oracle"), labelled
+  ``reference=True`` and never ranked as a policy. It is not an exact bound: a finite horizon and breadth
+  can miss better plans, which is why ``scripts/headroom.py`` reports how its score moves as search grows.
+- ``mpc_*`` is model-predictive control with the simulator as the model: before each rollout the fork's
+  future arrivals (every request not yet arrived) are replaced by a future sampled from the scenario's
+  workload model with seeds of the planner's own, so it never reads the real arrivals; the value of a
+  candidate is its mean over ``samples`` sampled futures, and it leaves the default candidate only for a
+  gain those futures agree on (``_significant``). It is ranked like any policy.
+
+Deviations and limits, stated: the requests already in the system keep their true output lengths in the
+forks of both planners (the simulator needs a length to run a request; resampling them would need the
+length model's conditional given the tokens generated so far); sampled futures carry no session links
+(a sampled first step is a single call), while sessions already under way keep their real later steps; the
+fairness reward term is not planned on. The planners are for evaluation, not training: a decision costs
+``breadth ** depth * samples`` rollouts of ``horizon_s`` simulated seconds.
+
+A planner needs the env, not only ``info``: ``run_env_episode`` calls ``bind_env(env)`` before the episode.
+Its actions are logged and replay like any policy's (the leaderboard validates them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from servegym.baselines.policy import BasePolicy, PolicyError
+from servegym.envs.sim import state as S
+from servegym.envs.sim.simulator import Simulator
+
+KINDS = ("route", "batch", "scale")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One action of the pending decision, at the simulator level: a replica, a request id (-1: start the
+    iteration now), or per-pool replica deltas."""
+
+    kind: str
+    value: int = 0
+    deltas: tuple[int, ...] = ()
+
+    def apply(self, sim: Simulator) -> None:
+        if self.kind == "route":
+            ok = sim.apply_route(self.value)
+        elif self.kind == "batch":
+            ok = sim.apply_start() if self.value < 0 else sim.apply_admit(self.value)
+        else:
+            sim.apply_scale(np.asarray(self.deltas, np.int64))
+            ok = True
+        if not ok:  # candidates come from the simulator's own masks: this is a bug, not bad input
+            raise RuntimeError(f"planning: the simulator refused candidate {self}")
+
+
+def pending_kind(sim: Simulator) -> str | None:
+    st = sim.state
+    if st.cnt[S.K_PENDING_ROUTE] >= 0:
+        return "route"
+    if st.cnt[S.K_PENDING_SCALE]:
+        return "scale"
+    if st.cnt[S.K_FORM_REPLICA] >= 0:
+        return "batch"
+    return None
+
+
+def route_candidates(sim: Simulator, breadth: int, allowed: np.ndarray | None = None) -> list[Candidate]:
+    """Replicas that may take the pending request, least loaded first (queued + running), ``breadth`` of them."""
+    ok = sim.route_mask() if allowed is None else allowed
+    reps = np.flatnonzero(ok)
+    st = sim.state
+    load = st.repi[S.XI_QN, reps] + st.repi[S.XI_ND, reps] + st.repi[S.XI_NPF, reps]
+    order = reps[np.argsort(load, kind="stable")]
+    return [Candidate("route", int(r)) for r in order[:breadth]]
+
+
+def batch_candidates(sim: Simulator, breadth: int, offered: np.ndarray | None = None) -> list[Candidate]:
+    """Admit one of the first ``breadth - 1`` admissible requests (in the env's offered slot order when
+    given, else the queue's), or start the iteration now. Ties go to the first: the ranking rule's choice."""
+    ids = sim.batch_candidates() if offered is None else offered
+    return [Candidate("batch", int(i)) for i in ids[: max(breadth - 1, 0)]] + [Candidate("batch", -1)]
+
+
+def scale_candidates(sim: Simulator, breadth: int, step: int) -> list[Candidate]:
+    """Hold, then one pool moved by +-1, +-2, ... up to ``step`` (smallest moves first), ``breadth`` in all;
+    moves the pool's bounds forbid are left out."""
+    st = sim.state
+    n_pool = st.pooli.shape[1]
+    counts = np.zeros(n_pool, np.int64)
+    live = (st.repi[S.XI_STATE] != S.RS_OFF) & (st.repi[S.XI_STATE] != S.RS_FAILED)
+    np.add.at(counts, st.repi[S.XI_POOL], live.astype(np.int64))
+    out = [Candidate("scale", deltas=(0,) * n_pool)]
+    for mag in range(1, step + 1):
+        for sign in (1, -1):
+            for p in range(n_pool):
+                target = counts[p] + sign * mag
+                if not st.pooli[S.PI_MIN, p] <= target <= st.pooli[S.PI_MAX, p]:
+                    continue
+                d = [0] * n_pool
+                d[p] = sign * mag
+                out.append(Candidate("scale", deltas=tuple(d)))
+    return out[:breadth]
+
+
+def billed_usd(sim: Simulator, price_per_gpu_hour: np.ndarray) -> float:
+    """Dollars billed so far (closed bills plus the open bills of replicas that are on)."""
+    st = sim.state
+    on = st.repi[S.XI_STATE] != S.RS_OFF
+    on &= st.repi[S.XI_STATE] != S.RS_FAILED
+    pool = st.repi[S.XI_POOL]
+    open_s = np.where(on, sim.now - st.repf[S.XF_ON_SINCE], 0.0) * st.pooli[S.PI_TP][pool]
+    gpu_s = st.poolf[S.PF_BILLED_GPU_S] + np.bincount(pool, weights=open_s, minlength=st.pooli.shape[1])
+    return float(np.dot(gpu_s, price_per_gpu_hour) / 3600.0)
+
+
+class Objective:
+    """The env's reward over a rollout: weighted met, missed, dropped requests and billed dollars."""
+
+    def __init__(self, reward: Mapping[str, float], price: np.ndarray) -> None:
+        self.w_met = float(reward.get("slo_met", 1.0))
+        self.w_missed = float(reward.get("slo_missed", 1.0))
+        self.w_drop = float(reward.get("drops", 1.0))
+        self.w_cost = float(reward.get("cost_usd", 0.0))
+        self.price = np.asarray(price, np.float64)
+
+    def __call__(self, sim: Simulator) -> float:
+        c = sim.state.cnt
+        v = (
+            self.w_met * c[S.K_SLO_MET]
+            - self.w_missed * c[S.K_SLO_MISSED_FINISHED]
+            - self.w_drop * c[S.K_DROPS]
+        )
+        if self.w_cost:
+            v -= self.w_cost * billed_usd(sim, self.price)
+        return float(v)
+
+
+class FutureSampler:
+    """Futures from the scenario's workload model for MPC: request tables drawn with the planner's seeds.
+
+    ``into(fork)`` overwrites the fork's not-yet-arrived rows with the sample's requests arriving after the
+    fork's clock, so the rollout never sees a real future arrival.
+    """
+
+    def __init__(self, sim: Simulator, seeds: list[int]) -> None:
+        if any(s.kind == "trace" for s in sim.scenario.sources):
+            raise PolicyError(
+                f"mpc: scenario {sim.scenario.name!r} replays a trace, whose future cannot be resampled; "
+                "run the MPC planner on the trace's synthetic twin (the suite's `scenario:` file)"
+            )
+        # A fresh simulator per seed gives the sampled rows exactly as the core derives them (SLOs, model,
+        # region, deadline); only its state's rows and prefix hashes are used.
+        self.samples = [Simulator(sim.scenario, seed=s).state for s in seeds]
+
+    def into(self, fork: Simulator, k: int) -> None:
+        src = self.samples[k]
+        st = fork.state
+        now = fork.now
+        na, n_open = int(st.cnt[S.K_NEXT_ARRIVAL]), int(st.cnt[S.K_N_OPEN])
+        s_open = int(src.cnt[S.K_N_OPEN])
+        first = int(np.searchsorted(src.rqf[S.RF_ARRIVAL, :s_open], now, side="right"))
+        m = min(n_open - na, s_open - first)
+        dst = slice(na, na + m)
+        rows = slice(first, first + m)
+        st.rqf[:, dst] = src.rqf[:, rows]
+        st.rqi[:, dst] = src.rqi[:, rows]
+        st.rqf[S.RF_ARRIVAL, na + m : n_open] = np.inf  # the sample ran out of rows: nothing more arrives
+        # sampled rows are single calls; their prefix blocks are appended to the fork's hash table
+        for f, v in ((S.RI_NEXT, -1), (S.RI_FIRST, -1), (S.RI_STEP, 0), (S.RI_STEPS_LEFT, 0)):
+            st.rqi[f, dst] = v
+        st.rqi[S.RI_PFX_START, dst] += st.pfx_hash.shape[0]
+        fork.state = st._replace(pfx_hash=np.concatenate([st.pfx_hash, src.pfx_hash]))
+
+
+class Planner(BasePolicy):
+    """Depth-limited search over forks of the env's simulator (module docstring)."""
+
+    needs_info_features = False
+
+    def __init__(
+        self,
+        kind: str,
+        clairvoyant: bool,
+        horizon_s: float = 30.0,
+        breadth: int = 4,
+        depth: int = 1,
+        samples: int = 1,
+        z: float = 2.0,
+        cost_weight: float | None = None,
+        **_: Any,
+    ) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise PolicyError(f"planner: kind must be one of {KINDS}, got {kind!r}")
+        if not (isinstance(horizon_s, (int, float)) and horizon_s > 0):
+            raise PolicyError(f"planner: horizon_s must be a number > 0, got {horizon_s!r}")
+        for key, val in (("breadth", breadth), ("depth", depth), ("samples", samples)):
+            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
+                raise PolicyError(f"planner: {key} must be an int >= 1, got {val!r}")
+        self.kind = kind
+        self.clairvoyant = clairvoyant
+        self.reference = clairvoyant  # an upper reference: never ranked (leaderboard)
+        self.name = f"{'oracle' if clairvoyant else 'mpc'}_{kind}"
+        self.decisions = (kind,)
+        self.horizon_s = float(horizon_s)
+        self.breadth = int(breadth)
+        self.depth = int(depth)
+        self.samples = 1 if clairvoyant else int(samples)
+        self.z = float(z)
+        # reward per USD in the objective; None: the env's reward weight. A budget constraint is met by
+        # searching this weight on train seeds (scripts/headroom.py), as a Lagrange multiplier would be.
+        self.cost_weight = cost_weight
+        self.env: Any = None
+        self._sampler: FutureSampler | None = None
+        self._objective: Objective | None = None
+        self.last_values: list[float] = []
+
+    def bind_env(self, env: Any) -> None:
+        """The (unwrapped) env whose decisions this planner answers; called before each episode."""
+        self.env = env
+
+    def reset(self, seed: int | None = None) -> None:
+        super().reset(seed)
+        self._sampler = None
+        self._objective = None
+
+    # ------------------------------------------------------------------ search
+    def decide(self, obs: Any, info: Mapping[str, Any], st: dict[str, Any]) -> Any:
+        kind = self.check_decision(info)
+        env = self.env
+        if env is None or env.sim is None:
+            raise PolicyError(f"policy {self.name!r} plans on the env's simulator: call bind_env(env) first")
+        sim = env.sim
+        if self._objective is None:
+            reward = dict(env.config["reward"])
+            if self.cost_weight is not None:
+                reward["cost_usd"] = float(self.cost_weight)
+            self._objective = Objective(reward, env._aux.price[: sim.state.pooli.shape[1]])
+            if not self.clairvoyant:
+                base = 0 if self._seed is None else int(self._seed)
+                seeds = [
+                    int(np.random.SeedSequence([base, 0x6D7063, k]).generate_state(1)[0])
+                    for k in range(self.samples)
+                ]
+                self._sampler = FutureSampler(sim, seeds)
+        cands = self._first_candidates(env, kind)
+        if len(cands) == 1:
+            return self._to_env(env, cands[0])
+        t_end = sim.now + self.horizon_s
+        per_sample = np.array([self._values(sim, c, t_end, self.depth) for c in cands])  # [cand, sample]
+        values = per_sample.mean(axis=1)
+        self.last_values = values.tolist()  # what the search saw (tests, diagnostics)
+        best = int(np.argmax(values))  # ties: the first (least loaded, top slot, hold)
+        if not self.clairvoyant and best != 0 and not self._significant(per_sample[best] - per_sample[0]):
+            best = 0
+        return self._to_env(env, cands[best])
+
+    def _significant(self, gains: np.ndarray) -> bool:
+        """MPC leaves the default candidate only for a gain the sampled futures agree on: their mean gain
+        exceeds ``z`` standard errors. A rollout is chaotic (one routing change reshuffles every later
+        decision), so a single sampled future's best candidate is mostly noise (measured: one-sample MPC
+        on hetero_route routed like round robin)."""
+        k = len(gains)
+        if k < 2:
+            return False
+        se = float(gains.std(ddof=1)) / np.sqrt(k)
+        return float(gains.mean()) > self.z * se
+
+    def _values(self, sim: Simulator, cand: Candidate, t_end: float, depth: int) -> list[float]:
+        out = []
+        for k in range(self.samples):
+            fork = sim.fork()
+            if self._sampler is not None:
+                self._sampler.into(fork, k)
+            out.append(self._rollout(fork, cand, t_end, depth))
+        return out
+
+    def _rollout(self, fork: Simulator, cand: Candidate, t_end: float, depth: int) -> float:
+        obj = self._objective
+        v0 = obj(fork)
+        cand.apply(fork)
+        if depth > 1:
+            fork.advance(t_end)
+            kind = pending_kind(fork)
+            if kind is not None:
+                subs = self._sim_candidates(fork, kind)
+                best = max(self._rollout(fork.fork(), c, t_end, depth - 1) for c in subs)
+                return obj(fork) - v0 + best
+        fork.release_control()
+        fork.advance(t_end)
+        return obj(fork) - v0
+
+    def _sim_candidates(self, sim: Simulator, kind: str) -> list[Candidate]:
+        if kind == "route":
+            return route_candidates(sim, self.breadth)
+        if kind == "batch":
+            return batch_candidates(sim, self.breadth)
+        return scale_candidates(sim, self.breadth, self.env.layout.scale_step)
+
+    def _first_candidates(self, env: Any, kind: str) -> list[Candidate]:
+        """Candidates among the actions the env offers (its mask; Batch's ranked slots)."""
+        lay = env.layout
+        mask = env.action_masks()
+        sim = env.sim
+        if kind == "route":
+            m0 = lay.mask_offsets[0]
+            allowed = mask[m0 : m0 + lay.r_pad][: sim.state.repi.shape[1]]
+            return route_candidates(sim, self.breadth, allowed)
+        if kind == "batch":
+            m0 = lay.mask_offsets[1]
+            slots = np.flatnonzero(mask[m0 : m0 + lay.k])
+            return batch_candidates(sim, self.breadth, env._aux.cand[0, slots])
+        return scale_candidates(sim, self.breadth, lay.scale_step)
+
+    def _to_env(self, env: Any, cand: Candidate) -> Any:
+        """The env action of a first-level candidate (Cluster: the pending decision's part only)."""
+        lay = env.layout
+        if cand.kind == "route":
+            return cand.value
+        if cand.kind == "batch":
+            if cand.value < 0:
+                return lay.k
+            return int(np.flatnonzero(env._aux.cand[0] == cand.value)[0])
+        out = np.full(lay.p_pad, lay.scale_step, np.int64)
+        out[: len(cand.deltas)] += np.asarray(cand.deltas, np.int64)
+        return out
+
+
+# Lookahead by decision kind: a scaling decision pays off only after a cold start (SageServe's 155 s) and a
+# control interval, so it needs a longer rollout than a routing or admission decision.
+DEFAULT_HORIZON_S = {"route": 30.0, "batch": 30.0, "scale": 300.0}
+
+DESCRIPTIONS = {
+    "oracle": "clairvoyant {kind} planner: searches forks on the realised future (upper reference, unranked)",
+    "mpc": "MPC {kind} planner: searches forks on futures sampled from the workload model",
+}
+
+
+def make_planner(kind: str, clairvoyant: bool):
+    """A registry factory: ``oracle_route(horizon_s=..., breadth=..., depth=...)`` etc."""
+
+    def factory(
+        horizon_s: float | None = None,
+        breadth: int = 4,
+        depth: int = 1,
+        samples: int = 4,
+        z: float = 2.0,
+        cost_weight: float | None = None,
+    ) -> Planner:
+        h = DEFAULT_HORIZON_S[kind] if horizon_s is None else horizon_s
+        return Planner(
+            kind,
+            clairvoyant,
+            horizon_s=h,
+            breadth=breadth,
+            depth=depth,
+            samples=samples,
+            z=z,
+            cost_weight=cost_weight,
+        )
+
+    return factory

@@ -1,0 +1,70 @@
+"""Forking a run: copies of the packed state, and handing pending decisions back to the built-in rules.
+
+A run is a pure function of its ``SimState`` (every random draw comes from the state's own xorshift64*
+word, ``st.rng``), so a copy of the 19 packed arrays is a complete, independent snapshot: continued with
+the same decisions, a copy reproduces the original bit for bit (tested in tests/test_fork.py). Planners
+(servegym.baselines.planning) fork a run at a decision, try an action, and let ``release_control`` give
+every later decision to the scenario's built-in rules for a rollout.
+"""
+
+from __future__ import annotations
+
+from servegym.envs.sim.core import builtin_route, builtin_scale, enqueue
+from servegym.envs.sim.jit import kernel
+from servegym.envs.sim.replica import admit_builtin, budget_left, hold_push, launch
+from servegym.envs.sim.state import (
+    C_NOW,
+    K_CTRL_BATCH,
+    K_CTRL_ROUTE,
+    K_CTRL_SCALE,
+    K_FORM_REPLICA,
+    K_PENDING_ROUTE,
+    K_PENDING_SCALE,
+    SimState,
+)
+
+
+def copy_state(st: SimState) -> SimState:
+    """An independent copy of every array of ``st`` (what ``Simulator.snapshot`` returns)."""
+    return SimState(*(a.copy() for a in st))
+
+
+def copy_into(dst: SimState, src: SimState) -> None:
+    """Overwrite ``dst``'s arrays in place with ``src``'s (same run: same shapes), keeping their identity."""
+    for name, a, b in zip(SimState._fields, dst, src, strict=True):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise ValueError(
+                f"restore: snapshot field {name!r} is {b.dtype}{list(b.shape)} but this run's is "
+                f"{a.dtype}{list(a.shape)}; a snapshot restores only into the run it was taken from"
+            )
+        a[...] = b
+
+
+@kernel
+def release_control(st):
+    """Stop handing decisions to the caller, and settle the pending one with the built-in rule.
+
+    A pending route goes where the scenario's routing rule sends it (or to the hold queue), a batch being
+    formed is completed by the batching rule and launched, a pending scaling tick is taken by the scaling
+    rule, exactly as ``advance`` does when the caller controls nothing.
+    """
+    st.cnt[K_CTRL_ROUTE] = 0
+    st.cnt[K_CTRL_BATCH] = 0
+    st.cnt[K_CTRL_SCALE] = 0
+    now = st.clock[C_NOW]
+    i = st.cnt[K_PENDING_ROUTE]
+    if i >= 0:
+        st.cnt[K_PENDING_ROUTE] = -1
+        r = builtin_route(st, i)
+        if r < 0:
+            hold_push(st, i, now)
+        else:
+            enqueue(st, i, r, now)
+    r = st.cnt[K_FORM_REPLICA]
+    if r >= 0:
+        admit_builtin(st, r, budget_left(st, r), now)
+        launch(st, r, now)
+        st.cnt[K_FORM_REPLICA] = -1
+    if st.cnt[K_PENDING_SCALE]:
+        st.cnt[K_PENDING_SCALE] = 0
+        builtin_scale(st, now)
