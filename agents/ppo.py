@@ -12,7 +12,8 @@ What it does (PPO as Schulman et al. 2017, with CleanRL's and SB3's defaults whe
 masked categorical actions (one per action dimension, so Discrete and MultiDiscrete alike), GAE, clipped
 surrogate, unclipped value loss as SB3's default, advantage normalization per minibatch, reward scaling by
 a running std of the discounted return (SB3's VecNormalize), bootstrapping of truncated episodes from their
-final observation, gradient clipping. Hyperparameters come from the agent YAML (``agents/config.py``).
+final observation, gradient clipping; and the requests a horizon cut leaves overdue are charged as misses,
+as the metrics count them (``late_at_truncation``). Hyperparameters come from the agent YAML (``agents/config.py``).
 
 Writes under ``--out``: ``model.pt`` (final), ``best/best_model.pt`` (best mean ``goodput/req_per_s``, the
 leaderboard's score, on the held-out eval seeds, evaluated deterministically over the batched vector env),
@@ -72,17 +73,36 @@ def flat_obs(obs: dict[str, np.ndarray]) -> np.ndarray:
 
 
 class RunningMeanStd:
-    """Running variance of the discounted return; rewards are divided by its std (SB3's VecNormalize)."""
+    """Running mean and variance over the first axis (SB3's VecNormalize): of the discounted return, whose
+    std scales the rewards, and of the observation features, which the network standardizes."""
 
-    def __init__(self) -> None:
-        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+    def __init__(self, shape: tuple[int, ...] = ()) -> None:
+        self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
 
     def update(self, x: np.ndarray) -> None:
-        m, v, n = float(x.mean()), float(x.var()), x.size
+        m, v, n = x.mean(0), x.var(0), x.shape[0]
         delta, tot = m - self.mean, self.count + n
         self.mean += delta * n / tot
         self.var = (self.var * self.count + v * n + delta**2 * self.count * n / tot) / tot
         self.count = tot
+
+
+def late_at_truncation(r: np.ndarray, term: np.ndarray, trunc: np.ndarray, infos: dict, weight: float):
+    """``r`` with the requests the metrics count as missed at a horizon cut charged to the episode's last step.
+
+    A request still in flight past its deadline when the horizon cuts the episode is a miss in the metrics
+    (docs/metrics.md) but never finishes, so the env's reward never charges it (issue 17 counted ~315 such
+    requests per episode); without this the return rewards leaving a backlog at the end. These are the
+    judged requests that neither finished nor were dropped (drops the env already charges).
+    """
+    cut = np.flatnonzero(trunc & ~term)
+    if not cut.size:
+        return r
+    m = infos["final_info"]["metrics"]
+    late = m["judged"][cut] - m["finished"][cut] - m["dropped"][cut]
+    r = r.copy()
+    r[cut] -= weight * late
+    return r
 
 
 def layout_args(lay: C.Layout) -> dict[str, Any]:
@@ -203,9 +223,11 @@ def train(
     env = make_env(cfg, n_envs)
     lay = env.layout
     nvec = tuple(lay.nvec)
+    w_missed = float(env.proto.config["reward"]["slo_missed"])
     net = build_net(lay, cfg).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=p.learning_rate, eps=1e-5, fused=True)  # fused: 1 kernel/step
     rms = RunningMeanStd()
+    obs_rms = RunningMeanStd((lay.obs_size,))
     step = 0
 
     ckpt = latest_checkpoint(out) if resume else None
@@ -216,10 +238,16 @@ def train(
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         rms.mean, rms.var, rms.count = ck["ret_rms"]
+        obs_rms.mean, obs_rms.var, obs_rms.count = ck["obs_rms"]
         step = int(ck["global_step"])
         torch.set_rng_state(ck["torch_rng"])
-    elif init is not None:
-        net.load_state_dict(torch.load(str(init), map_location=dev, weights_only=False)["model"])
+    elif init is not None:  # warm start (agents/bc.py): the weights, and the reward scale they were fitted to
+        ck = torch.load(str(init), map_location=dev, weights_only=False)
+        net.load_state_dict(ck["model"])
+        if "ret_rms" in ck:
+            rms.mean, rms.var, rms.count = ck["ret_rms"]
+        if "obs_rms" in ck:
+            obs_rms.mean, obs_rms.var, obs_rms.count = ck["obs_rms"]
     history = EvalHistory(out, resume=ckpt is not None)
     start_step = step
 
@@ -261,6 +289,8 @@ def train(
             B_obs[t], B_mask[t], B_act[t], B_val[t] = x, m, a, v
             obs, r, term, trunc, infos = env.step(a.cpu().numpy())
             done = term | trunc
+            if done.any():
+                r = late_at_truncation(r, term, trunc, infos, w_missed)
             ep_ret += r
             ep_len += 1
             for key, val in infos["reward_components"].items():
@@ -338,6 +368,9 @@ def train(
                     stats["train/clip_fraction"].append(
                         ((ratio - 1).abs() > p.clip_range).float().mean().item()
                     )
+        # the next rollout sees features standardized with the statistics of everything seen so far
+        obs_rms.update(b_obs.cpu().numpy())
+        net.set_normalizer(obs_rms.mean, obs_rms.var)
         t_upd = time.perf_counter() - t_upd
 
         # 4. charts: the same tags as the SB3 path, plus the split of the time
@@ -360,6 +393,7 @@ def train(
         state = {
             "global_step": step,
             "ret_rms": (rms.mean, rms.var, rms.count),
+            "obs_rms": (obs_rms.mean, obs_rms.var, obs_rms.count),
             "torch_rng": torch.get_rng_state(),
         }
         if step >= next_eval or step >= cfg.total_timesteps:

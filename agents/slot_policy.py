@@ -127,6 +127,10 @@ class SlotActorCritic(nn.Module):
         for name in ("replica", "replica_pool", "pool", "candidate", "context"):
             self.register_buffer(f"ix_{name}", torch.as_tensor(getattr(ix, name)), persistent=False)
         self.ix = ix
+        # Observation normalization (set_normalizer): features are scaled to [0, 1] by fixed norms, so the
+        # differences a router must see (one more queued request = 1/64) are tiny until standardized.
+        self.register_buffer("obs_mean", torch.zeros(layout.obs_size))
+        self.register_buffer("obs_std", torch.ones(layout.obs_size))
         h, hc = hidden, context_hidden
         self.route = layout.act_offsets[0] >= 0
         self.batch = layout.act_offsets[1] >= 0
@@ -164,28 +168,42 @@ class SlotActorCritic(nn.Module):
             nn.init.orthogonal_(self.start_head[-1].weight, 0.01)
             nn.init.zeros_(self.start_head[-1].bias)
 
+    @torch.no_grad()
+    def set_normalizer(self, mean: np.ndarray, var: np.ndarray) -> None:
+        """Standardize the observation with these per-feature statistics, tied across the slots of a kind
+        (every replica slot gets the same scaling, or the policy would stop being equivariant): a slot
+        feature's mean and variance are those of the feature pooled over the slots."""
+        mean, var = np.asarray(mean, np.float64).copy(), np.asarray(var, np.float64).copy()
+        for ix in (self.ix.replica, self.ix.pool, self.ix.candidate):
+            if ix.size:
+                m = mean[ix].mean(0)
+                v = (var[ix] + mean[ix] ** 2).mean(0) - m**2
+                mean[ix], var[ix] = m, v
+        std = np.sqrt(np.maximum(var, 0.0))
+        std[std < 1e-3] = 1.0  # a (nearly) constant feature is left as it is
+        self.obs_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.obs_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` [B, obs_size] -> (logits [B, mask_size], value [B])."""
-        parts = [x[:, self.ix_context]]
+        xn = ((x - self.obs_mean) / self.obs_std).clamp(-5.0, 5.0)  # masks and one-hots come from raw x
+        parts = [xn[:, self.ix_context]]
         pool_h = rep_h = cand_h = None
         if self.has_pool:
-            pf = x[:, self.ix_pool]  # [B, P, Fp]
-            pool_h = self.pool_net(pf)
-            parts.append(masked_pool(pool_h, pf[..., self.ix.pool_exists]))
+            pool_h = self.pool_net(xn[:, self.ix_pool])  # [B, P, H]
+            parts.append(masked_pool(pool_h, x[:, self.ix_pool[:, self.ix.pool_exists]]))
         if self.has_rep:
-            rf = x[:, self.ix_replica]
-            z = self.rep_net(rf)
+            z = self.rep_net(xn[:, self.ix_replica])
             if pool_h is not None:
                 # sum over pools of one-hot [B, R, P, 1] x projected embeddings [B, 1, P, H] (a broadcast
                 # product, not bmm: bmm on [R, P] x [P, H] matrices this small is 10x slower)
                 onehot = x[:, self.ix_replica_pool].unsqueeze(-1)
                 z = z + (onehot * self.rep_pool(pool_h).unsqueeze(1)).sum(2)
             rep_h = torch.relu(z)
-            parts.append(masked_pool(rep_h, rf[..., self.ix.replica_exists]))
+            parts.append(masked_pool(rep_h, x[:, self.ix_replica[:, self.ix.replica_exists]]))
         if self.has_cand:
-            cf = x[:, self.ix_candidate]
-            cand_h = self.cand_net(cf)
-            parts.append(masked_pool(cand_h, cf[..., self.ix.candidate_present]))
+            cand_h = self.cand_net(xn[:, self.ix_candidate])
+            parts.append(masked_pool(cand_h, x[:, self.ix_candidate[:, self.ix.candidate_present]]))
         ctx = self.ctx_net(torch.cat(parts, dim=1))
 
         def slot_logits(slots: torch.Tensor, proj: nn.Linear, out: nn.Linear) -> torch.Tensor:

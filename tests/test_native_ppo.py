@@ -235,3 +235,70 @@ def test_short_native_ppo_run_beats_random_routing(tmp_path):
     rand = np.mean([run_episode(env, random_act, s)["slo_attainment"] for s in test_seeds])
     print(f"SLO attainment on held-out seeds: native PPO {ppo:.3f}, random {rand:.3f}")
     assert ppo > rand + 0.15, (ppo, rand)
+
+
+def test_late_requests_at_truncation_make_the_return_agree_with_the_metrics(tmp_path):
+    # defect 5: overdue requests at a horizon cut are misses in the metrics; the trainer's reward charges them
+    from servegym.agents.ppo import late_at_truncation
+
+    over = json.loads(json.dumps(EASY))
+    over["sources"][0]["arrival"]["rate_per_s"] = 6.0
+    sc = tmp_path / "overload.yaml"
+    sc.write_text(yaml.safe_dump(over))
+    env = gym.make_vec(
+        "servegym/Route-v0",
+        num_envs=2,
+        vectorization_mode="vector_entry_point",
+        scenario=str(sc),
+        info_features=False,
+        reward={"cost_usd": 0.0},
+    )
+    obs, info = env.reset(seed=0)
+    env_ret, ret, metrics = np.zeros(2), np.zeros(2), [None, None]
+    while any(m is None for m in metrics):
+        mask = info["action_mask"]  # everything to the last replica, the A40: a backlog at the cut
+        obs, r, term, trunc, info = env.step(mask.shape[1] - 1 - mask[:, ::-1].argmax(1))
+        fixed = late_at_truncation(r, term, trunc, info, 1.0)
+        for j in range(2):
+            if metrics[j] is None:
+                env_ret[j] += r[j]
+                ret[j] += fixed[j]
+                if term[j] or trunc[j]:
+                    assert trunc[j] and not term[j]
+                    metrics[j] = {k: v[j] for k, v in info["final_info"]["metrics"].items()}
+    for j in range(2):
+        assert ret[j] == metrics[j]["slo_met"] - metrics[j]["slo_missed"]
+        assert env_ret[j] > ret[j]  # the env's own return left late requests uncharged
+
+
+def test_behaviour_cloning_copies_the_teacher_and_warm_starts_ppo(tmp_path):
+    from servegym.agents import bc
+
+    cfg_path, sc = native_config(tmp_path, total_timesteps=256, eval_freq=10_000, checkpoint_freq=10_000)
+    out = tmp_path / "bc"
+    args = [
+        "--config",
+        str(cfg_path),
+        "--teacher",
+        "jsq",
+        "--steps",
+        "4096",
+        "--n-envs",
+        "8",
+        "--epochs",
+        "6",
+    ]
+    assert bc.main([*args, "--out", str(out)]) == 0
+    ck = torch.load(out / "model.pt", weights_only=False)
+    assert ck["bc"]["accuracy"] > 0.9, ck["bc"]
+    clone = make_policy(out / "model.pt")
+    seeds = [5001, 5002, 5003]
+    cfg = load_agent_config(cfg_path)
+    mine = run_vec_episodes(clone, cfg.env_id, str(sc), seeds)
+    teacher = run_vec_episodes("jsq", cfg.env_id, str(sc), seeds)
+    gap = np.mean([a["slo_attainment"] - b["slo_attainment"] for a, b in zip(mine, teacher, strict=True)])
+    assert abs(gap) < 0.05, gap
+    # PPO starts from the cloned weights
+    run = tmp_path / "ppo"
+    assert main(["--config", str(cfg_path), "--out", str(run), "--init", str(out / "model.pt")]) == 0
+    assert json.loads((run / "meta.json").read_text())["init_from"].endswith("model.pt")
