@@ -29,7 +29,9 @@ def bench_native(cfg, steps: int, threads: int, device: str) -> dict:
     cfg = cfg.model_copy(update={"total_timesteps": steps, "eval_freq": 10**12, "checkpoint_freq": 10**12})
     with tempfile.TemporaryDirectory() as d:
         meta = train(cfg, Path(d), seed=0, device=device, threads=threads)
+        evals = bench_eval(cfg, Path(d) / "model.pt")
     wall = meta["wall_s"] - meta["eval_s"]
+    print(json.dumps(evals), flush=True)
     return {
         "learner": "native_ppo",
         "n_envs": cfg.n_envs,
@@ -38,6 +40,49 @@ def bench_native(cfg, steps: int, threads: int, device: str) -> dict:
         "steps_per_s": meta["learn_steps_per_s"],
         "steps_per_cpu_s": round(meta["timesteps"] / max(meta["learn_cpu_s"], 1e-9)),
     }
+
+
+def bench_eval(cfg, model: Path, n_seeds: int = 10) -> dict:
+    """Seconds to evaluate the trained policy on ``n_seeds`` test seeds, against heuristics: batched over the
+    vector env (baselines/vec_runner.py), one env per episode (env_runner.py), and the heuristic run inside
+    the core by the harness (the fastest way a heuristic is evaluated)."""
+    from servegym.baselines.env_runner import run_env_episode
+    from servegym.baselines.harness import EpisodeSpec, builtin_episode
+    from servegym.baselines.registry import make_policy
+    from servegym.baselines.vec_runner import run_vec_episodes
+
+    seeds = list(range(2000, 2000 + n_seeds))
+    env_cfg = dict(cfg.env_config)
+    learned = make_policy(model)
+    run_vec_episodes(learned, cfg.env_id, cfg.scenario, seeds[:2], env_cfg)  # warm-up
+
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return round(time.perf_counter() - t0, 2)
+
+    over = {"horizon_s": env_cfg["horizon_s"]} if "horizon_s" in env_cfg else {}
+    out = {
+        "eval_seeds": n_seeds,
+        "learned_batched_s": timed(
+            lambda: run_vec_episodes(learned, cfg.env_id, cfg.scenario, seeds, env_cfg)
+        ),
+        "learned_per_episode_s": timed(
+            lambda: [run_env_episode(learned, cfg.env_id, cfg.scenario, s, env_cfg) for s in seeds]
+        ),
+        "round_robin_batched_s": timed(
+            lambda: run_vec_episodes("round_robin", cfg.env_id, cfg.scenario, seeds, env_cfg)
+        ),
+        "round_robin_in_core_s": timed(
+            lambda: [
+                builtin_episode(EpisodeSpec("round_robin", cfg.scenario, s, overrides=over)) for s in seeds
+            ]
+        ),
+    }
+    out["learned_batched_over_round_robin_in_core"] = round(
+        out["learned_batched_s"] / out["round_robin_in_core_s"], 2
+    )
+    return out
 
 
 def bench_sb3(cfg, steps: int, algo: str, threads: int) -> dict:

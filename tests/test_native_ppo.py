@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_agents import EASY, run_episode
+from test_agents import EASY, learned_vs_random, run_episode
 
 import servegym.envs  # noqa: F401  (registers the ids)
 from servegym.agents.config import load_agent_config
@@ -223,16 +223,7 @@ def test_short_native_ppo_run_beats_random_routing(tmp_path):
     )
     out = tmp_path / "run"
     assert main(["--config", str(cfg_path), "--out", str(out), "--seed", "1"]) == 0
-    learned = make_policy(out / "model.pt")
-    env = gym.make("servegym/Route-v0", scenario=str(sc))
-    rng = np.random.default_rng(0)
-
-    def random_act(obs, info):
-        return int(rng.choice(np.flatnonzero(info["action_mask"])))
-
-    test_seeds = [5001, 5002, 5003]
-    ppo = np.mean([run_episode(env, learned.act, s)["slo_attainment"] for s in test_seeds])
-    rand = np.mean([run_episode(env, random_act, s)["slo_attainment"] for s in test_seeds])
+    ppo, rand = learned_vs_random(out / "model.pt", sc)
     print(f"SLO attainment on held-out seeds: native PPO {ppo:.3f}, random {rand:.3f}")
     assert ppo > rand + 0.15, (ppo, rand)
 
