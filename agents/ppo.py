@@ -162,6 +162,8 @@ def load_policy(path: str | Path, device: str = "cpu", deterministic: bool = Tru
     """A ``.pt`` written by this trainer as a policy (the registry's loader for ``.pt``)."""
     from servegym.baselines.policy import PolicyError
 
+    if not Path(path).is_file():
+        raise PolicyError(f"checkpoint {str(path)!r}: no such file (agents/ppo.py writes model.pt)")
     ck = torch.load(str(path), map_location=pick_device(device), weights_only=False)
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise PolicyError(f"checkpoint {str(path)!r} is not a servegym native PPO checkpoint ({FORMAT})")
