@@ -79,3 +79,38 @@ class LoadCurriculumCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         return True
+
+
+class MetricEvalCallback(BaseCallback):
+    """Every ``eval_freq`` calls: evaluate the deterministic policy on the held-out seeds
+    (``agents/evaluation.py``), log ``eval/...``, print the numbers, and save ``best/best_model.zip`` (with
+    the observation statistics it needs) only when the leaderboard's metric beats the best so far, including
+    the best of the run a ``--resume`` continues."""
+
+    def __init__(self, cfg, out, eval_freq: int, resume: bool = False) -> None:
+        super().__init__(0)
+        from servegym.agents.evaluation import EvalHistory
+
+        self.cfg, self.out, self.eval_freq = cfg, out, eval_freq
+        self.history = EvalHistory(out, resume)
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.eval_freq == 0:
+            self.evaluate()
+        return True
+
+    def evaluate(self) -> None:
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        from servegym.agents.evaluation import evaluate_policy
+        from servegym.baselines.registry import SB3Policy
+
+        venv = self.training_env
+        obs_norm = venv if isinstance(venv, VecNormalize) and venv.norm_obs else None
+        ev = evaluate_policy(SB3Policy("eval", self.model, obs_norm), self.cfg)
+        for key, v in ev.items():
+            self.logger.record(f"eval/{key.replace('/', '_')}", v)
+        if self.history.add(self.num_timesteps, ev):
+            self.model.save(str(self.out / "best" / "best_model.zip"))
+            if isinstance(venv, VecNormalize):
+                venv.save(str(self.out / "best" / "vecnormalize.pkl"))

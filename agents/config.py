@@ -56,7 +56,7 @@ class AgentConfig(_Strict):
     env_id: str
     scenario: str
     env_config: dict[str, Any] = {}  # keyword overrides of the env's default_config()
-    algo: Literal["ppo", "maskable_ppo"] = "maskable_ppo"
+    algo: Literal["ppo", "maskable_ppo", "native_ppo"] = "maskable_ppo"  # native_ppo: agents/ppo.py
     total_timesteps: Annotated[int, Field(ge=1)] = 50_000
     n_envs: Annotated[int, Field(ge=1)] = 4
     normalize_obs: bool = False

@@ -52,7 +52,7 @@ def latest_checkpoint(out: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def resume_from(out: Path, cfg: AgentConfig, venv):
+def resume_from(out: Path, cfg: AgentConfig, venv, device: str = "cpu"):
     """(model, venv, checkpoint) of the newest checkpoint that loads whole with its normalization
     statistics; a damaged one (a run killed while writing it) is reported and the one before it tried.
     (None, venv, None) when none loads."""
@@ -67,7 +67,7 @@ def resume_from(out: Path, cfg: AgentConfig, venv):
             env = venv
             if isinstance(venv, VecNormalize) and stats.exists():
                 env = VecNormalize.load(str(stats), venv.venv)
-            model = algo.load(str(ckpt), env=env, device="cpu", tensorboard_log=str(out / "tb"))
+            model = algo.load(str(ckpt), env=env, device=device, tensorboard_log=str(out / "tb"))
         except Exception as e:  # zipfile.BadZipFile, EOFError, UnpicklingError, ...: a truncated file
             print(
                 f"--resume: skipping {ckpt.name}: cannot load it or {stats.name} ({type(e).__name__}: {e})",
@@ -108,7 +108,7 @@ def load_setter(venv):
     return set_load
 
 
-def build_model(cfg: AgentConfig, venv, out: Path, seed: int):
+def build_model(cfg: AgentConfig, venv, out: Path, seed: int, device: str = "cpu"):
     from sb3_contrib import MaskablePPO
     from stable_baselines3 import PPO
 
@@ -128,7 +128,7 @@ def build_model(cfg: AgentConfig, venv, out: Path, seed: int):
         "MultiInputPolicy",
         venv,
         seed=seed,
-        device="cpu",
+        device=device,
         tensorboard_log=str(out / "tb"),
         policy_kwargs=policy_kwargs,
         verbose=0,
@@ -138,8 +138,19 @@ def build_model(cfg: AgentConfig, venv, out: Path, seed: int):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--env", default="servegym/Route-v0")
-    ap.add_argument("--scenario", default="chat_azure")
+    # --env / --scenario override the YAML's env_id / scenario only when given
+    ap.add_argument("--env", default=None, help="env id (default: the config's, else servegym/Route-v0)")
+    ap.add_argument("--scenario", default=None, help="scenario (default: the config's, else chat_azure)")
+    ap.add_argument(
+        "--algo", default=None, choices=["ppo", "maskable_ppo", "native_ppo"], help="override algo"
+    )
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (native_ppo; SB3 takes it as is)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: best for small MLPs on 2 cores)"
+    )
+    ap.add_argument(
+        "--init", default=None, help="native_ppo: start from this .pt's weights (e.g. agents/bc.py)"
+    )
     ap.add_argument(
         "--config", default=None, help="configs/agents/<name>.yaml or a path (default: <env>_<scenario>)"
     )
@@ -152,8 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     # 1. config: the YAML, with the command line on top
-    name = args.config or default_config_name(args.env, args.scenario)
-    overrides: dict[str, Any] = {"env_id": args.env, "scenario": args.scenario}
+    name = args.config or default_config_name(args.env or "servegym/Route-v0", args.scenario or "chat_azure")
+    overrides: dict[str, Any] = {}
+    if args.env is not None:
+        overrides["env_id"] = args.env
+    if args.scenario is not None:
+        overrides["scenario"] = args.scenario
+    if args.algo is not None:
+        overrides["algo"] = args.algo
     if args.timesteps is not None:
         overrides["total_timesteps"] = args.timesteps
     if args.n_envs is not None:
@@ -161,37 +178,42 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_agent_config(name, overrides)
     out = Path(args.out or f"runs/{Path(name).stem}_s{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
+    command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+    print(f"{cfg.algo} on {cfg.env_id} / {cfg.scenario}, {cfg.total_timesteps:,} steps -> {out}", flush=True)
+    if cfg.algo == "native_ppo":  # agents/ppo.py: the native trainer, same config, same run folder layout
+        from servegym.agents.ppo import train
+
+        init = Path(args.init) if args.init else None
+        train(cfg, out, args.seed, args.device, args.resume, args.threads, init, command)
+        return 0
 
     # 2. seeding: python, numpy and torch, explicitly; the envs take theirs from venv.seed()
     random.seed(args.seed)
     np.random.seed(args.seed)  # noqa: NPY002  (SB3 and torch helpers draw from the legacy global state)
     torch.manual_seed(args.seed)
-    torch.set_num_threads(1)  # tiny MLPs: threads cost more than they give on 2 cores
+    torch.set_num_threads(args.threads)  # tiny MLPs: threads cost more than they give on 2 cores
 
     # 3. envs: training on the train seed stream, evaluation on the held-out eval seeds
-    from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
     from stable_baselines3.common.vec_env import VecNormalize
 
     venv = make_vec_env(cfg, cfg.n_envs, cfg.train_seeds[args.seed % len(cfg.train_seeds)] + 7919 * args.seed)
-    eval_env = make_vec_env(cfg, 1, cfg.eval_seeds[0])
     if cfg.normalize_obs or cfg.normalize_reward:
         venv = VecNormalize(venv, norm_obs=cfg.normalize_obs, norm_reward=cfg.normalize_reward)
-        eval_env = VecNormalize(eval_env, norm_obs=cfg.normalize_obs, norm_reward=False, training=False)
 
     # 4. model: new, or the newest checkpoint with its normalization statistics
     model, ckpt = None, None
     if args.resume:
-        model, venv, ckpt = resume_from(out, cfg, venv)
+        model, venv, ckpt = resume_from(out, cfg, venv, args.device)
         if ckpt is None:
             print(
                 f"--resume: no loadable checkpoint in {out / 'checkpoints'}; starting fresh", file=sys.stderr
             )
     if model is None:
-        model = build_model(cfg, venv, out, args.seed)
+        model = build_model(cfg, venv, out, args.seed, args.device)
 
     # 5. callbacks: charts/..., the load curriculum, held-out evaluation keeping the best model, checkpoints
-    from servegym.agents.callbacks import ChartsCallback, LoadCurriculumCallback
+    from servegym.agents.callbacks import ChartsCallback, LoadCurriculumCallback, MetricEvalCallback
 
     per_env = max(1, cfg.n_envs)
     curriculum = [LoadCurriculumCallback(cfg.load_at, load_setter(venv))] if cfg.curriculum else []
@@ -199,16 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             ChartsCallback(),
             *curriculum,
-            MaskableEvalCallback(
-                eval_env,
-                n_eval_episodes=len(cfg.eval_seeds),
-                eval_freq=max(1, cfg.eval_freq // per_env),
-                best_model_save_path=str(out / "best"),
-                log_path=str(out / "eval"),
-                deterministic=True,
-                use_masking=cfg.algo == "maskable_ppo",
-                verbose=0,
-            ),
+            MetricEvalCallback(cfg, out, max(1, cfg.eval_freq // per_env), resume=ckpt is not None),
             CheckpointCallback(
                 save_freq=max(1, cfg.checkpoint_freq // per_env),
                 save_path=str(out / "checkpoints"),
@@ -241,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "package_version": envs.__version__,
         "git_commit": git_commit(),
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "command": command,
         "seed": args.seed,
         "timesteps": int(model.num_timesteps),
         "resumed_from": str(ckpt) if ckpt else None,
@@ -251,7 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     print(f"trained {model.num_timesteps} steps in {wall:.0f} s -> {out / 'model.zip'}")
     venv.close()
-    eval_env.close()
     return 0
 
 

@@ -368,5 +368,13 @@ class SB3Policy:
         return np.asarray(self._predict(obs, stacked))
 
 
+def _load_native(path: Path, **kwargs: Any) -> Policy:
+    """A native PPO checkpoint (``agents/ppo.py`` writes ``model.pt`` and ``best/best_model.pt``)."""
+    from servegym.agents.ppo import load_policy
+
+    return load_policy(path, **kwargs)
+
+
 _register_builtins()
 register_checkpoint_loader(".zip", _load_sb3)
+register_checkpoint_loader(".pt", _load_native)

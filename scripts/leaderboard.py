@@ -51,11 +51,12 @@ def find_agents(root: Path) -> list[tuple[str, Path, dict[str, Any]]]:
     if not root.is_dir():
         return out
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        model = next((m for m in (d / "model.zip", d / "best" / "best_model.zip") if m.is_file()), None)
+        candidates = ("model.zip", "best/best_model.zip", "model.pt", "best/best_model.pt")
+        model = next((d / m for m in candidates if (d / m).is_file()), None)
         cfg_file = d / "config.yaml"
         if model is None or not cfg_file.is_file():
             print(
-                f"agents: skipping {d} (needs model.zip or best/best_model.zip and config.yaml)",
+                f"agents: skipping {d} (needs model.zip/.pt or best/best_model.zip/.pt and config.yaml)",
                 file=sys.stderr,
             )
             continue
@@ -94,6 +95,9 @@ def agent_fits(model_path: Path, env_id: str, scenario: Path, env_config: dict[s
         model.observation_space != env.observation_space or model.action_space != env.action_space
     ):
         return "observation/action spaces differ from the agent's training env"
+    layout = getattr(getattr(pol, "net", None), "layout", None)  # a native PPO agent (agents/ppo.py)
+    if layout is not None and layout != env.layout:
+        return "observation/action layout differs from the agent's training env"
     return None
 
 

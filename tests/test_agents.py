@@ -162,15 +162,20 @@ def test_short_ppo_run_beats_random_routing(tmp_path):
     main(
         ["--scenario", str(sc), "--config", str(cfg_path), "--out", str(out), "--no-progress", "--seed", "1"]
     )
-    learned = make_policy(out / "model.zip")
+    ppo, rand = learned_vs_random(out / "model.zip", sc)
+    print(f"SLO attainment on held-out seeds: PPO {ppo:.3f}, random {rand:.3f}")
+    assert ppo > rand + 0.15, (ppo, rand)
+
+
+def learned_vs_random(model, sc, test_seeds=(5001, 5002, 5003)):
+    """Mean SLO attainment of a saved policy and of random masked routing on held-out seeds."""
+    learned = make_policy(model)
     env = gym.make("servegym/Route-v0", scenario=str(sc))
     rng = np.random.default_rng(0)
 
     def random_act(obs, info):
         return int(rng.choice(np.flatnonzero(info["action_mask"])))
 
-    test_seeds = [5001, 5002, 5003]
     ppo = np.mean([run_episode(env, learned.act, s)["slo_attainment"] for s in test_seeds])
     rand = np.mean([run_episode(env, random_act, s)["slo_attainment"] for s in test_seeds])
-    print(f"SLO attainment on held-out seeds: PPO {ppo:.3f}, random {rand:.3f}")
-    assert ppo > rand + 0.15, (ppo, rand)
+    return ppo, rand

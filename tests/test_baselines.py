@@ -126,6 +126,8 @@ def test_registry_lists_every_rule_by_kind():
     with pytest.raises(PolicyError, match="'edf' and 'fcfs' both answer 'batch'"):
         make_policy("edf+fcfs")
     with pytest.raises(PolicyError, match="no checkpoint loader"):
+        make_policy("runs/agent.ckpt")
+    with pytest.raises(PolicyError, match="runs/agent.pt.*no such file"):  # .pt: native PPO's loader
         make_policy("runs/agent.pt")
     with pytest.raises(PolicyError, match="needs replica_capacity_rps"):
         make_policy("forecast")

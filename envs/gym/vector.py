@@ -111,10 +111,12 @@ class ServeVectorEnv(VectorEnv):
         config, scenario = self.proto.config, self.proto.scenario
         self._states = self._auxs = None
         try:
+            options, workload_seeds = self._per_env_seeds(options)
             opts = self.proto._episode_options(options)
             states, auxs = List(), List()
             for j in range(n):
-                sim, aux = self.proto.new_episode(self._rng(j), opts, seeds[j])
+                o = opts if workload_seeds is None else {**opts, "seed": workload_seeds[j]}
+                sim, aux = self.proto.new_episode(self._rng(j), o, seeds[j])
                 self._sims[j], self._aux_py[j] = sim, aux
                 states.append(sim.state)
                 auxs.append(aux)
@@ -131,6 +133,24 @@ class ServeVectorEnv(VectorEnv):
         self._opts = {k: v for k, v in opts.items() if k != "seed"}  # a fixed workload seed is per reset
         self._evs, self._mask = evs, mask
         return self._obs(obs), self._infos(evs, mask, ii, ff, np.zeros((n, K.N_RC)))
+
+    def _per_env_seeds(
+        self, options: dict[str, Any] | None
+    ) -> tuple[dict[str, Any] | None, list[int] | None]:
+        """``options["seed"]`` may list one workload seed per sub-env (this reset only), so that sub-env j
+        replays exactly the episode of a single env reset with ``options={"seed": seeds[j]}``."""
+        if not isinstance(options, dict) or not isinstance(options.get("seed"), (list, tuple, np.ndarray)):
+            return options, None
+        rest = {k: v for k, v in options.items() if k != "seed"}
+        seeds = list(options["seed"])
+        if len(seeds) != self.num_envs or not all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds
+        ):
+            raise ValueError(
+                f"{type(self).__name__}.reset: option 'seed' as a list needs {self.num_envs} ints (one workload "
+                f"seed per sub-env), got {options['seed']!r}"
+            )
+        return rest, [int(s) for s in seeds]
 
     def step(
         self, actions: Any

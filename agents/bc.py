@@ -1,0 +1,144 @@
+"""Behaviour cloning: fit the native PPO's slot policy to a heuristic's decisions, as a warm start for PPO.
+
+    python -m servegym.agents.bc --config route_chat_azure_native --teacher round_robin --steps 200000 \\
+        --out runs/bc_rr
+    python scripts/train.py --config route_chat_azure_native --init runs/bc_rr/model.pt --out runs/ppo_from_bc
+
+The teacher (any registered heuristic, or a checkpoint) plays the config's env on its training seeds in one
+batched vector env; every decision gives a (flat observation, action mask, action) triple. The network's
+policy is fitted by masked cross-entropy (minibatch Adam), and its value head by regression on the
+teacher's discounted returns in the env's reward scale divided by their std (what PPO's reward scaling
+sees), so PPO starts from a policy that already spreads the load and a critic that is not wildly off, instead
+of the uniform policy that collapses onto one replica first. The result is a native ``.pt`` (format of
+agents/ppo.py): a policy by itself, and ``--init`` for train.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from servegym.agents.config import AgentConfig, load_agent_config
+from servegym.agents.ppo import build_net, flat_obs, save
+from servegym.agents.slot_policy import MaskedMultiCategorical
+
+
+def teacher_rollouts(cfg: AgentConfig, teacher: str, steps: int, n_envs: int, seed: int) -> dict[str, Any]:
+    """Decisions of ``teacher`` on the config's env: obs [T, N, D], mask, actions [T, N, dims], rewards, dones."""
+    from servegym.baselines.env_runner import resolve_policy
+    from servegym.baselines.vec_runner import make_vec_env
+
+    pol = resolve_policy(teacher, cfg.scenario)
+    env = make_vec_env(cfg.env_id, cfg.scenario, n_envs, {**cfg.env_config, "info_features": True})
+    pol.reset(seed=seed)
+    base = cfg.train_seeds[seed % len(cfg.train_seeds)] + 7919 * seed
+    obs, infos = env.reset(seed=base)
+    t_max = -(-steps // n_envs)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "mask", "act", "rew", "done")}
+    for _ in range(t_max):
+        a = np.asarray(pol.act_batch(obs, infos)).reshape(n_envs, -1)
+        out["obs"].append(flat_obs(obs))
+        out["mask"].append(infos["action_mask"].astype(bool))
+        out["act"].append(a.astype(np.int64))
+        obs, r, term, trunc, infos = env.step(a)
+        out["rew"].append(r.astype(np.float64))
+        out["done"].append(term | trunc)
+    env.close()
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def discounted_returns(rew: np.ndarray, done: np.ndarray, gamma: float) -> np.ndarray:
+    """Per-step discounted return within each episode (the tail of the last one is cut at the data's end)."""
+    ret = np.zeros_like(rew)
+    acc = np.zeros(rew.shape[1])
+    for t in reversed(range(rew.shape[0])):
+        acc = rew[t] + gamma * acc * (1.0 - done[t])
+        ret[t] = acc
+    return ret
+
+
+def fit(
+    cfg: AgentConfig, data: dict[str, np.ndarray], epochs: int, seed: int, log: bool = True
+) -> tuple[Any, dict[str, float]]:
+    """A fresh slot network fitted to the teacher's data; returns it and the final accuracy and losses."""
+    from servegym.agents.ppo import make_env
+
+    torch.manual_seed(seed)
+    lay = make_env(cfg, 1).layout
+    net = build_net(lay, cfg)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    ret = discounted_returns(data["rew"], data["done"], cfg.ppo.gamma)
+    scale = float(ret.std()) or 1.0
+    x = torch.as_tensor(data["obs"].reshape(-1, lay.obs_size))
+    m = torch.as_tensor(data["mask"].reshape(-1, lay.mask_size))
+    a = torch.as_tensor(data["act"].reshape(x.shape[0], -1))
+    y = torch.as_tensor((ret / scale).reshape(-1), dtype=torch.float32)
+    flat = data["obs"].reshape(-1, lay.obs_size)
+    net.set_normalizer(flat.mean(0), flat.var(0))
+    n, bs = x.shape[0], 256
+    stats: dict[str, float] = {"return_std": scale}
+    for ep in range(epochs):
+        perm = torch.randperm(n)
+        for i in range(0, n, bs):
+            mb = perm[i : i + bs]
+            logits, v = net(x[mb])
+            dist = MaskedMultiCategorical(logits, m[mb], tuple(lay.nvec))
+            pi_loss = -dist.log_prob(a[mb]).mean()
+            v_loss = 0.5 * ((v - y[mb]) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            (pi_loss + 0.5 * v_loss).backward()
+            opt.step()
+        with torch.no_grad():
+            logits, v = net(x[:20_000])
+            dist = MaskedMultiCategorical(logits, m[:20_000], tuple(lay.nvec))
+            acc = (dist.mode() == a[:20_000]).all(1).float().mean().item()
+            stats.update(accuracy=acc, policy_loss=-dist.log_prob(a[:20_000]).mean().item())
+        if log:
+            print(f"epoch {ep + 1}/{epochs}: teacher agreement {acc:.3f}", flush=True)
+    return net, stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", required=True, help="agent config (configs/agents/<name>.yaml or a path)")
+    ap.add_argument("--teacher", default="round_robin", help="registered heuristic or checkpoint")
+    ap.add_argument("--steps", type=int, default=100_000, help="teacher decisions to record")
+    ap.add_argument("--n-envs", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = load_agent_config(args.config)
+    t0 = time.perf_counter()
+    data = teacher_rollouts(cfg, args.teacher, args.steps, args.n_envs, args.seed)
+    t1 = time.perf_counter()
+    net, stats = fit(cfg, data, args.epochs, args.seed)
+    out = Path(args.out)
+    # PPO's reward scale starts where the value head was fitted (ppo.py reads ret_rms from an --init file)
+    ret_rms = (0.0, stats["return_std"] ** 2, 1e4)
+    flat = data["obs"].reshape(-1, net.layout.obs_size)
+    obs_rms = (flat.mean(0), flat.var(0), float(flat.shape[0]))
+    state = {
+        "global_step": 0,
+        "ret_rms": ret_rms,
+        "obs_rms": obs_rms,
+        "bc": {"teacher": args.teacher, **stats},
+    }
+    save(out / "model.pt", net, None, cfg, net.layout, state)
+    print(
+        f"cloned {args.teacher} from {data['act'].shape[0] * data['act'].shape[1]} decisions "
+        f"({t1 - t0:.0f} s rollouts, {time.perf_counter() - t1:.0f} s fit) -> {out / 'model.pt'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
