@@ -46,7 +46,7 @@ def teacher_rollouts(cfg: AgentConfig, teacher: str, steps: int, n_envs: int, se
         out["obs"].append(flat_obs(obs))
         out["mask"].append(infos["action_mask"].astype(bool))
         out["act"].append(a.astype(np.int64))
-        obs, r, term, trunc, infos = env.step(a)
+        obs, r, term, trunc, infos = env.step(a.reshape(env.action_space.shape))
         out["rew"].append(r.astype(np.float64))
         out["done"].append(term | trunc)
     env.close()

@@ -289,7 +289,7 @@ def train(
                 a = dist.sample()
                 B_logp[t] = dist.log_prob(a)
             B_obs[t], B_mask[t], B_act[t], B_val[t] = x, m, a, v
-            obs, r, term, trunc, infos = env.step(a.cpu().numpy())
+            obs, r, term, trunc, infos = env.step(a.cpu().numpy().reshape(env.action_space.shape))
             done = term | trunc
             if done.any():
                 r = late_at_truncation(r, term, trunc, infos, w_missed)

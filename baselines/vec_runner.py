@@ -55,7 +55,9 @@ def run_vec_episodes(
     results: list[dict[str, Any] | None] = [None] * len(seeds)
     left = len(seeds)
     while left:
-        obs, _, terminated, truncated, infos = venv.step(pol.act_batch(obs, infos))
+        obs, _, terminated, truncated, infos = venv.step(
+            np.asarray(pol.act_batch(obs, infos)).reshape(venv.action_space.shape)
+        )
         for j in np.flatnonzero(terminated | truncated):
             if results[j] is None:
                 metrics = infos["final_info"]["metrics"]

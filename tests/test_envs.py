@@ -228,8 +228,8 @@ def test_vector_env_pickles_and_parallel_matches_serial():
 
 @ids
 def test_invalid_actions_raise_and_leave_the_episode_unchanged(env_id):
-    env = gym.make(env_id, **SMALL[env_id]).unwrapped
-    twin = gym.make(env_id, **SMALL[env_id]).unwrapped
+    env = gym.make(env_id, **SMALL[env_id], invalid_action="raise").unwrapped
+    twin = gym.make(env_id, **SMALL[env_id], invalid_action="raise").unwrapped
     _, info = env.reset(seed=0)
     twin.reset(seed=0)
     mask = info["action_mask"]
@@ -266,7 +266,11 @@ def test_invalid_actions_raise_and_leave_the_episode_unchanged(env_id):
 
 def test_vector_invalid_action_raises_naming_the_sub_env():
     venv = gym.make_vec(
-        "servegym/Route-v0", num_envs=2, vectorization_mode="vector_entry_point", horizon_s=5.0
+        "servegym/Route-v0",
+        num_envs=2,
+        vectorization_mode="vector_entry_point",
+        horizon_s=5.0,
+        invalid_action="raise",
     )
     _, info = venv.reset(seed=0)
     acts = np.array([int(np.flatnonzero(m)[0]) for m in info["action_mask"]])

@@ -25,12 +25,14 @@ from servegym.baselines.harness import mean_ci
 from servegym.baselines.leaderboard.suite import Suite, SuiteScenario, heuristics_for
 from servegym.baselines.registry import ClusterPolicy, make_policy
 
-PLANNER_KIND = {
-    "servegym/Route-v0": ("route",),
-    "servegym/Batch-v0": ("batch",),
-    "servegym/Scale-v0": ("scale",),
-    "servegym/Cluster-v0": ("batch", "route", "scale"),
+_KINDS = {
+    "Route": ("route",),
+    "Batch": ("batch",),
+    "Scale": ("scale",),
+    "Cluster": ("batch", "route", "scale"),
 }
+# every dynamics version of an env id takes the same decisions
+PLANNER_KIND = {f"servegym/{name}-v{v}": kinds for name, kinds in _KINDS.items() for v in (0, 1)}
 
 
 def planner_name(env_id: str, prefix: str) -> str:
