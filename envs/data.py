@@ -4,9 +4,9 @@ The data directory is `$SERVEGYM_DATA_DIR`, or `$XDG_CACHE_HOME/servegym/data` (
 `~/.cache/servegym/data`). CI and tests set `SERVEGYM_DATA_DIR=../shared/data`. Files keep the layout
 of the registry's `rel_path` so a fetched cache and the shared reference folder are interchangeable.
 
-    python -m envs.data list                 # registry, and which files are present
-    python -m envs.data fetch NAME [NAME..]  # download, verify sha256, move into place atomically
-    python -m envs.data verify [NAME..]      # re-hash present files against the registry
+    python -m servegym.envs.data list                 # registry, and which files are present
+    python -m servegym.envs.data fetch NAME [NAME..]  # download, verify sha256, move into place atomically
+    python -m servegym.envs.data verify [NAME..]      # re-hash present files against the registry
 
 Checksums: `sha256` was computed from the copy in the shared reference folder (or, for BurstGPT, taken
 from the Git LFS pointer at the pinned commit). Entries with `sha256=None` have no known hash: `fetch`
@@ -194,7 +194,11 @@ def resolve_data_path(rel: str) -> Path:
     if path.is_file():
         return path
     names = [s.name for s in REGISTRY.values() if s.rel_path == rel]
-    how = f"python -m envs.data fetch {names[0]}" if names else "python -m envs.data list (no registry entry)"
+    how = (
+        f"python -m servegym.envs.data fetch {names[0]}"
+        if names
+        else "python -m servegym.envs.data list (no registry entry)"
+    )
     raise FileNotFoundError(
         f"data file not found: {path}\n  data directory comes from ${ENV_VAR} "
         f"(now {os.environ.get(ENV_VAR, 'unset, so the user cache folder is used')}); "
@@ -293,7 +297,7 @@ def verify(names: list[str] | None = None, dest: Path | str | None = None) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m envs.data", description="servegym public data sets")
+    ap = argparse.ArgumentParser(prog="python -m servegym.envs.data", description="servegym public data sets")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list known data sets and whether they are present")
     f = sub.add_parser("fetch", help="download and verify data sets")

@@ -1,4 +1,4 @@
-"""Thin wrapper around `python -m envs.data` (list / fetch NAME / verify) that works from a checkout
+"""Thin wrapper around `python -m servegym.envs.data` (list / fetch NAME / verify) that works from a checkout
 without installing the package."""
 
 from servegym.envs.data import main

@@ -84,7 +84,7 @@ def test_resolve_missing_file_explains_how_to_get_it(monkeypatch, tmp_path):
     msg = str(ei.value)
     assert str(tmp_path / rel) in msg
     assert "SERVEGYM_DATA_DIR" in msg
-    assert "python -m envs.data fetch azure_conv_2023" in msg
+    assert "python -m servegym.envs.data fetch azure_conv_2023" in msg
 
 
 def test_resolve_present_file(monkeypatch, tmp_path):

@@ -54,7 +54,7 @@ def _real(rel: str) -> Path:
         pytest.skip("SERVEGYM_DATA_DIR is not set (CI sets ../shared/data)")
     p = Path(d) / rel
     if not p.is_file():
-        pytest.skip(f"{p} is missing (python -m envs.data fetch ...)")
+        pytest.skip(f"{p} is missing (python -m servegym.envs.data fetch ...)")
     return p
 
 

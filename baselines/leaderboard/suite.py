@@ -215,7 +215,7 @@ def workload_for(sc: SuiteScenario, prefer: str = "auto") -> tuple[str, str]:
     if prefer == "trace":
         raise SuiteError(
             f"scenario {sc.name!r}: trace {sc.trace.name!r} is {status} in {data_dir()} "
-            f"(python -m envs.data fetch {sc.trace.name})"
+            f"(python -m servegym.envs.data fetch {sc.trace.name})"
         )
     return "twin", f"{sc.trace.name} {status} in the data directory: synthetic twin"
 
