@@ -136,6 +136,17 @@ REGISTRY: dict[str, DataSource] = {
             "ShareGPT prompt/decode token counts (Llama-2 tokenizer), 30,731 rows, no timestamps",
         ),
         DataSource(
+            "splitwise_perf_model",
+            # pinned to the last commit that changed the file
+            "https://raw.githubusercontent.com/Mutinifni/splitwise-sim/"
+            "378088013a54df6f2052c27ff5ae6ea7619c3ecc/data/perf_model.csv",
+            "splitwise_sim/perf_model.csv",
+            "dbbe505d1d64fc4bd1ec03c50edf944643586de4f68a81e94cbd55dd5bdfbf41",
+            "MIT",
+            "Splitwise measured prompt/token times of Llama2-70B and BLOOM-176B on A100/H100 (fit and "
+            "validation source of the timing-v0 engine profile; scripts/validate_perf_model.py)",
+        ),
+        DataSource(
             "arxiv_summarization_stats",
             "https://raw.githubusercontent.com/microsoft/vidur/main/data/processed_traces/"
             "arxiv_summarization_stats_llama2_tokenizer_filtered_v2.csv",

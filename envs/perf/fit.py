@@ -1,11 +1,15 @@
 """Fit ``perf_coefficients.json`` from the raw public profiles (Vidur, Splitwise). See docs/perf_model.md.
 
-Sources (under the data dir, default $SERVEGYM_DATA_DIR or ~/.cache/servegym/data):
+Sources (under the data dir of envs/data.py: $SERVEGYM_DATA_DIR, else $XDG_CACHE_HOME/servegym/data):
   vidur_profiling/profiling/compute/<gpu>/<org>/<model>/mlp.csv   per-layer linear-op times (ms) vs tokens, TP
   vidur_profiling/profiling/network/<gpu>_dgx/all_reduce.csv       NCCL all-reduce times (ms) vs bytes
   vidur_profiling/legacy_a100_codellama34b_tp2/attention.csv        attention kernel times (A100, TP2)
   vidur_profiling/legacy_a100_codellama34b_tp2/cpu_overheads.csv    Vidur per-iteration CPU overheads
   splitwise_sim/perf_model.csv                                      end-to-end Llama2-70B timings (training split)
+Where they come from: the Vidur files are microsoft/vidur's data/profiling folder (MIT; the legacy attention and
+CPU-overhead files from its 2024-05-08 tree), not in the download registry because the fit reads dozens of
+them: clone that repository and point the data dir at a folder laid out as above. Splitwise's file is
+registered: ``python -m servegym.envs.data fetch splitwise_perf_model``.
 """
 
 from __future__ import annotations
@@ -13,13 +17,13 @@ from __future__ import annotations
 import csv
 import datetime
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from servegym.envs.data import data_dir
 from servegym.envs.perf.specs import GPUS, MODELS, GpuSpec, ModelSpec
 
 FIT_VERSION = "1.0"
@@ -45,8 +49,8 @@ TPS = (1, 2, 4, 8)
 
 
 def default_data_dir() -> Path:
-    env = os.environ.get("SERVEGYM_DATA_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "servegym" / "data"
+    """The data directory of envs/data.py: $SERVEGYM_DATA_DIR, else $XDG_CACHE_HOME/servegym/data."""
+    return data_dir()
 
 
 def require(path: Path) -> Path:
