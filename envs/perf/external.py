@@ -12,6 +12,12 @@ iteration model, the way a static batch runs on an engine with continuous batchi
 
 Goals (issue 13): decode <= 10% MAPE, prefill (TTFT) <= 15%, every cell within 25%. An end-to-end cell mixes
 both phases; it is held to the decode goal, the stricter one, because most of its iterations are decodes.
+
+Each source is predicted with the engine profile that matches what it measured (``SOURCE_ENGINES``). Every
+source here ran an engine without an eager-PyTorch launch floor: vLLM with CUDA graphs, and the C++ runtimes of
+TensorRT-LLM and LMDeploy-TurboMind. Their host costs per iteration are not in any fit data, so they get the
+timing-v1 default ``vllm`` (no floor, vLLM's measured CPU costs per iteration and sequence) rather than ``none``,
+which would assume no host work at all. The choice is made from what the engines are, not from the errors.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from servegym.envs.perf.engines import DEFAULT_ENGINE, ENGINES
 from servegym.envs.perf.model import iteration_time_py, load_perf_coefficients
 
 VALIDATION_DIR = Path(__file__).with_name("validation")
@@ -29,6 +36,14 @@ COLUMNS = ("source", "model", "gpu", "tp", "batch", "prompt_tokens", "output_tok
 METRICS = ("ttft", "decode", "e2e")
 GOAL_MAPE = {"ttft": 15.0, "prefill": 15.0, "decode": 10.0, "e2e": 10.0}
 GOAL_WORST = 25.0
+
+# Engine profile per source (module docstring). A CSV whose source is not listed here is rejected at load.
+SOURCE_ENGINES = {
+    "nemo_trtllm": "vllm",  # NeMo's TensorRT-LLM path: C++ runtime, no eager launch floor
+    "trtllm_v05": "vllm",  # TensorRT-LLM v0.5 gptSessionBenchmark: C++ runtime
+    "lmdeploy_turbomind": "vllm",  # LMDeploy TurboMind: C++ runtime
+    "vllm_nightly": "vllm",  # vLLM itself, CUDA graphs on (its default)
+}
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,11 @@ def load_cells(folder: Path = VALIDATION_DIR) -> list[Cell]:
                 )
             except ValueError as e:
                 raise ValueError(f"{path}:{lineno}: {e}") from None
+            if cell.source not in SOURCE_ENGINES:
+                raise ValueError(
+                    f"{path}:{lineno}: source {cell.source!r} has no engine profile; add it to "
+                    f"SOURCE_ENGINES in envs/perf/external.py (known: {sorted(SOURCE_ENGINES)})"
+                )
             if cell.metric not in METRICS:
                 raise ValueError(f"{path}:{lineno}: metric {cell.metric!r} not one of {METRICS}")
             if (
@@ -78,8 +98,17 @@ def load_cells(folder: Path = VALIDATION_DIR) -> list[Cell]:
     return cells
 
 
-def predict_ms(cell: Cell, engine: str = "vllm") -> float:
-    coef = load_perf_coefficients(cell.model, cell.gpu, cell.tp, engine)
+def engine_for(cell: Cell, engine: str | None = None) -> str:
+    """``engine`` if given (an override for every source), else the source's profile from SOURCE_ENGINES."""
+    chosen = engine or SOURCE_ENGINES.get(cell.source, DEFAULT_ENGINE)
+    if chosen not in ENGINES:
+        raise ValueError(f"unknown engine {chosen!r}; known: {ENGINES}")
+    return chosen
+
+
+def predict_ms(cell: Cell, engine: str | None = None) -> float:
+    """Predicted milliseconds of one cell with ``engine`` (default: the source's profile)."""
+    coef = load_perf_coefficients(cell.model, cell.gpu, cell.tp, engine_for(cell, engine))
     b, p = cell.batch, cell.prompt_tokens
     prefill = iteration_time_py(coef, b * p, b * p * (p + 1) / 2.0, 0, 0)
     steps = [iteration_time_py(coef, 0, 0, b, b * (p + k)) for k in range(1, cell.output_tokens)]
@@ -111,20 +140,27 @@ def summary_row(source: str, model: str, gpu: str, metric: str, engine: str, err
     }
 
 
-def summarize(cells: list[Cell], engine: str = "vllm") -> list[dict]:
-    """One row per (source, model, gpu, metric): cells, MAPE, signed mean error, worst cell, goals met."""
-    groups: dict[tuple[str, str, str, str], list[tuple[Cell, float]]] = {}
+def summarize(cells: list[Cell], engine: str | None = None) -> list[dict]:
+    """One row per (source, model, gpu, metric): cells, MAPE, signed mean error, worst cell, goals met.
+
+    ``engine`` overrides every source's profile (default: SOURCE_ENGINES)."""
+    groups: dict[tuple[str, str, str, str, str], list[tuple[Cell, float]]] = {}
     for c in cells:
-        groups.setdefault((c.source, c.model, c.gpu, c.metric), []).append((c, predict_ms(c, engine)))
+        eng = engine_for(c, engine)
+        groups.setdefault((c.source, c.model, c.gpu, c.metric, eng), []).append((c, predict_ms(c, eng)))
     return [
         summary_row(
             *key,
-            engine,
             [(p / c.measured_ms - 1.0) * 100 for c, p in items],
-            [f"tp{c.tp} b{c.batch}" for c, _ in items],
+            [cell_label(c) for c, _ in items],
         )
         for key, items in groups.items()
     ]
+
+
+def cell_label(c: Cell) -> str:
+    """Short name of a cell for the worst-cell column: tp, batch, and the request shape when it varies."""
+    return f"tp{c.tp} b{c.batch} p{c.prompt_tokens}/o{c.output_tokens}"
 
 
 def splitwise_summary(data_dir: Path, engine: str = "splitwise") -> list[dict]:

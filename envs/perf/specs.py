@@ -74,6 +74,21 @@ MODELS: dict[str, ModelSpec] = {
     "llama-2-70b": ModelSpec(
         "llama-2-70b", "meta-llama/Llama-2-70b-hf", 80, 8192, 64, 8, 128, 28672, 32000, 68_976_648_192
     ),
+    # huggingface.co/meta-llama/Meta-Llama-3-70B config.json: the Llama-3.1-70B geometry below with an 8,192-token
+    # context (max_position_embeddings); 70.55B params.
+    "llama-3-70b": ModelSpec(
+        "llama-3-70b",
+        "meta-llama/Meta-Llama-3-70B",
+        80,
+        8192,
+        64,
+        8,
+        128,
+        28672,
+        128256,
+        70_553_706_496,
+        8192,
+    ),
     # huggingface.co/meta-llama/Llama-3.1-70B config.json: Llama-2-70B's layer shapes (80 layers, hidden 8192,
     # 64 q / 8 KV heads, intermediate 28672) with vocab 128256 and a 131,072-token context; 70.55B params.
     "llama-3.1-70b": ModelSpec(
@@ -109,7 +124,11 @@ MODELS: dict[str, ModelSpec] = {
 
 # Models whose decoder layers are identical to a profiled model's: they reuse its fitted linear-op table
 # (envs/perf/model.py rescales the output layer by vocabulary size; attention and KV come from their own spec).
-PROFILE_ALIASES: dict[str, str] = {"llama-3.1-8b": "llama-3-8b", "llama-3.1-70b": "llama-2-70b"}
+PROFILE_ALIASES: dict[str, str] = {
+    "llama-3.1-8b": "llama-3-8b",
+    "llama-3-70b": "llama-2-70b",
+    "llama-3.1-70b": "llama-2-70b",
+}
 
 
 def param_count_from_geometry(m: ModelSpec) -> int:
