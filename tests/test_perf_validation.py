@@ -136,3 +136,30 @@ def test_fit_uses_the_data_directory_of_envs_data(monkeypatch, tmp_path: Path) -
     assert fit.default_data_dir() == data.data_dir() == tmp_path / "xdg" / "servegym" / "data"
     monkeypatch.setenv("SERVEGYM_DATA_DIR", str(tmp_path / "d"))
     assert fit.default_data_dir() == tmp_path / "d"
+
+
+def _validate_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "validate_perf_model.py"
+    spec = importlib.util.spec_from_file_location("validate_perf_model_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_script_without_splitwise_data_says_how_to_fetch_it(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="fetch splitwise_perf_model"):
+        _validate_script().main(["--data-dir", str(tmp_path)])
+
+
+def test_script_prints_one_table_over_every_source(capsys) -> None:
+    from servegym.envs.data import data_dir
+    from servegym.envs.perf import validate
+
+    if not (data_dir() / validate.SPLITWISE_CSV).is_file():
+        pytest.skip("needs splitwise_sim/perf_model.csv in the data directory (SERVEGYM_DATA_DIR)")
+    assert _validate_script().main([]) == 0
+    table = capsys.readouterr().out.split("\n\n")[0].splitlines()
+    sources = {ln.split(" | ")[0].lstrip("| ") for ln in table[2:]}
+    assert sources == set(external.SOURCE_ENGINES) | {"splitwise (fit source, held-out)"}

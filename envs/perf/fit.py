@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from servegym.envs.data import data_dir
+from servegym.envs.data import REGISTRY, data_dir
 from servegym.envs.perf.specs import GPUS, MODELS, GpuSpec, ModelSpec
 
 FIT_VERSION = "1.0"
@@ -54,9 +54,17 @@ def default_data_dir() -> Path:
 
 
 def require(path: Path) -> Path:
+    """``path`` if it is a file, else FileNotFoundError saying where the data directory comes from and how
+    to get the file (a registered download, or Vidur's profiling folder)."""
     if not path.is_file():
+        names = [s.name for s in REGISTRY.values() if Path(path).as_posix().endswith("/" + s.rel_path)]
+        how = (
+            f"download it with: python -m servegym.envs.data fetch {names[0]}"
+            if names
+            else "Vidur's profiles come from microsoft/vidur's data/profiling folder (docs/perf_model.md, Fitting)"
+        )
         raise FileNotFoundError(
-            f"missing profile file {path} (set --data-dir or SERVEGYM_DATA_DIR to the reference data folder)"
+            f"missing profile file {path} (set --data-dir or SERVEGYM_DATA_DIR to the reference data folder; {how})"
         )
     return path
 
