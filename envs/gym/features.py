@@ -21,20 +21,12 @@ from servegym.envs.gym import config as C
 from servegym.envs.perf.model import iteration_time_s
 from servegym.envs.scenario import Scenario
 from servegym.envs.sim import state as S
-from servegym.envs.sim.core import (
-    can_serve,
-)
 from servegym.envs.sim.jit import hot, kernel
 from servegym.envs.sim.policies import BATCHING_IDS
-from servegym.envs.sim.replica import (
-    admit_chunk,
-    budget_left,
-    has_prefill,
-    next_deadline,
-    prefix_hits,
-    request_batch_score,
-    session_deadline,
-)
+from servegym.envs.sim.prefix_cache import prefix_hits
+from servegym.envs.sim.queues import next_deadline, request_batch_score, session_deadline
+from servegym.envs.sim.replica import admit_chunk, budget_left, has_prefill
+from servegym.envs.sim.routing import can_serve
 from servegym.envs.sim.simulator import Simulator
 from servegym.envs.sim.state import (
     C_HORIZON,
@@ -392,7 +384,7 @@ def pool_features(st, ax, obs, mask, ii, ff, now, scale_pending):
             elif s == RS_FAILED:
                 n_failed += 1
         n_up = n_start + n_act
-        # the utilization the built-in reactive rule sees (core.builtin_scale): held requests are demand
+        # the utilization the built-in reactive rule sees (scaling.builtin_scale): held requests are demand
         if n_act > 0:
             util = used / n_act
         else:
