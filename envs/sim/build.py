@@ -10,6 +10,7 @@ import numpy as np
 
 from servegym.envs.perf.model import kv_cache_blocks, load_perf_coefficients
 from servegym.envs.perf.specs import get_gpu, get_model
+from servegym.envs.rules import DECISION_KINDS
 from servegym.envs.scenario import PoolConfig, Scenario, ScenarioError
 from servegym.envs.sim import state as S
 from servegym.envs.sim.faults import arm_initial_faults
@@ -18,7 +19,7 @@ from servegym.envs.sim.state import SimState
 from servegym.envs.sim.timing import pool_engine, resolve_timing, tenant_context_limits
 from servegym.envs.workloads.requests import RequestTable, SessionColumns
 
-CONTROLS = ("route", "batch", "scale")
+CONTROLS = DECISION_KINDS
 
 
 def session_first_rows(sess: SessionColumns) -> np.ndarray:
