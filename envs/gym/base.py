@@ -23,7 +23,7 @@ from servegym.envs.gym import kernels as K
 from servegym.envs.gym.features import EnvAux, make_aux
 from servegym.envs.gym.info import batch_info, reward_components, route_info, scale_info
 from servegym.envs.metrics import compute_metrics
-from servegym.envs.scenario import Scenario, load_scenario, scenario_from_dict
+from servegym.envs.scenario import Scenario, deep_merge, load_scenario, scenario_from_dict
 from servegym.envs.sim import state as S
 from servegym.envs.sim.simulator import Simulator
 
@@ -33,14 +33,6 @@ _INT_TYPES = frozenset({int, np.int64, np.int32, np.intp})
 
 class InvalidActionError(ValueError):
     """An action outside the action space, or masked for the pending decision."""
-
-
-def deep_merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``upd`` merged in, recursively for dicts (lists are replaced whole, as in load_scenario)."""
-    out = dict(base)
-    for k, v in upd.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def invalid_action_error(

@@ -34,6 +34,7 @@ from servegym.envs.gym.config import (
 from servegym.envs.perf.model import iteration_time_s
 from servegym.envs.scenario import Scenario
 from servegym.envs.sim import state as S
+from servegym.envs.sim.build import pool_price_per_gpu_hour
 from servegym.envs.sim.jit import hot, kernel
 from servegym.envs.sim.policies import BATCHING_IDS
 from servegym.envs.sim.prefix_cache import prefix_hits
@@ -727,16 +728,8 @@ def observe(st, ax, obs, mask, ii, ff):
 
 
 def pool_prices(scenario: Scenario) -> np.ndarray:
-    """USD per GPU-hour of each pool: the scenario's price, else the GPU's default (as Simulator.outcome)."""
-    from servegym.envs.perf.specs import get_gpu
-
-    return np.array(
-        [
-            p.price_per_gpu_hour if p.price_per_gpu_hour is not None else get_gpu(p.gpu).price_per_hour
-            for p in scenario.pools
-        ],
-        dtype=np.float64,
-    )
+    """USD per GPU-hour of each pool: the scenario's price, else the GPU's default (build.py)."""
+    return np.array([pool_price_per_gpu_hour(p) for p in scenario.pools], dtype=np.float64)
 
 
 def day_period(cfg: dict[str, Any], scenario: Scenario) -> float:
