@@ -33,18 +33,6 @@ from servegym.envs.sim.policies import (
     session_route_score,
 )
 
-DESCRIPTIONS = {
-    "round_robin": "round-robin over the replicas that can serve the request",
-    "random": "uniformly random replica",
-    "jsq": "join the shortest waiting queue (then fewest running)",
-    "lor": "least outstanding requests (waiting + running)",
-    "least_kv": "least KV-cache utilization",
-    "p2c": "power of two choices: the less loaded of two random replicas",
-    "prefix_affinity": "longest cached prompt prefix, then least outstanding requests",
-    "cost_aware": "cheapest replica (per request/s of capacity) predicted to meet the SLO, else LOR",
-    "session_affinity": "an agentic session's home replica (its context's prefix cache) unless overloaded, else LOR",
-}
-
 _DEFAULTS = PoliciesConfig()
 
 

@@ -15,26 +15,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from servegym.configs import SCENARIO_DIR
+from servegym.envs import rules
 
-BATCHING_POLICIES = ("fcfs", "edf", "sjf", "vtc", "wfs", "tier_priority", "session_edf", "session_las")
-ROUTING_POLICIES = (
-    "round_robin",
-    "random",
-    "jsq",
-    "lor",
-    "least_kv",
-    "p2c",
-    "prefix_affinity",
-    "cost_aware",
-    "session_affinity",
-)
+# the rules' names, from their tables (envs/rules.py)
+BATCHING_POLICIES = rules.names(rules.BATCHING)
+ROUTING_POLICIES = rules.names(rules.ROUTING)
 # Engine profiles of envs/perf/engines.py (the config layer does not import the perf model; a test keeps them equal).
 ENGINE_PROFILES = ("splitwise", "vidur", "none", "vllm", "vllm-eager")
 TIMING_VERSIONS = ("v0", "v1")
 CONTEXT_POLICIES = ("reject", "truncate", "drop")
-SCALING_POLICIES = ("static", "reactive", "target_util", "forecast", "reactive_replace", "spot_mix")
+SCALING_POLICIES = rules.names(rules.SCALING)
 # scaling rules that size pools from the arrival rate against a per-replica capacity
-CAPACITY_SCALERS = ("target_util", "forecast", "spot_mix")
+CAPACITY_SCALERS = tuple(r.name for r in rules.SCALING if r.needs_capacity)
 
 
 class ScenarioError(ValueError):
@@ -505,11 +497,13 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in, recursively for dicts; lists and other values are replaced
+    whole. How scenario overrides apply, everywhere (the envs' ``scenario_overrides`` too)."""
     out = dict(base)
     for key, val in overrides.items():
         if isinstance(val, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], val)
+            out[key] = deep_merge(out[key], val)
         else:
             out[key] = val
     return out
@@ -538,7 +532,7 @@ def load_scenario(name_or_path: str | Path, overrides: dict[str, Any] | None = N
         raise ScenarioError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ScenarioError(f"{path}: a scenario must be a YAML mapping, got {type(raw).__name__}")
-    return scenario_from_dict(_deep_merge(raw, overrides or {}), source=str(path))
+    return scenario_from_dict(deep_merge(raw, overrides or {}), source=str(path))
 
 
 def scenario_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Scenario:

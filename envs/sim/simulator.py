@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 
 from servegym.envs.scenario import Scenario, load_scenario
-from servegym.envs.sim import core
+from servegym.envs.sim import core, probe
 from servegym.envs.sim import state as S
 from servegym.envs.sim.audit import AUDIT_MESSAGES, audit
-from servegym.envs.sim.build import build_state
+from servegym.envs.sim.build import build_state, pool_price_per_gpu_hour
 from servegym.envs.sim.fork import copy_into, copy_state, release_control
 from servegym.envs.sim.outcome import SimOutcome
+from servegym.envs.sim.probe import ClusterSample, sample, scheduling_delays
 from servegym.envs.sim.replica import sync_generated
 from servegym.envs.sim.state import EV_DONE, EV_TIME, SimState, state_nbytes
 from servegym.envs.sim.timing import (
@@ -186,6 +187,49 @@ class Simulator:
             "session_steps_pending": int(st.cnt[S.K_REL_N]),
         }
 
+    def sample(self) -> ClusterSample:
+        """The cluster now: arrivals, SLO counts, waiting requests, replica states and KV use (probe.py)."""
+        return sample(self.state)
+
+    def scheduling_delays(self) -> np.ndarray:
+        """Each served request's TTFT less its prefill alone and the network; +inf per request dropped
+        before its first token (probe.py)."""
+        return scheduling_delays(self.state)
+
+    # what planners read between rollouts (probe.py)
+    @property
+    def n_replicas(self) -> int:
+        return int(self.state.repi.shape[1])
+
+    def pending_decision(self) -> str | None:
+        """'route', 'scale' or 'batch' while the run waits on that decision, else None."""
+        return probe.pending_decision(self.state)
+
+    def replica_load(self) -> np.ndarray:
+        """Requests waiting in and running on each replica."""
+        return probe.replica_load(self.state)
+
+    def pool_live_replicas(self) -> np.ndarray:
+        """Replicas of each pool that are on and not failed."""
+        return probe.pool_live_replicas(self.state)
+
+    def pool_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(min replicas, max replicas) of each pool."""
+        return probe.pool_bounds(self.state)
+
+    def billed_gpu_s(self) -> np.ndarray:
+        """GPU-seconds billed so far per pool, open bills included."""
+        return probe.billed_gpu_s(self.state)
+
+    def slo_counts(self) -> tuple[int, int, int]:
+        """(finished within SLO, finished past it, dropped) so far."""
+        return probe.slo_counts(self.state)
+
+    def replace_future_arrivals(self, sample: Simulator) -> None:
+        """Replace the requests that have not arrived yet by ``sample``'s arriving after now (MPC's sampled
+        future; ``sample`` is a fresh run of the same scenario with another seed)."""
+        self.state = probe.replace_future_arrivals(self.state, sample.state)
+
     def audit(self) -> str:
         """Recompute every incremental aggregate of the core; '' when consistent, else what is wrong."""
         code, where = audit(self.state)
@@ -214,12 +258,7 @@ class Simulator:
         dropped = status == S.ST_DROPPED
         finish = st.rqf[S.RF_FINISH]
         sc = self.scenario
-        price = np.array(
-            [
-                p.price_per_gpu_hour if p.price_per_gpu_hour is not None else _default_price(p.gpu)
-                for p in sc.pools
-            ]
-        )
+        price = np.array([pool_price_per_gpu_hour(p) for p in sc.pools])
         return SimOutcome(
             now_s=now,
             horizon_s=float(sc.horizon_s),
@@ -281,9 +320,3 @@ class Simulator:
                 "tenant_session_slo_s": np.array(slo, dtype=np.float64),
             }
         return self._sess_fields
-
-
-def _default_price(gpu: str) -> float:
-    from servegym.envs.perf.specs import get_gpu
-
-    return float(get_gpu(gpu).price_per_hour)
