@@ -23,7 +23,7 @@ from servegym.envs.gym import kernels as K
 from servegym.envs.gym.features import EnvAux, make_aux
 from servegym.envs.gym.info import batch_info, reward_components, route_info, scale_info
 from servegym.envs.metrics import compute_metrics
-from servegym.envs.scenario import Scenario, load_scenario, scenario_from_dict
+from servegym.envs.scenario import Scenario, load_scenario, merge_overrides, scenario_from_dict, with_window
 from servegym.envs.sim import state as S
 from servegym.envs.sim.simulator import Simulator
 
@@ -35,12 +35,9 @@ class InvalidActionError(ValueError):
     """An action outside the action space, or masked for the pending decision."""
 
 
-def deep_merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``upd`` merged in, recursively for dicts (lists are replaced whole, as in load_scenario)."""
-    out = dict(base)
-    for k, v in upd.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+# ``base`` with ``upd`` merged in, as load_scenario merges overrides (a list is replaced whole by a list, or
+# merged entry by entry by a mapping of indices)
+deep_merge = merge_overrides
 
 
 class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
@@ -129,7 +126,7 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
         if isinstance(sc, Scenario):
             if not overrides:
                 return sc
-            return scenario_from_dict(deep_merge(sc.model_dump(), overrides), source=f"{where}: {sc.name}")
+            return scenario_from_dict(sc.model_dump(), source=f"{where}: {sc.name}", overrides=overrides)
         if not isinstance(sc, (str, Path)):
             raise C.ConfigError(f"{where}: config key 'scenario' must be a name, a path or a Scenario")
         return load_scenario(sc, overrides)
@@ -181,13 +178,7 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
         return {"seed": seed, "window_start_s": window}
 
     def _episode_scenario(self, window_start_s: float | None) -> Scenario:
-        if window_start_s is None:
-            return self.scenario
-        sources = [
-            s.model_copy(update={"window_start_s": float(window_start_s)}) if s.kind == "trace" else s
-            for s in self.scenario.sources
-        ]
-        return self.scenario.model_copy(update={"sources": sources})
+        return self.scenario if window_start_s is None else with_window(self.scenario, window_start_s)
 
     def new_episode(
         self, rng: np.random.Generator, opts: dict[str, Any], reset_seed: int | None = None
