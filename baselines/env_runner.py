@@ -277,5 +277,7 @@ def env_episode_runner(spec: EpisodeSpec) -> dict[str, Any]:
         env_id = getattr(pol, "env_id", None) or "servegym/Route-v0"
     if spec.timing is not None:  # the versions of an env id differ only in timing (envs/__init__.py)
         env_id = f"{env_id.rsplit('-', 1)[0]}-{spec.timing}"
-    metrics, _ = run_env_episode(pol, env_id, scenario, spec.seed, env_config)
+    metrics, _ = run_env_episode(
+        pol, env_id, scenario, spec.seed, env_config, window_start_s=spec.window_start_s
+    )
     return metrics
