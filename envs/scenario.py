@@ -572,7 +572,8 @@ def _key_path(loc: tuple[Any, ...], msg: str) -> str:
 
 
 def _blame_overrides(err: ValidationError, source: str, overrides: dict[str, Any]) -> str:
-    """The validation errors, each reported against the override that touches its key path (else the file)."""
+    """The validation errors (of a mapping valid without the overrides), each reported against the override
+    that touches its key path, else against the overrides together."""
     flat = _flat_overrides(overrides)
     lines = [f"{source} with overrides: invalid scenario ({err.error_count()} error(s))"]
     for e in err.errors():
@@ -629,7 +630,8 @@ def scenario_from_dict(
     raw: dict[str, Any], source: str = "<dict>", overrides: dict[str, Any] | None = None
 ) -> Scenario:
     """Validate a scenario mapping, with ``overrides`` (merge_overrides) applied first. When the mapping alone
-    is valid, the errors of the merged one are the overrides' and are reported against them."""
+    is valid, the errors of the merged one are the overrides' and are reported against them; else against
+    ``source``, as they were before overrides had their own messages."""
     if not overrides:
         try:
             return Scenario.model_validate(raw)
@@ -643,8 +645,8 @@ def scenario_from_dict(
     except ValidationError as e:
         try:
             Scenario.model_validate(raw)
-        except ValidationError as e0:  # the file itself is invalid: report it as such
-            raise ScenarioError(_format_validation_error(e0, source)) from None
+        except ValidationError:  # the file alone is invalid too: the merged errors, against the file
+            raise ScenarioError(_format_validation_error(e, source)) from None
         raise ScenarioError(_blame_overrides(e, source, overrides)) from None
 
 
