@@ -26,7 +26,7 @@ from servegym import envs
 from servegym.agents import checkpoints as run
 from servegym.agents.config import AgentConfig, load_agent_config
 from servegym.baselines.harness import git_commit as harness_git_commit
-from servegym.envs.scenario import deep_merge, scaled_sources
+from servegym.envs.scenario import merge_overrides, scaled_sources
 
 
 def default_config_name(env_id: str, scenario: str) -> str:
@@ -86,7 +86,7 @@ def load_setter(venv):
     base = proto.scenario
 
     def set_load(factor: float) -> None:
-        over = deep_merge(base_overrides, {"sources": scaled_sources(base, factor)})
+        over = merge_overrides(base_overrides, {"sources": scaled_sources(base, factor)})
         proto.configure({"scenario_overrides": over})
 
     return set_load

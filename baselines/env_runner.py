@@ -28,7 +28,7 @@ import numpy as np
 
 import servegym.envs  # noqa: F401  (registers the servegym env ids)
 from servegym.baselines.episodes import EpisodeSpec
-from servegym.baselines.policy import Policy
+from servegym.baselines.policy import Policy, PolicyError
 from servegym.baselines.registry import (
     SB3Policy,
     _accepted,
@@ -37,7 +37,9 @@ from servegym.baselines.registry import (
     policy_spec,
     split_combination,
 )
+from servegym.configs import CONFIG_DIR
 from servegym.envs.gym.base import InvalidActionError
+from servegym.envs.gym.config import ConfigError, base_config
 from servegym.envs.scenario import Scenario, load_scenario
 
 # Keys of an agent's training env_config that describe the scenario rather than the env's spaces or
@@ -95,6 +97,121 @@ def resolve_policy(policy: Policy | str | Path, scenario: str | Path | Scenario,
     if len(parts) == 1:  # make_policy hands a single rule every keyword; keep those its factory takes
         kw = _accepted(policy_spec(next(iter(parts.values()))).factory, kw)
     return make_policy(policy, **kw)
+
+
+# ---------------------------------------------------------------- a learned policy's spaces
+
+
+def trained_space_config(policy: Any) -> dict[str, Any] | None:
+    """The env config keys that sized a learned policy's spaces when it was trained (max_replicas,
+    max_pools, top_k, scale_step, rate_bins, session_features); None for a heuristic, or when its training
+    env cannot be rebuilt (then only the spaces themselves are compared, SB3Policy.check_spaces)."""
+    net = getattr(policy, "net", None)
+    lay = getattr(net, "layout", None)  # a native checkpoint stores its layout
+    if lay is None and isinstance(policy, SB3Policy):
+        if not hasattr(policy, "_trained_layout"):
+            policy._trained_layout = _sb3_training_layout(policy)  # type: ignore[attr-defined]
+        lay = policy._trained_layout  # type: ignore[attr-defined]
+    if lay is None:
+        return None
+    return {
+        "max_replicas": int(lay.r_pad),
+        "max_pools": int(lay.p_pad),
+        "top_k": int(lay.k),
+        "scale_step": int(lay.scale_step),
+        "rate_bins": int(lay.rate_bins),
+        "session_features": bool(lay.sessions),
+    }
+
+
+def _sb3_training_layout(policy: SB3Policy) -> Any:
+    """The layout of the env an SB3 checkpoint's run config names, if its spaces are the model's."""
+    cfg = policy.run_config
+    env_id, scenario = cfg.get("env_id"), cfg.get("scenario")
+    if not env_id or not scenario:
+        return None
+    path = Path(str(scenario))
+    if path.suffix in (".yaml", ".yml") and not path.exists() and path.parts[:1] == ("configs",):
+        path = CONFIG_DIR.joinpath(*path.parts[1:])  # a checkout-relative path, in an installed package
+    known = base_config()
+    env_config = {k: v for k, v in dict(cfg.get("env_config") or {}).items() if k in known}
+    try:
+        env = make_env(env_id, path if path.suffix else str(scenario), env_config)
+    except Exception:  # a scenario or env that no longer exists: fall back to comparing the spaces
+        return None
+    model = policy.model
+    if model.observation_space != env.observation_space or model.action_space != env.action_space:
+        return None
+    return env.layout
+
+
+def _describe(space: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in space.items())
+
+
+def fit_env_config(policy: Any, cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """Pad the env to a learned policy's trained sizes (keys the caller did not set); its space config."""
+    space = trained_space_config(policy)
+    if space is not None:
+        for k, v in space.items():
+            cfg.setdefault(k, v)
+    return space
+
+
+def make_agent_env(
+    policy: Any,
+    space: Mapping[str, Any] | None,
+    make: Any,
+    env_id: str,
+    scenario: str | Path | Scenario,
+    cfg: Mapping[str, Any],
+) -> Any:
+    """``make()`` the env; for a learned policy, a PolicyError that says what the agent was trained with and
+    what the scenario needs when they differ (rather than a shape error deep inside the model)."""
+    try:
+        env = make()
+    except ConfigError as e:
+        if space is None:
+            raise
+        sc = (
+            scenario
+            if isinstance(scenario, Scenario)
+            else load_scenario(scenario, cfg.get("scenario_overrides"))
+        )
+        r, p = sum(q.max_replicas for q in sc.pools), len(sc.pools)
+        if r <= space["max_replicas"] and p <= space["max_pools"]:
+            raise  # another config problem: its own message
+        raise PolicyError(
+            f"{_trained(policy, space)}; scenario {sc.name!r} needs max_replicas >= {r} and max_pools >= {p} "
+            f"(its pools' max_replicas sum to {r}, in {p} pool(s)). An agent acts on clusters up to the size it "
+            f"was trained on: run it on a scenario of at most {space['max_replicas']} replicas in "
+            f"{space['max_pools']} pool(s), or train one for this scenario ({e})"
+        ) from None
+    lay = None
+    if space is not None:
+        lay = getattr(env, "layout", None) or getattr(getattr(env, "unwrapped", None), "layout", None)
+    if space is not None and lay is not None:
+        have = {
+            "max_replicas": lay.r_pad,
+            "max_pools": lay.p_pad,
+            "top_k": lay.k,
+            "scale_step": lay.scale_step,
+            "rate_bins": lay.rate_bins,
+            "session_features": bool(lay.sessions),
+        }
+        diff = {k: have[k] for k in space if have[k] != space[k]}
+        if diff:
+            raise PolicyError(
+                f"{_trained(policy, space)}; this env ({env_id}) has {_describe(diff)}: leave those env_config "
+                "keys unset (they default to the agent's) or set them to the agent's values"
+            )
+    return env
+
+
+def _trained(policy: Any, space: Mapping[str, Any]) -> str:
+    cfg = getattr(policy, "run_config", None) or {}
+    where = f" on {cfg.get('env_id', '?')}, scenario {cfg.get('scenario', '?')}" if cfg else ""
+    return f"checkpoint {getattr(policy, 'name', policy)!r} was trained{where} with {_describe(space)}"
 
 
 def needs_info_features(policy: Any) -> bool:
@@ -187,8 +304,9 @@ def run_env_episode(
     cfg.setdefault("info_features", needs_info_features(pol))
     # an evaluated policy's invalid action is an error, never a silent no-op in its record
     cfg.setdefault("invalid_action", "raise")
+    space = fit_env_config(pol, cfg)
     if env is None:
-        env = make_env(env_id, scenario, cfg)
+        env = make_agent_env(pol, space, lambda: make_env(env_id, scenario, cfg), env_id, scenario, cfg)
     if isinstance(pol, SB3Policy):
         pol.check_spaces(env)
     flat = _Flattener(env)
@@ -283,5 +401,7 @@ def env_episode_runner(spec: EpisodeSpec) -> dict[str, Any]:
         env_id = getattr(pol, "env_id", None) or "servegym/Route-v0"
     if spec.timing is not None:  # the versions of an env id differ only in timing (envs/__init__.py)
         env_id = f"{env_id.rsplit('-', 1)[0]}-{spec.timing}"
-    metrics, _ = run_env_episode(pol, env_id, scenario, spec.seed, env_config)
+    metrics, _ = run_env_episode(
+        pol, env_id, scenario, spec.seed, env_config, window_start_s=spec.window_start_s
+    )
     return metrics

@@ -14,7 +14,7 @@ from typing import Any
 
 from servegym.baselines.registry import builtin_policies
 from servegym.envs.metrics import compute_metrics
-from servegym.envs.scenario import ScenarioError
+from servegym.envs.scenario import ScenarioError, load_scenario, with_window
 from servegym.envs.sim.simulator import Simulator
 
 
@@ -30,6 +30,9 @@ class EpisodeSpec:
     # Timing version (envs/sim/timing.py): None runs the core's rules with the Simulator's default (v1) and an
     # agent on its env id as given; "v0"/"v1" pins both (an env id's version is set to it).
     timing: str | None = None
+    # Trace scenarios: the trace second the episode's window starts at (every trace source replays from it);
+    # None keeps the scenario's own. evaluate() sets it per seed (seed_trace_windows).
+    window_start_s: float | None = None
 
 
 EpisodeRunner = Callable[[EpisodeSpec], dict[str, Any]]
@@ -53,5 +56,8 @@ def scenario_overrides(spec: EpisodeSpec) -> dict[str, Any]:
 
 def builtin_episode(spec: EpisodeSpec) -> dict[str, Any]:
     """Run the episode with the core's built-in rules (selected through scenario overrides)."""
-    sim = Simulator(spec.scenario, seed=spec.seed, overrides=scenario_overrides(spec), timing=spec.timing)
+    sc = load_scenario(spec.scenario, scenario_overrides(spec))
+    if spec.window_start_s is not None:
+        sc = with_window(sc, spec.window_start_s)
+    sim = Simulator(sc, seed=spec.seed, timing=spec.timing)
     return compute_metrics(sim.run())

@@ -42,13 +42,15 @@ from servegym.baselines.episodes import (  # noqa: F401  (EpisodeSpec and friend
     scenario_overrides,
 )
 from servegym.baselines.registry import builtin_policies
+from servegym.envs.scenario import load_scenario
+from servegym.envs.workloads.scenario_requests import seed_trace_windows
 
 # Workers start fresh rather than forked: a fork after torch or numba's threading layer has started
 # can deadlock the child (seen with pretrained agents on the leaderboard).
 SPAWN = multiprocessing.get_context("spawn")
 
 # Metadata columns that lead every record, in this order.
-META_KEYS = ("policy", "scenario", "seed")
+META_KEYS = ("policy", "scenario", "seed", "window_start_s")
 VERSION_KEYS = ("servegym_version", "numpy_version", "numba_version", "python_version", "git_commit")
 # The summary an operator reads first (the CLI's default table).
 SUMMARY_KEYS = (
@@ -133,6 +135,8 @@ def _run_one(spec: EpisodeSpec, runner: EpisodeRunner) -> tuple[EpisodeSpec, dic
 
 def make_record(spec: EpisodeSpec, metrics: Mapping[str, Any], vers: Mapping[str, str]) -> dict[str, Any]:
     rec: dict[str, Any] = {"policy": spec.policy, "scenario": spec.scenario, "seed": int(spec.seed)}
+    if spec.window_start_s is not None:
+        rec["window_start_s"] = float(spec.window_start_s)
     rec.update(metrics)
     rec.update(vers)
     return rec
@@ -199,18 +203,25 @@ def evaluate_many(
     policy_kwargs: Mapping[str, Any] | None = None,
     keys: Sequence[str] | None = None,
     timing: str | None = None,
+    trace_windows: bool = True,
 ) -> list[EvalResult]:
     """Every policy on every scenario over the same seeds, in one process pool.
 
     Returns one ``EvalResult`` per (policy, scenario), records sorted by seed; ``keys`` restricts the
     aggregate (default: every numeric metric); ``timing`` pins the timing version (EpisodeSpec.timing).
+    On a trace scenario each seed replays its own trace window (``seed_trace_windows``; the record's
+    ``window_start_s``), so N seeds are N workloads; ``trace_windows=False`` replays the scenario's own window
+    for every seed.
     """
     seed_list = seeds_list(seeds)
     for pol in policies:
         if episode_runner is None and builtin_policies(pol) is not None:  # fail early, naming the policy
             scenario_overrides(EpisodeSpec(pol, scenarios[0], 0, overrides))
+    windows = {
+        str(sc): episode_windows(str(sc), seed_list, overrides) if trace_windows else {} for sc in scenarios
+    }
     specs = [
-        EpisodeSpec(pol, str(sc), s, overrides, policy_kwargs, timing)
+        EpisodeSpec(pol, str(sc), s, overrides, policy_kwargs, timing, windows[str(sc)].get(s))
         for pol in policies
         for sc in scenarios
         for s in seed_list
@@ -227,6 +238,16 @@ def evaluate_many(
                 EvalResult(pol, str(sc), records, aggregate(records, keys), sum(w for _, _, w in mine))
             )
     return out
+
+
+def episode_windows(
+    scenario: str, seeds: Sequence[int], overrides: Mapping[str, Any] | None = None
+) -> dict[int, float]:
+    """{seed: trace window start} of a trace scenario (empty for a synthetic one): seed_trace_windows."""
+    sc = load_scenario(scenario, dict(overrides or {}))
+    if not any(s.kind == "trace" for s in sc.sources):
+        return {}
+    return seed_trace_windows(sc, list(seeds))
 
 
 def evaluate(

@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 
 import servegym.envs  # noqa: F401  (registers the servegym env ids)
-from servegym.baselines.env_runner import needs_info_features, resolve_policy
+from servegym.baselines.env_runner import fit_env_config, make_agent_env, needs_info_features, resolve_policy
 from servegym.baselines.policy import Policy
 from servegym.envs.scenario import Scenario
 
@@ -48,7 +48,10 @@ def run_vec_episodes(
     pol = resolve_policy(policy, scenario)
     cfg = dict(env_config or {})
     cfg.setdefault("info_features", needs_info_features(pol))
-    venv = make_vec_env(env_id, scenario, len(seeds), cfg)
+    space = fit_env_config(pol, cfg)
+    venv = make_agent_env(
+        pol, space, lambda: make_vec_env(env_id, scenario, len(seeds), cfg), env_id, scenario, cfg
+    )
     # a policy's per-env state (BasePolicy.state) seeds from the reset seed and the sub-env index
     pol.reset(seed=seeds[0])
     obs, infos = venv.reset(seed=seeds, options={"seed": seeds})

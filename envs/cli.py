@@ -1,4 +1,5 @@
-"""``servegym`` command line: simulate a scenario with its built-in policies and print the metrics table."""
+"""``servegym`` command line: simulate a scenario with its built-in policies and print the metrics table;
+list the shipped scenarios; summarize a trace file (``servegym trace-stats FILE``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from typing import Any
 import yaml
 
 from servegym.envs.metrics import compute_metrics, format_metrics_table
-from servegym.envs.scenario import ScenarioError, list_scenarios
+from servegym.envs.perf.specs import MODELS
+from servegym.envs.scenario import ScenarioError, list_scenarios, load_scenario
 from servegym.envs.sim.simulator import Simulator
 from servegym.envs.sim.trace import write_trace_csv
+from servegym.envs.workloads.requests import WorkloadError
+from servegym.envs.workloads.trace_stats import format_stats, load_for_stats, trace_stats
 
 DEFAULT_SCENARIO = "chat_azure"
 
@@ -93,8 +97,36 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_list(_: argparse.Namespace) -> int:
-    for name in list_scenarios():
-        print(name)
+    names = list_scenarios()
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        try:
+            line = summary_line(load_scenario(name).description)
+        except ScenarioError as e:
+            line = f"(does not load: {str(e).splitlines()[0]})"
+        print(f"{name:{width}s}  {line}".rstrip())
+    return 0
+
+
+def summary_line(description: str, limit: int = 110) -> str:
+    """A scenario description's first sentence, on one line (cut at ``limit`` characters)."""
+    text = " ".join(description.split())
+    end = text.find(". ")
+    first = text if end < 0 else text[: end + 1]
+    return first if len(first) <= limit else first[: limit - 3].rstrip() + "..."
+
+
+def cmd_trace_stats(args: argparse.Namespace) -> int:
+    try:
+        table, fmt = load_for_stats(args.file, args.format)
+        stats = trace_stats(table, {name: m.max_context for name, m in MODELS.items()})
+    except (WorkloadError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_stats(args.file, fmt, stats))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(stats, f, indent=1)
     return 0
 
 
@@ -120,12 +152,26 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument(
         "--trace-rows", type=int, default=1_000_000, help="iterations the trace keeps (first ones)"
     )
-    sub.add_parser("scenarios", help="list the shipped scenarios")
+    sub.add_parser("scenarios", help="list the shipped scenarios, each with its one-line description")
+    ts = sub.add_parser(
+        "trace-stats",
+        help="rows, span, rate, inter-arrival CV, lengths, prefix reuse and context fit of a trace file",
+    )
+    ts.add_argument("file", help="a trace file (Azure or BurstGPT CSV, Mooncake JSONL, or a generic CSV)")
+    ts.add_argument(
+        "--format",
+        choices=("azure", "mooncake", "burstgpt", "generic"),
+        default=None,
+        help="the trace format (default: told from the file)",
+    )
+    ts.add_argument("--json", default=None, help="also write the statistics to this JSON file")
     args = ap.parse_args(argv)
     if args.cmd is None:
         args = ap.parse_args(["simulate", *(argv or sys.argv[1:])])
     try:
-        return {"simulate": cmd_simulate, "scenarios": cmd_list}[args.cmd](args)
+        return {"simulate": cmd_simulate, "scenarios": cmd_list, "trace-stats": cmd_trace_stats}[args.cmd](
+            args
+        )
     except (ScenarioError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ the config layer must not import the simulator.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -497,16 +498,98 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``overrides`` merged in, recursively for dicts; lists and other values are replaced
-    whole. How scenario overrides apply, everywhere (the envs' ``scenario_overrides`` too)."""
+def merge_overrides(base: dict[str, Any], overrides: dict[str, Any], _path: str = "") -> dict[str, Any]:
+    """``overrides`` deep-merged over ``base``: mappings merge key by key; a list is replaced whole by a list,
+    and merged entry by entry by a mapping of indices (``{"sources": {"0": {"time_scale": 2}}}``, what
+    ``--set sources.0.time_scale=2`` gives). A bad index raises ScenarioError naming the override."""
     out = dict(base)
     for key, val in overrides.items():
-        if isinstance(val, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], val)
+        where = f"{_path}{key}"
+        cur = out.get(key)
+        if isinstance(val, dict) and isinstance(cur, dict):
+            out[key] = merge_overrides(cur, val, where + ".")
+        elif isinstance(val, dict) and isinstance(cur, list):
+            out[key] = _merge_indexed(cur, val, where)
         else:
             out[key] = val
     return out
+
+
+def _merge_indexed(base: list[Any], overrides: dict[Any, Any], where: str) -> list[Any]:
+    out = list(base)
+    for idx, val in overrides.items():
+        i = idx if isinstance(idx, int) and not isinstance(idx, bool) else None
+        if isinstance(idx, str) and idx.isdigit():
+            i = int(idx)
+        if i is None or not 0 <= i < len(out):
+            raise ScenarioError(
+                f"override {where}.{idx}: {where} is a list of {len(out)} "
+                f"{'entry' if len(out) == 1 else 'entries'}; "
+                f"use an index in 0..{len(out) - 1}" + ("" if i is not None else f" (not {idx!r})")
+            )
+        if isinstance(val, dict) and isinstance(out[i], dict):
+            out[i] = merge_overrides(out[i], val, f"{where}.{i}.")
+        elif isinstance(val, dict) and isinstance(out[i], list):
+            out[i] = _merge_indexed(out[i], val, f"{where}.{i}")
+        else:
+            out[i] = val
+    return out
+
+
+def _flat_overrides(overrides: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"a": {"b": 3}}`` -> ``[("a.b", 3)]``: the keys as ``--set`` writes them."""
+    out: list[tuple[str, Any]] = []
+    for key, val in overrides.items():
+        path = f"{prefix}{key}"
+        if isinstance(val, dict) and val:
+            out += _flat_overrides(val, path + ".")
+        else:
+            out.append((path, val))
+    return out
+
+
+_SOURCE_TAGS = ("synthetic", "trace", "sessions")
+
+
+def _key_path(loc: tuple[Any, ...], msg: str) -> str:
+    """An error's key path as ``--set`` writes it: without the union tag pydantic puts after a source's
+    index (``sources.0.trace.time_scale``), and for a whole-scenario check the key its message names."""
+    parts = [
+        str(p) for i, p in enumerate(loc) if not (p in _SOURCE_TAGS and i and isinstance(loc[i - 1], int))
+    ]
+    if parts:
+        return ".".join(parts)
+    m = re.match(r"(?:Value error, )?([A-Za-z_][\w.]*):", msg)
+    return m.group(1) if m else ""
+
+
+def _blame_overrides(err: ValidationError, source: str, overrides: dict[str, Any]) -> str:
+    """The validation errors (of a mapping valid without the overrides), each reported against the override
+    that touches its key path, else against the overrides together."""
+    flat = _flat_overrides(overrides)
+    lines = [f"{source} with overrides: invalid scenario ({err.error_count()} error(s))"]
+    for e in err.errors():
+        path = _key_path(e["loc"], e["msg"])
+        hits = [
+            (k, v)
+            for k, v in flat
+            if not path or path == k or path.startswith(k + ".") or k.startswith(path + ".")
+        ]
+        where = path if e["loc"] else ""
+        for k, v in hits:
+            lines.append(
+                f"  override {k}={_show(v)}: {where + ': ' if where and where != k else ''}{e['msg']}"
+            )
+        if not hits:  # the file alone validates, so the overrides together broke this key
+            given = ", ".join(f"{k}={_show(v)}" for k, v in flat)
+            lines.append(f"  {where or '<root>'}: {e['msg']} (after the overrides {given})")
+    return "\n".join(lines)
+
+
+def _show(v: Any) -> str:
+    text = v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True, width=1 << 16)
+    text = text.strip().removesuffix("...").strip()
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def scenario_path(name_or_path: str | Path) -> Path:
@@ -532,14 +615,40 @@ def load_scenario(name_or_path: str | Path, overrides: dict[str, Any] | None = N
         raise ScenarioError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ScenarioError(f"{path}: a scenario must be a YAML mapping, got {type(raw).__name__}")
-    return scenario_from_dict(deep_merge(raw, overrides or {}), source=str(path))
+    return scenario_from_dict(raw, source=str(path), overrides=overrides)
 
 
-def scenario_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Scenario:
+def scenario_from_dict(
+    raw: dict[str, Any], source: str = "<dict>", overrides: dict[str, Any] | None = None
+) -> Scenario:
+    """Validate a scenario mapping, with ``overrides`` (merge_overrides) applied first. When the mapping alone
+    is valid, the errors of the merged one are the overrides' and are reported against them; else against
+    ``source``, as they were before overrides had their own messages."""
+    if not overrides:
+        try:
+            return Scenario.model_validate(raw)
+        except ValidationError as e:
+            raise ScenarioError(_format_validation_error(e, source)) from None
+    if not isinstance(overrides, dict):
+        raise ScenarioError(f"overrides must be a mapping of scenario keys, got {type(overrides).__name__}")
+    merged = merge_overrides(raw, overrides)
     try:
-        return Scenario.model_validate(raw)
+        return Scenario.model_validate(merged)
     except ValidationError as e:
-        raise ScenarioError(_format_validation_error(e, source)) from None
+        try:
+            Scenario.model_validate(raw)
+        except ValidationError:  # the file alone is invalid too: the merged errors, against the file
+            raise ScenarioError(_format_validation_error(e, source)) from None
+        raise ScenarioError(_blame_overrides(e, source, overrides)) from None
+
+
+def with_window(scenario: Scenario, window_start_s: float) -> Scenario:
+    """The scenario with every trace source replaying from ``window_start_s`` (trace seconds)."""
+    sources = [
+        s.model_copy(update={"window_start_s": float(window_start_s)}) if s.kind == "trace" else s
+        for s in scenario.sources
+    ]
+    return scenario.model_copy(update={"sources": sources})
 
 
 def scaled_sources(scenario: Scenario, factor: float) -> list[dict[str, Any]]:

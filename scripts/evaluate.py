@@ -5,9 +5,16 @@
         --out results/vtc --plots results/vtc/plots
     python scripts/evaluate.py --list
 
+    python scripts/evaluate.py --policy agents/pretrained/route_chat_azure/model.zip --policy round_robin \\
+        --scenario chat_azure --set horizon_s=300 --timing v0 --seeds 10 --seed-start 2000
+
 A policy is a registered name, a ``+`` combination (one rule per decision kind; parts not given keep the
-scenario's own), or a checkpoint path (needs an env-driven episode runner: not wired here yet). Results go to
-``--out`` (records.csv/json, aggregate.csv/json); the Markdown table goes to the terminal.
+scenario's own), or a checkpoint path (a ``model.zip`` from scripts/train.py or a native ``model.pt``),
+which plays through its env (the env id its run config names) with the agent's own spaces. ``--set
+horizon_s=S`` sets the episode length (default: the scenario's). On a trace scenario each seed replays its
+own window of the trace (the windows tile the trace in steps of one episode; seed s takes window s mod the
+number that fit; the records' ``window_start_s``), so N seeds are N workloads. Results go to ``--out``
+(records.csv/json, aggregate.csv/json); the Markdown table goes to the terminal.
 """
 
 from __future__ import annotations
@@ -71,25 +78,49 @@ def main(argv: list[str] | None = None) -> int:
     except (ScenarioError, PolicyError, NotImplementedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"\n{len(results)} policy x scenario, {len(seeds)} seeds each, {wall:.1f} s wall\n")
+    print(f"\n{len(results)} policy x scenario, {len(seeds)} seeds each, {wall:.1f} s wall")
+    for res in results[: len(args.scenario)]:  # the same windows for every policy
+        starts = [r["window_start_s"] for r in res.records if "window_start_s" in r]
+        if starts:
+            distinct = sorted(set(starts))
+            print(
+                f"{res.scenario}: trace windows start at {', '.join(f'{w:g}' for w in distinct)} s"
+                + (
+                    f" ({len(seeds)} seeds share {len(distinct)} windows)"
+                    if len(distinct) < len(seeds)
+                    else ""
+                )
+            )
+    print()
     print(markdown_table(results, args.keys))
     if args.out:
         paths = write_results(results, args.out)
         print("\nwrote " + ", ".join(str(p) for p in paths.values()))
     if args.plots:
-        write_plots(args.policy, args.scenario, seeds[0], overrides, Path(args.plots))
+        write_plots(args.policy, args.scenario, seeds[0], overrides, Path(args.plots), results)
     return 0
 
 
-def write_plots(policies: list[str], scenarios: list[str], seed: int, overrides: dict, out: Path) -> None:
+def write_plots(
+    policies: list[str], scenarios: list[str], seed: int, overrides: dict, out: Path, results: list
+) -> None:
     from servegym.baselines.plots import plot_latency_cdfs, plot_timeline, timeline
-    from servegym.envs.scenario import load_scenario
+    from servegym.envs.scenario import load_scenario, merge_overrides
 
     for sc in scenarios:
         scen = load_scenario(sc, overrides)
+        over = overrides
+        first = next(r for res in results if res.scenario == sc for r in res.records if r["seed"] == seed)
+        if "window_start_s" in first:  # the seed's trace window, as its records ran it
+            window = {
+                i: {"window_start_s": first["window_start_s"]}
+                for i, s in enumerate(scen.sources)
+                if s.kind == "trace"
+            }
+            over = merge_overrides(overrides, {"sources": window})
         outcomes = {}
         for pol in policies:
-            series, outcome = timeline(sc, seed, pol, overrides)
+            series, outcome = timeline(sc, seed, pol, over)
             outcomes[pol] = outcome
             stem = f"{Path(sc).stem}__{pol.replace('+', '_')}__seed{seed}"
             print(

@@ -166,3 +166,60 @@ def test_timeline_samples_the_episode():
     assert np.nanmax(series["kv_util"]) <= 1.0
     m = compute_metrics(outcome)
     assert series["slo_attainment_cum"][-1] == pytest.approx(m["slo_met"] / (m["finished"] + m["dropped"]))
+
+
+def _trace_scenario(tmp_path, monkeypatch) -> str:
+    """A tiny scenario replaying a generic CSV whose 4 windows of 20 s differ in load (window k: 5 + 5k
+    requests), in a temporary data directory."""
+    import yaml
+
+    from tests.conftest import tiny_dict
+
+    monkeypatch.setenv("SERVEGYM_DATA_DIR", str(tmp_path))
+    rows = [(20.0 * k + 20.0 * j / (5 + 5 * k), 200, 20) for k in range(4) for j in range(5 + 5 * k)]
+    (tmp_path / "t.csv").write_text(
+        "arrival_s,prompt_tokens,output_tokens\n" + "".join(f"{a:.6f},{p},{o}\n" for a, p, o in rows)
+    )
+    sc = tiny_dict(horizon_s=20.0, control_interval_s=10.0)
+    sc["sources"] = [{"kind": "trace", "format": "generic", "file": "t.csv", "tenant": "chat"}]
+    path = tmp_path / "trace_sc.yaml"
+    path.write_text(yaml.safe_dump(sc))
+    return str(path)
+
+
+def test_seeds_replay_different_windows_of_a_trace(tmp_path, monkeypatch):
+    from servegym.envs.scenario import load_scenario, with_window
+
+    path = _trace_scenario(tmp_path, monkeypatch)
+    res = evaluate("jsq", path, [0, 1, 2, 3, 6], workers=1)
+    # the trace's last arrival is at ~79 s: 3 whole 20 s windows from 0 (a 4th would end past it)
+    starts = [r["window_start_s"] for r in res.records]
+    assert starts == [0.0, 20.0, 40.0, 0.0, 0.0]  # seed s -> window s mod 3
+    assert [r["arrived"] for r in res.records] == [5, 10, 15, 5, 5]
+    for rec in res.records:  # each record is the episode of its window, as the Simulator runs it
+        sc = with_window(load_scenario(path, {"policies": {"routing": "jsq"}}), rec["window_start_s"])
+        direct = compute_metrics(Simulator(sc, seed=rec["seed"]).run())
+        assert dumps({k: rec[k] for k in direct}) == dumps(direct)
+    assert "window_start_s" not in res.aggregate  # provenance, not a metric
+    # opting out replays the scenario's own window for every seed
+    same = evaluate_many(["jsq"], [path], [0, 1], workers=1, trace_windows=False)[0]
+    assert [r["arrived"] for r in same.records] == [5, 5]
+    assert "window_start_s" not in same.records[0]
+
+
+def test_env_runner_replays_the_same_trace_windows(tmp_path, monkeypatch):
+    from servegym.baselines.env_runner import env_episode_runner
+
+    path = _trace_scenario(tmp_path, monkeypatch)
+    core = evaluate("jsq", path, [1, 2], workers=1, timing="v1")
+    env = evaluate(
+        "jsq",
+        path,
+        [1, 2],
+        workers=1,
+        timing="v1",
+        episode_runner=env_episode_runner,
+        policy_kwargs={"env_id": "servegym/Route-v1"},
+    )
+    assert [r["window_start_s"] for r in env.records] == [20.0, 40.0]
+    assert [r["arrived"] for r in env.records] == [r["arrived"] for r in core.records] == [10, 15]

@@ -111,11 +111,54 @@ def test_evaluate_reports_a_truncated_model_without_a_traceback(run, tmp_path, c
     assert rc == 2 and "model.zip" in err and "Traceback" not in err
 
 
-def test_a_checkpoint_on_an_env_of_other_spaces_names_both_shapes(run):
+def test_a_checkpoint_on_a_larger_cluster_names_its_sizes_and_the_scenario_s(run):
     src, _ = run
     # trained on 2 replicas; the Route env of chat_azure pads to more
     with pytest.raises(PolicyError) as ei:
         run_env_episode(src / "model.zip", "servegym/Route-v0", "chat_azure", 0, {"horizon_s": 5.0})
     msg = str(ei.value)
-    assert "trained with observations" in msg and "this env gives observations" in msg
-    assert "easy_route" in msg and "max_replicas" in msg
+    assert "was trained on servegym/Route-v0" in msg and "easy_route" in msg
+    assert "max_replicas=2, max_pools=2" in msg and "scenario 'chat_azure' needs max_replicas >= 8" in msg
+
+
+PRETRAINED_ROUTER = REPO / "agents" / "pretrained" / "route_chat_azure" / "model.zip"
+
+
+def test_a_pretrained_agent_on_a_larger_cluster_says_what_it_was_trained_with_and_what_is_needed():
+    with pytest.raises(PolicyError) as ei:
+        run_env_episode(PRETRAINED_ROUTER, "servegym/Route-v0", "hetero_a100_h100", 0, {"horizon_s": 5.0})
+    msg = str(ei.value)
+    assert (
+        "trained on servegym/Route-v0, scenario chat_azure with max_replicas=8, max_pools=1, top_k=8" in msg
+    )
+    assert "scenario 'hetero_a100_h100' needs max_replicas >= 12 and max_pools >= 2" in msg
+
+
+def test_a_pretrained_agent_runs_padded_on_a_smaller_cluster_and_refuses_other_sizes(tmp_path):
+    from servegym.baselines.env_runner import trained_space_config
+
+    pol = make_policy(PRETRAINED_ROUTER)
+    assert trained_space_config(pol) == {
+        "max_replicas": 8,
+        "max_pools": 1,
+        "top_k": 8,
+        "scale_step": 2,
+        "rate_bins": 4,
+        "session_features": False,
+    }
+    # a 4-replica scenario: the env pads to the agent's 8 slots instead of failing on the shapes
+    metrics, actions = run_env_episode(
+        pol,
+        "servegym/Route-v0",
+        "chat_azure",
+        0,
+        {
+            "horizon_s": 10.0,
+            "scenario_overrides": {"pools": {"0": {"max_replicas": 4, "initial_replicas": 2}}},
+        },
+        record=True,
+    )
+    assert metrics["arrived"] > 0 and actions.shape[0] > 0 and int(actions.max()) < 4
+    # a size the caller sets against the agent's is refused, naming the key
+    with pytest.raises(PolicyError, match=r"this env \(servegym/Route-v0\) has top_k=4"):
+        run_env_episode(pol, "servegym/Route-v0", "chat_azure", 0, {"horizon_s": 5.0, "top_k": 4})

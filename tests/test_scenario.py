@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from servegym.envs.cli import main as cli_main
 from servegym.envs.cli import parse_overrides
@@ -142,6 +143,70 @@ def test_overrides_parse_and_apply():
     assert sc.policies.routing == "jsq"
     with pytest.raises(ScenarioError, match="KEY=VALUE"):
         parse_overrides(["horizon_s"])
+
+
+def test_indexed_overrides_merge_into_lists():
+    sc = load_scenario(
+        "chat_azure", parse_overrides(["sources.0.arrival.rate_per_s=2", "pools.0.max_replicas=5"])
+    )
+    base = load_scenario("chat_azure")
+    assert sc.sources[0].arrival.rate_per_s == 2
+    assert sc.sources[0].lengths == base.sources[0].lengths  # the rest of the entry is kept
+    assert sc.pools[0].max_replicas == 5 and sc.pools[0].gpu == base.pools[0].gpu
+    # the mapping form an API caller writes: int or str indices
+    assert (
+        load_scenario("chat_azure", {"sources": {0: {"arrival": {"rate_per_s": 3}}}})
+        .sources[0]
+        .arrival.rate_per_s
+        == 3
+    )
+    # a list still replaces the list whole
+    sc = load_scenario("chat_azure", {"pools": [base.pools[0].model_dump() | {"name": "only"}]})
+    assert [p.name for p in sc.pools] == ["only"]
+
+
+@pytest.mark.parametrize("item", ["sources.1.arrival.rate_per_s=2", "sources.x.arrival.rate_per_s=2"])
+def test_indexed_override_out_of_range_names_the_override(item):
+    with pytest.raises(ScenarioError) as e:
+        load_scenario("chat_azure", parse_overrides([item]))
+    msg = str(e.value)
+    assert msg.startswith(f"override {item.split('.arrival')[0]}:"), msg
+    assert "list of 1 entry" in msg and "0..0" in msg
+
+
+@pytest.mark.parametrize(
+    ("item", "says"),
+    [
+        ("policies.batching=foo", "override policies.batching=foo: Input should be 'fcfs'"),
+        ("policies.reactive_down=0.9", "override policies.reactive_down=0.9:"),
+        ("sources.0.arrival.rate_per_s=-1", "override sources.0.arrival.rate_per_s=-1:"),
+        # a key the override breaks elsewhere: named with the overrides that broke it
+        (
+            "tenants.0.name=bob",
+            "unknown tenant 'chat'; known: ['bob'] (after the overrides tenants.0.name=bob)",
+        ),
+    ],
+)
+def test_override_errors_are_reported_against_the_override(item, says):
+    with pytest.raises(ScenarioError) as e:
+        load_scenario("chat_azure", parse_overrides([item]))
+    msg = str(e.value)
+    assert "chat_azure.yaml with overrides: invalid scenario" in msg
+    assert says in msg, msg
+
+
+def test_a_bad_file_is_still_reported_against_the_file(tmp_path):
+    bad = tiny_dict(horizon_s=-5)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ScenarioError) as e:
+        load_scenario(path, {"policies": {"routing": "jsq"}})
+    assert str(e.value).startswith(f"{path}: invalid scenario") and "horizon_s" in str(e.value)
+
+
+def test_cli_reports_a_set_error_against_the_override(capsys):
+    assert cli_main(["simulate", "--set", "policies.batching=foo", "--quiet"]) == 2
+    assert "override policies.batching=foo:" in capsys.readouterr().err
 
 
 def test_cli_prints_the_metrics_table(capsys, tmp_path):

@@ -277,7 +277,9 @@ def test_iteration_trace_records_every_iteration_and_is_off_by_default() -> None
     tr = on.iteration_trace()
     n = len(tr["start_s"])
     assert n == int(on.state.cnt[S.K_ITERATIONS]) > 0
-    assert np.isclose(tr["duration_s"].sum(), o.replica_busy_s.sum())
+    # busy time is the iterations' time up to the end (timing v1 cuts the ones still running there)
+    ran = np.minimum(tr["start_s"] + tr["duration_s"], on.now) - tr["start_s"]
+    assert np.isclose(ran.sum(), o.replica_busy_s.sum())
     assert ((tr["prefill_tokens"] + tr["decode_seqs"]) > 0).all()
     coef = on.state.coef[0]
     k = int(np.argmax(tr["prefill_tokens"] == 0))  # a decode-only iteration: its duration is the model's
@@ -287,3 +289,34 @@ def test_iteration_trace_records_every_iteration_and_is_off_by_default() -> None
     short = Simulator("chat_azure", overrides=over, seed=2, trace=10)
     short.run()
     assert len(short.iteration_trace()["start_s"]) == 10
+
+
+@pytest.mark.parametrize("timing", ["v0", "v1"])
+def test_busy_time_of_an_iteration_running_at_the_horizon(timing: str) -> None:
+    """A replica busy to the horizon: v1 counts the running iteration up to the horizon only (util/busy
+    <= 1); v0 keeps its published accounting, the whole iteration from its start (util/busy may pass 1)."""
+    from tests.conftest import tiny_scenario
+
+    sc = tiny_scenario(
+        horizon_s=20.0,
+        pools=[
+            {"name": "p", "gpu": "a100-80gb", "model": "llama-2-7b", "max_replicas": 1, "initial_replicas": 1}
+        ],
+        sources=[
+            {"kind": "synthetic", "tenant": "chat", "arrival": {"process": "poisson", "rate_per_s": 40.0}}
+        ],
+    )
+    sim = Simulator(sc, seed=1, timing=timing, trace=1_000_000)
+    o = sim.run()
+    tr = sim.iteration_trace()
+    start, dur = tr["start_s"], tr["duration_s"]
+    assert start[-1] + dur[-1] > sim.now  # the last iteration is still running at the horizon
+    full = float(dur.sum())
+    to_now = float(np.minimum(start + dur, sim.now).sum() - start.sum())
+    busy = float(o.replica_busy_s[0])
+    m = compute_metrics(o)
+    if timing == "v1":
+        assert busy == pytest.approx(to_now, rel=1e-12)
+        assert m["util/busy"] <= 1.0
+    else:
+        assert busy == pytest.approx(full, rel=1e-12) and busy > to_now

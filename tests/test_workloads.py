@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from servegym.envs.scenario import ScenarioError, scenario_from_dict
+from servegym.envs.sim.simulator import Simulator
 from servegym.envs.workloads.requests import RequestTable, WorkloadError
 from servegym.envs.workloads.synthetic import (
     ArrivalSpec,
@@ -30,6 +32,7 @@ from servegym.envs.workloads.traces import (
     load_mooncake_trace,
     load_trace,
 )
+from tests.conftest import tiny_dict
 
 REPO = Path(__file__).resolve().parents[1]
 AZURE_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
@@ -439,6 +442,23 @@ def test_loader_kwargs_window_limit_scale(tmp_path):
     assert len(load_generic_csv(p, window_start_s=5.0, max_requests=3)) == 3
     with pytest.raises(ValueError):
         load_generic_csv(p, time_scale=-1.0)
+
+
+def test_window_past_the_end_of_the_trace_is_refused(tmp_path, monkeypatch):
+    rows = "".join(f"{i * 0.5},{10 + i},{1 + i}\n" for i in range(40))  # arrivals 0 .. 19.5 s
+    p = _write(tmp_path, "g.csv", "arrival_s,prompt_tokens,output_tokens\n" + rows)
+    assert len(load_generic_csv(p, window_start_s=19.5)) == 1  # the last arrival starts a window
+    with pytest.raises(WorkloadError) as e:
+        load_generic_csv(p, window_start_s=20.0, window_s=5.0)
+    msg = str(e.value)
+    assert msg.startswith(str(p)) and "window_start_s 20 s is past the end of the trace" in msg
+    assert "40 requests arrive from 0 s to 19.5 s" in msg
+    # the same through a scenario: a ScenarioError naming the source, not an empty episode with nan attainment
+    monkeypatch.setenv("SERVEGYM_DATA_DIR", str(tmp_path))
+    sc = tiny_dict(sources=[{"kind": "trace", "format": "generic", "file": "g.csv", "tenant": "chat"}])
+    sc["sources"][0]["window_start_s"] = 100.0
+    with pytest.raises(ScenarioError, match=r"sources.0: .*g.csv.*window_start_s 100 s is past the end"):
+        Simulator(scenario_from_dict(sc), seed=0)
 
 
 # ---------------------------------------------------------------- generic CSV

@@ -23,7 +23,7 @@ from servegym.envs.gym import kernels as K
 from servegym.envs.gym.aux_state import EnvAux, make_aux
 from servegym.envs.gym.info import batch_info, reward_components, route_info, scale_info
 from servegym.envs.metrics import compute_metrics
-from servegym.envs.scenario import Scenario, deep_merge, load_scenario, scenario_from_dict
+from servegym.envs.scenario import Scenario, load_scenario, scenario_from_dict, with_window
 from servegym.envs.sim import state as S
 from servegym.envs.sim.simulator import Simulator
 
@@ -147,7 +147,7 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
         if isinstance(sc, Scenario):
             if not overrides:
                 return sc
-            return scenario_from_dict(deep_merge(sc.model_dump(), overrides), source=f"{where}: {sc.name}")
+            return scenario_from_dict(sc.model_dump(), source=f"{where}: {sc.name}", overrides=overrides)
         if not isinstance(sc, (str, Path)):
             raise C.ConfigError(f"{where}: config key 'scenario' must be a name, a path or a Scenario")
         return load_scenario(sc, overrides)
@@ -199,13 +199,7 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
         return {"seed": seed, "window_start_s": window}
 
     def _episode_scenario(self, window_start_s: float | None) -> Scenario:
-        if window_start_s is None:
-            return self.scenario
-        sources = [
-            s.model_copy(update={"window_start_s": float(window_start_s)}) if s.kind == "trace" else s
-            for s in self.scenario.sources
-        ]
-        return self.scenario.model_copy(update={"sources": sources})
+        return self.scenario if window_start_s is None else with_window(self.scenario, window_start_s)
 
     def new_episode(
         self, rng: np.random.Generator, opts: dict[str, Any], reset_seed: int | None = None

@@ -66,7 +66,8 @@ def base_config() -> dict[str, Any]:
     return {
         # A scenario name under configs/scenarios/ or a path to a YAML file.
         "scenario": "chat_azure",
-        # Deep-merged over the scenario's YAML mapping (lists are replaced whole), e.g. {"policies": {...}}.
+        # Deep-merged over the scenario's YAML mapping, e.g. {"policies": {...}}; a list is replaced whole, or merged
+        # entry by entry by a mapping of indices ({"sources": {"0": {"time_scale": 2}}}).
         "scenario_overrides": {},
         # Shortcut for scenario_overrides["horizon_s"]; None keeps the scenario's horizon.
         "horizon_s": None,

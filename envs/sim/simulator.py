@@ -23,6 +23,7 @@ from servegym.envs.sim.probe import ClusterSample, sample, scheduling_delays
 from servegym.envs.sim.replica import sync_generated
 from servegym.envs.sim.state import EV_DONE, EV_TIME, SimState, state_nbytes
 from servegym.envs.sim.timing import (
+    TIMING_BUSY_TO_NOW,
     apply_context_policy,
     context_fields,
     resolve_timing,
@@ -285,7 +286,7 @@ class Simulator:
             pool_price_per_gpu_hour=price,
             pool_billed_gpu_s=billed,
             replica_pool=pool.astype(np.int32),
-            replica_busy_s=st.repf[S.XF_BUSY_S].copy(),
+            replica_busy_s=self._busy_s(up, now),
             replica_up_s=up_s,
             replica_kv_block_s=st.repf[S.XF_KV_BLOCK_S] + kv_open,
             replica_kv_capacity=st.repi[S.XI_KV_CAP].copy(),
@@ -297,6 +298,18 @@ class Simulator:
             **self._session_fields(),
             **context_fields(self.context_limit, self.context_counts, st.rqi[S.RI_TENANT]),
         )
+
+    def _busy_s(self, up: np.ndarray, now: float) -> np.ndarray:
+        """Per replica, time spent running iterations up to ``now``. The core credits an iteration's whole
+        duration when it starts; under timing v1 the part of a running one that lies after ``now`` is taken
+        back (TIMING_BUSY_TO_NOW), so busy time never exceeds up time."""
+        st = self.state
+        busy = st.repf[S.XF_BUSY_S].copy()
+        if TIMING_BUSY_TO_NOW[self.timing]:
+            running = up & (st.repi[S.XI_BUSY] == 1)
+            ahead = np.maximum(st.repf[S.XF_NEXT][running] - now, 0.0)
+            busy[running] -= ahead
+        return busy
 
     def iteration_trace(self) -> dict[str, np.ndarray]:
         """The recorded iterations (``trace`` > 0): replica, start_s, prefill_tokens, decode_seqs,

@@ -128,3 +128,44 @@ def requests_for_scenario(scenario: Scenario, rng: np.random.Generator) -> Reque
         return table.take(np.flatnonzero(~cut)) if cut.any() else table
     keep = int(np.searchsorted(table.arrival_s, scenario.horizon_s, side="left"))
     return table.slice_rows(0, keep) if keep < len(table) else table
+
+
+def trace_end_s(scenario: Scenario, source: int) -> float:
+    """The last arrival of trace source ``source``'s whole file, in trace seconds (reads the file)."""
+    src = scenario.sources[source]
+    if not isinstance(src, TraceSource):
+        raise ValueError(f"sources.{source} is not a trace source")
+    whole = src.model_copy(
+        update={"window_start_s": 0.0, "window_s": None, "max_requests": None, "time_scale": 1.0}
+    )
+    try:
+        table = _trace(whole, scenario.tenant_index())
+    except ValueError as e:
+        if isinstance(e, ScenarioError):
+            raise
+        raise ScenarioError(f"scenario {scenario.name!r}: sources.{source}: {e}") from e
+    return float(table.arrival_s[-1]) if len(table) else 0.0
+
+
+def seed_trace_windows(scenario: Scenario, seeds: list[int]) -> dict[int, float]:
+    """The trace window each evaluation seed replays (trace seconds), so that N seeds are N workloads.
+
+    A trace scenario's workload is the file itself: without this, every seed would replay the same requests.
+    The windows tile the trace from the first trace source's ``window_start_s`` in steps of one episode's
+    span in trace seconds (``horizon_s * time_scale``, or ``window_s`` if shorter); seed ``s`` takes window
+    ``s mod n`` of the ``n`` whole windows the trace holds (one when the trace is shorter than an episode),
+    so a seed always means the same window. Every trace source replays from that point, as the env's
+    ``reset(options={"window_start_s": ...})`` does. Empty for a scenario without a trace source.
+    (The leaderboard's suite pins its own window per test seed instead: configs/suite/*.yaml.)
+    """
+    idx = [i for i, s in enumerate(scenario.sources) if isinstance(s, TraceSource)]
+    if not idx:
+        return {}
+    first = scenario.sources[idx[0]]
+    assert isinstance(first, TraceSource)
+    step = scenario.horizon_s * first.time_scale  # the trace seconds one episode replays
+    if first.window_s is not None:
+        step = min(step, first.window_s)
+    end = min(trace_end_s(scenario, i) for i in idx)
+    n = max(1, int((end - first.window_start_s) // step))
+    return {int(s): first.window_start_s + (int(s) % n) * step for s in seeds}

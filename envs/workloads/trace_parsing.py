@@ -306,6 +306,14 @@ def _finish(
             raise AssertionError("row dropping is not implemented for prefix data")
         arrival, prompt, output = arrival[keep], prompt[keep], output[keep]
         tenant = tenant[keep] if isinstance(tenant, np.ndarray) else tenant
+    if arrival.shape[0] and window_start_s > arrival[-1]:  # reading stops early only inside the window
+        _fail(
+            path,
+            f"window_start_s {window_start_s:g} s is past the end of the trace: its {arrival.shape[0]:,} "
+            f"requests arrive from {arrival[0]:g} s to {arrival[-1]:g} s (trace seconds); start the window "
+            f"at most at {arrival[-1]:g} s",
+            field=fields["arrival"],
+        )
     table = RequestTable.from_arrays(arrival, prompt, output, tenant, offsets, hashes)
     if window_start_s != 0 or window_s is not None:
         table = table.window(window_start_s, window_s)
