@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def _numba_cache_dir() -> None:
     cache folder per hash of every module that defines a compiled function and every module those import
     (transitively, within servegym.envs)
     avoids that, while editing pure-Python modules (the env classes, metrics) keeps the compiled kernels.
-    An explicit NUMBA_CACHE_DIR is left alone.
+    An explicit NUMBA_CACHE_DIR is left alone. numba reads the variable once, when it is first imported, so
+    when a caller imported numba before servegym its config is set too (otherwise the kernels would be cached
+    beside their sources, keyed by their own file only).
     """
     if "NUMBA_CACHE_DIR" in os.environ:
         return
@@ -56,6 +59,9 @@ def _numba_cache_dir() -> None:
                     break
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "servegym" / "numba"
     os.environ["NUMBA_CACHE_DIR"] = str(base / source_sha256(list(seen), here)[:16])
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
 
 
 _numba_cache_dir()

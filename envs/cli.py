@@ -84,7 +84,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
     print(
         f"{len(sim.requests):,} requests simulated in {t_run:.2f} s wall, workload built in {t_build:.2f} s "
-        f"(the first run on a machine also compiles the numba core, ~30 s, then caches it)\n"
+        f"(the first run of a code version includes numba's one-time compile, announced above)\n"
     )
     print(format_metrics_table(metrics, None if args.all else SUMMARY_KEYS))
     if args.json:

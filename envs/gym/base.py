@@ -2,7 +2,7 @@
 
 A subclass names its decision kind (``MODE``) and default scenario; everything else is here:
 configuration (``default_config`` / ``configure``, highway-env style), scenario loading and per-episode
-options, the spaces, one compiled kernel call per step (``kernels.env_step``), the info contract
+options, the spaces, one compiled kernel call per step (``kernels.env_call``), the info contract
 (``info.py``), and the reward / termination / info hooks a subclass may override.
 """
 
@@ -233,7 +233,7 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
         try:
             opts = self._episode_options(options)
             self._sim, self._aux = self.new_episode(self.np_random, opts, seed)
-            ev, obs, mask, ii, ff = K.env_reset(self._sim.state, self._aux)
+            _, _, ev, obs, mask, ii, ff, _ = K.env_call(self._sim.state, self._aux, self._act, True)
             if ev == S.EV_DONE:
                 raise no_decision_error(type(self).__name__, self.scenario)
         except BaseException:
@@ -253,7 +253,7 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
         if self._done:
             raise ResetNeeded(f"{type(self).__name__}: the episode is over; call reset()")
         self._write_action(action)
-        status, dim, ev, obs, mask, ii, ff, rc = K.env_step(self._sim.state, self._aux, self._act)
+        status, dim, ev, obs, mask, ii, ff, rc = K.env_call(self._sim.state, self._aux, self._act, False)
         if status < 0:
             raise self._invalid(action, status, dim)
         self._ev, self._mask = ev, mask

@@ -1,13 +1,14 @@
 """Step kernels of the envs: validate and apply an action, advance the core, reward, observe.
 
-One env step is one compiled call (``env_step``), and a step of N envs is one call (``vec_step``) over
-``numba.typed.List``s of the simulators' ``SimState`` tuples and the envs' ``EnvAux`` tuples: Python work per
-step stays at unpacking the result. Both paths run the same ``step_core``, so sub-env i of the vector env
+One env reset or step is one compiled call (``env_call``), and a step of N envs is one call (``vec_step``)
+over ``numba.typed.List``s of the simulators' ``SimState`` tuples and the envs' ``EnvAux`` tuples: Python work
+per step stays at unpacking the result. Both paths run the same ``env_core``, so sub-env i of the vector env
 is bit-identical to a single env.
 
-Compilation follows the core (envs/sim/jit.py): helpers are ``hot`` (inlined), and only ``observe``,
-``step_core`` and ``reset_core`` are ``kernel``s, because numba passes the state tuples to a non-inlined
-call as ~200 flattened array fields. The entry points that allocate a step's fresh arrays are plain njit.
+Compilation follows the core (envs/sim/jit.py): helpers are ``hot`` (inlined). numba optimises and emits the
+code of every compiled function again in each library that calls it, so the event loop and the observation
+are inlined once into each entry point rather than compiled as kernels of their own; the vector env's entry
+points share one kernel copy (``env_core_kernel``). The entry points that allocate fresh arrays are plain njit.
 """
 
 from __future__ import annotations
@@ -178,44 +179,49 @@ def rewards(st, ax, rc, invalid):
     rc[7] = total
 
 
-@kernel
-def step_core(st, ax, act, obs, mask, ii, ff, rc):
-    """One env step into zeroed buffers; returns (status, dim): status < 0 is an invalid action, state unchanged."""
+@hot
+def env_core(st, ax, act, obs, mask, ii, ff, rc, reset):
+    """A reset (advance a fresh simulator to its first decision) or one step, observed into zeroed buffers.
+
+    Returns (status, dim): for a step, status < 0 is an invalid action (state unchanged) and otherwise
+    ST_RUNNING / ST_TRUNCATED / ST_TERMINATED; for a reset, status is the pending event code. Both share one
+    call of the core and of the observation, so the event loop is compiled once per entry point.
+    """
     ai = ax.ai
-    code, dim = validate(st, ax, act)
     invalid = 0
-    if code != 0:
-        if ai[AI_NOOP] == 0:
-            return code, dim
-        invalid = 1
-    apply_action(st, ax, act, invalid)
+    dim = -1
+    if not reset:
+        code, dim = validate(st, ax, act)
+        if code != 0:
+            if ai[AI_NOOP] == 0:
+                return code, dim
+            invalid = 1
+        apply_action(st, ax, act, invalid)
     ev = advance(st, INF)
-    status = ST_RUNNING
-    if ev == EV_DONE:
-        finalize(st)  # overdue waits count as drops in this last step's reward, as in the metrics
-        status = ST_TERMINATED if drained(st) else ST_TRUNCATED
-    elif drained(st):
-        status = ST_TERMINATED
-    if status != ST_RUNNING:
-        ai[AI_DONE] = 1
-        ev = EV_DONE
-    ai[AI_EV] = ev
-    rewards(st, ax, rc, invalid)
+    if reset:
+        status = ev
+        ai[AI_EV] = ev
+        ai[AI_DONE] = 1 if ev == EV_DONE else 0
+        ai[AI_ROUTES] = 0
+        mark_counters(st, ax)
+    else:
+        status = ST_RUNNING
+        if ev == EV_DONE:
+            finalize(st)  # overdue waits count as drops in this last step's reward, as in the metrics
+            status = ST_TERMINATED if drained(st) else ST_TRUNCATED
+        elif drained(st):
+            status = ST_TERMINATED
+        if status != ST_RUNNING:
+            ai[AI_DONE] = 1
+            ev = EV_DONE
+        ai[AI_EV] = ev
+        rewards(st, ax, rc, invalid)
     observe(st, ax, obs, mask, ii, ff)
     return status, dim
 
 
-@kernel
-def reset_core(st, ax, obs, mask, ii, ff):
-    """Advance a fresh simulator to its first decision and observe it; returns the event code."""
-    ai = ax.ai
-    ev = advance(st, INF)
-    ai[AI_EV] = ev
-    ai[AI_DONE] = 1 if ev == EV_DONE else 0
-    ai[AI_ROUTES] = 0
-    mark_counters(st, ax)
-    observe(st, ax, obs, mask, ii, ff)
-    return ev
+# The vector env's entry points share one compiled copy.
+env_core_kernel = kernel(env_core.py_func)
 
 
 # ---------------------------------------------------------------- allocating entry points
@@ -232,17 +238,14 @@ def _buffers(ax, n):
 
 
 @njit(cache=True)
-def env_reset(st, ax):
-    obs, mask, ii, ff = _buffers(ax, 1)
-    ev = reset_core(st, ax, obs[0], mask[0], ii[0], ff[0])
-    return ev, obs[0], mask[0], ii[0], ff[0]
+def env_call(st, ax, act, reset):
+    """The single env's reset (``reset=True``, ``act`` ignored) or step: one compiled call either way.
 
-
-@njit(cache=True)
-def env_step(st, ax, act):
+    Returns (status, dim, pending event, obs, mask, ii, ff, reward components); see ``env_core``.
+    """
     obs, mask, ii, ff = _buffers(ax, 1)
     rc = np.zeros(N_RC)
-    status, dim = step_core(st, ax, act, obs[0], mask[0], ii[0], ff[0], rc)
+    status, dim = env_core(st, ax, act, obs[0], mask[0], ii[0], ff[0], rc, reset)
     return status, dim, ax.ai[AI_EV], obs[0], mask[0], ii[0], ff[0], rc
 
 
@@ -252,8 +255,10 @@ def vec_reset(states, auxs, envs):
     n = len(states)
     obs, mask, ii, ff = _buffers(auxs[0], n)
     evs = np.zeros(n, np.int64)
+    act = np.zeros(auxs[0].ai[AI_NACT], np.int64)  # unread by a reset
+    rc = np.zeros(N_RC)
     for j in envs:
-        evs[j] = reset_core(states[j], auxs[j], obs[j], mask[j], ii[j], ff[j])
+        evs[j], _ = env_core_kernel(states[j], auxs[j], act, obs[j], mask[j], ii[j], ff[j], rc, True)
     return evs, obs, mask, ii, ff
 
 
@@ -264,7 +269,10 @@ def vec_reset_into(states, auxs, j, obs, mask, ii, ff):
     mask[j] = 0
     ii[j] = 0
     ff[j] = 0
-    return reset_core(states[j], auxs[j], obs[j], mask[j], ii[j], ff[j])
+    act = np.zeros(auxs[j].ai[AI_NACT], np.int64)  # unread by a reset
+    rc = np.zeros(N_RC)
+    ev, _ = env_core_kernel(states[j], auxs[j], act, obs[j], mask[j], ii[j], ff[j], rc, True)
+    return ev
 
 
 @hot
@@ -318,11 +326,11 @@ def _step_buffers(auxs, n):
     return obs, mask, ii, ff, np.zeros((n, N_RC)), np.zeros(n, np.int64), np.zeros(n, np.int64)
 
 
-@njit(cache=True)
+@hot
 def _step_sub(states, auxs, acts, j, obs, mask, ii, ff, rc, status, evs):
     """Step sub-env j into row j of the batch buffers (shared by the serial and the threaded loop)."""
     ax = auxs[j]
-    s, _ = step_core(states[j], ax, acts[j], obs[j], mask[j], ii[j], ff[j], rc[j])
+    s, _ = env_core_kernel(states[j], ax, acts[j], obs[j], mask[j], ii[j], ff[j], rc[j], False)
     status[j] = s
     evs[j] = ax.ai[AI_EV]
 

@@ -2,7 +2,7 @@
 
 The N ``SimState`` tuples (and the envs' ``EnvAux`` tuples) sit in ``numba.typed.List``s; ``kernels.vec_step``
 loops over them in compiled code, so a vector step costs one dispatch, not N Python env steps. Every
-sub-env runs the same ``step_core`` as a single env: sub-env i seeded ``seed + i`` is bit-identical to a
+sub-env runs the same ``env_core`` as a single env: sub-env i seeded ``seed + i`` is bit-identical to a
 single env reset with that seed. Episodes autoreset in the same step (``AutoresetMode.SAME_STEP``): a
 finished sub-env's returned observation is the first of its next episode, and its last observation and
 info (with ``metrics``) are in ``info["final_obs"]`` / ``info["final_info"]``. Resetting one sub-env builds

@@ -96,6 +96,9 @@ class Simulator:
             return self.outcome(final=True)
         from tqdm import tqdm
 
+        # compile (or load) the core before the bar starts, so that its ETA measures simulation only
+        if self.advance(0.0) not in (EV_DONE, EV_TIME):
+            raise RuntimeError("run() needs a simulator without caller-controlled decisions")
         with tqdm(total=horizon, unit="sim-s", desc=self.scenario.name, leave=False) as bar:
             for k in range(1, chunks + 1):
                 ev = self.advance(horizon * k / chunks)
