@@ -79,6 +79,7 @@ Cost is O(N) time with a handful of N-sized temporaries; the only Python loops a
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -127,7 +128,7 @@ def compute_metrics(o: SimOutcome) -> dict[str, int | float]:
 
     # Cost.
     gpu_hours = o.pool_billed_gpu_s / 3600.0
-    usd = float(np.dot(gpu_hours, o.pool_price_per_gpu_hour)) if gpu_hours.size else 0.0
+    usd = _dot(gpu_hours, o.pool_price_per_gpu_hour)
     m["cost/usd"] = usd
     m["cost/usd_per_1m_output_tokens"] = _div(usd * 1e6, generated)
     m["cost/gpu_hours"] = float(gpu_hours.sum())
@@ -144,7 +145,7 @@ def compute_metrics(o: SimOutcome) -> dict[str, int | float]:
     up = o.replica_up_s
     active = up > 0
     m["util/busy"] = float(np.mean(o.replica_busy_s[active] / up[active])) if active.any() else NAN
-    kv_capacity_s = float(np.dot(o.replica_kv_capacity.astype(np.float64), up)) if up.size else 0.0
+    kv_capacity_s = _dot(o.replica_kv_capacity.astype(np.float64), up)
     m["util/kv"] = _div(float(o.replica_kv_block_s.sum()), kv_capacity_s)
 
     # Counters.
@@ -305,10 +306,26 @@ def _tenant_sum(tenant: np.ndarray, values: np.ndarray, n_tenants: int) -> np.nd
     return np.bincount(tenant, weights=values, minlength=n_tenants).astype(np.float64, copy=False)
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """sum(a * b) as fused multiply-adds left to right, each step rounded once to float64.
+
+    Not np.dot: BLAS picks its kernel, and with it the order and rounding of the additions, by CPU, so the
+    last digit of a metric depended on the machine that computed it, and leaderboard entries made on one CPU
+    did not replay bit for bit on another. This is the order and rounding the v0 entries were computed with
+    (OpenBLAS's FMA loop for the short vectors metrics take: pools, replicas, tenants), now fixed in code.
+    Exact rational arithmetic gives the single rounding of an FMA (math.fma needs Python 3.13); the vectors
+    are short, so its cost does not matter.
+    """
+    total = 0.0
+    for x, y in zip(np.asarray(a, np.float64).tolist(), np.asarray(b, np.float64).tolist(), strict=True):
+        total = float(Fraction(x) * Fraction(y) + Fraction(total))
+    return total
+
+
 def jain_index(x: np.ndarray) -> float:
     """Jain's fairness index (sum x)^2 / (n sum x^2); 1.0 for n <= 1 or all-zero x (all equal)."""
     n = x.size
-    sq = float(np.dot(x, x)) if n else 0.0
+    sq = _dot(x, x)
     if n <= 1 or sq == 0.0:
         return 1.0
     return float(x.sum()) ** 2 / (n * sq)
