@@ -12,6 +12,7 @@ from servegym.envs.perf.model import kv_cache_blocks, load_perf_coefficients
 from servegym.envs.perf.specs import get_gpu, get_model
 from servegym.envs.scenario import PoolConfig, Scenario, ScenarioError
 from servegym.envs.sim import state as S
+from servegym.envs.sim.disagg_build import disaggregation_arrays
 from servegym.envs.sim.faults import arm_initial_faults
 from servegym.envs.sim.policies import BATCHING_IDS, ROUTING_IDS, SCALING_IDS
 from servegym.envs.sim.state import SimState
@@ -163,6 +164,8 @@ def build_state(
     clock[S.C_DOWN_COOLDOWN] = pol.scale_down_cooldown_s
     clock[S.C_NEXT_FAULT] = np.inf
     clock[S.C_SESSION_MAX_LOAD] = pol.session_affinity_max_load
+    clock[S.C_SPLITWISE_OVERFLOW] = pol.splitwise_overflow
+    clock[S.C_LAYERWISE] = 1.0 if scenario.kv_transfer.layerwise else 0.0
     cnt = np.zeros(S.N_CNT, dtype=np.int64)
     cnt[S.K_PENDING_ROUTE] = -1
     cnt[S.K_FORM_REPLICA] = -1
@@ -195,6 +198,9 @@ def build_state(
     rqi[S.RI_PFX_LEN] = np.diff(requests.prefix_offsets)
     rqi[S.RI_NEXT] = -1
     rqi[S.RI_HOME] = -1
+    rqi[S.RI_XSRC] = -1
+    rqi[S.RI_XDST] = -1
+    rqi[S.RI_XSLOT] = -1
     if sess is not None:
         rqi[S.RI_NEXT] = sess.next
         rqi[S.RI_STEP] = sess.step
@@ -230,6 +236,11 @@ def build_state(
     pooli[S.PI_MAX_CTX] = (
         S.NO_CONTEXT_LIMIT if limits is None else [get_model(p.model).max_context for p in pools]
     )
+    disagg = disaggregation_arrays(scenario, n, max_seqs, [kv_blocks[p] for p in range(n_pool)])
+    pooli[S.PI_ROLE] = disagg.role
+    pooli[S.PI_LAYERS] = disagg.layers
+    poolf[S.PF_KV_TOKEN_BYTES] = disagg.kv_token_bytes
+    cnt[S.K_DISAGG] = int(disagg.on)
 
     repf = np.zeros((S.N_XF, n_rep))
     repf[S.XF_NEXT] = np.inf
@@ -276,6 +287,9 @@ def build_state(
         relq=np.stack([np.full(max(n_later, 1), np.inf), np.full(max(n_later, 1), -1.0)]),
         rlog=np.full(max(n_later, 1), -1, dtype=np.int32),
         trace=np.zeros((max(int(trace_capacity), 0), S.N_TR)),
+        xfq=disagg.xfq,
+        xwait=disagg.xwait,
+        link=disagg.link,
     )
     if any(p.mtbf_s or (p.spot and p.reclaim_mtbr_s) for p in pools):
         arm_initial_faults(st)  # draws only when the feature is on: other runs keep their random stream

@@ -12,15 +12,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from servegym.envs.sim.disagg import (
+    complete_transfer,
+    decode_fits,
+    dispatch_transfers,
+    join_arrived,
+    next_transfer,
+    queued_prefill_tokens,
+    takes_new_requests,
+)
 from servegym.envs.sim.faults import arm_faults, handle_fault, next_fault, reclaim_pending
 from servegym.envs.sim.jit import hot, kernel
 from servegym.envs.sim.policies import (
     ROUTE_COST,
+    ROUTE_MOONCAKE,
     ROUTE_P2C,
     ROUTE_PREFIX,
     ROUTE_RANDOM,
     ROUTE_RR,
     ROUTE_SESSION,
+    ROUTE_SPLITWISE,
     SCALE_FORECAST,
     SCALE_REACTIVE,
     SCALE_REPLACE,
@@ -30,7 +41,9 @@ from servegym.envs.sim.policies import (
     demand_replicas,
     holt_forecast,
     holt_update,
+    phase_route_score,
     pool_share,
+    prefill_route_score,
     reactive_scale_delta,
     replace_scale_delta,
     replica_cost,
@@ -79,6 +92,7 @@ from servegym.envs.sim.state import (
     C_REACTIVE_DOWN,
     C_REACTIVE_UP,
     C_SESSION_MAX_LOAD,
+    C_SPLITWISE_OVERFLOW,
     C_TARGET_UTIL,
     C_TICK_S,
     EV_BATCH,
@@ -101,6 +115,8 @@ from servegym.envs.sim.state import (
     K_RR,
     K_SCALE_POLICY,
     K_TICKS,
+    K_XFER_RETRY,
+    K_XW_N,
     PF_ARR_INTER,
     PF_ARR_INTER_LAST,
     PF_ARR_LAST,
@@ -120,10 +136,13 @@ from servegym.envs.sim.state import (
     PI_MAX_CTX,
     PI_MIN,
     PI_MODEL,
+    PI_PREFIX,
     PI_REGION,
+    PI_ROLE,
     PI_SCALE_DELTA,
     PI_SPOT,
     PI_TP,
+    PREFIX_BLOCK_TOKENS,
     RF_ARRIVAL,
     RF_VISIBLE,
     RI_HOME,
@@ -134,6 +153,9 @@ from servegym.envs.sim.state import (
     RI_REPLICA,
     RI_STATUS,
     RI_TIER,
+    ROLE_DECODE,
+    ROLE_MIXED,
+    ROLE_PREFILL,
     RS_ACTIVE,
     RS_DRAINING,
     RS_OFF,
@@ -147,6 +169,7 @@ from servegym.envs.sim.state import (
     XI_KV_USED,
     XI_ND,
     XI_NPF,
+    XI_NRDY,
     XI_POOL,
     XI_QN,
     XI_STATE,
@@ -165,6 +188,8 @@ def can_serve(st, r, i):
         return False
     if st.pooli[PI_MODEL, st.repi[XI_POOL, r]] != st.rqi[RI_MODEL, i]:
         return False
+    if not takes_new_requests(st, r):  # a decode replica takes only KV caches (disagg.py)
+        return False
     return blocks_for(st.rqi[RI_PROMPT, i] + st.rqi[RI_OUTPUT, i]) <= kv_limit(st, r)
 
 
@@ -177,8 +202,10 @@ def fits_any_pool(st, i):
     for p in range(st.pooli.shape[1]):
         if (
             st.pooli[PI_MODEL, p] == st.rqi[RI_MODEL, i]
+            and st.pooli[PI_ROLE, p] != ROLE_DECODE  # where it can be prefilled (decode_fits: decoded)
             and need <= kv_limit(st, st.pooli[PI_FIRST_REP, p])
             and ctx <= st.pooli[PI_MAX_CTX, p]  # the model's context (timing v1; no limit in v0)
+            and (st.pooli[PI_ROLE, p] != ROLE_PREFILL or decode_fits(st, i))
         ):
             return True
     return False
@@ -230,7 +257,19 @@ def builtin_route(st, i):
             hits = prefix_hits(st, r, i, False)
         kv_frac = st.repi[XI_KV_USED, r] / st.repi[XI_KV_CAP, r]
         running = st.repi[XI_ND, r] + st.repi[XI_NPF, r]
-        if policy == ROUTE_SESSION:
+        if policy == ROUTE_SPLITWISE:
+            s = phase_route_score(
+                st.pooli[PI_ROLE, st.repi[XI_POOL, r]] == ROLE_MIXED,
+                st.repi[XI_QN, r] + running,
+                int(st.clock[C_SPLITWISE_OVERFLOW]),
+            )
+        elif policy == ROUTE_MOONCAKE:
+            p = st.repi[XI_POOL, r]
+            cached = prefix_hits(st, r, i, False) * PREFIX_BLOCK_TOKENS if st.pooli[PI_PREFIX, p] else 0
+            s = prefill_route_score(
+                queued_prefill_tokens(st, r), st.rqi[RI_PROMPT, i] - min(cached, st.rqi[RI_PROMPT, i] - 1)
+            )
+        elif policy == ROUTE_SESSION:
             s = session_route_score(
                 r == st.rqi[RI_HOME, i], st.repi[XI_QN, r] + running, st.clock[C_SESSION_MAX_LOAD]
             )
@@ -528,6 +567,9 @@ def advance(st, t_limit):
                 return EV_BATCH
             launch(st, fr, now)
             st.cnt[K_FORM_REPLICA] = -1
+        # KV caches waiting for a decode replica: dispatch them when decode capacity may have freed
+        if st.cnt[K_XW_N] > 0 and (st.cnt[K_XFER_RETRY] or st.cnt[K_HOLD_RETRY]):
+            dispatch_transfers(st, now)
         if st.cnt[K_HOLD_RETRY]:
             if retry_held(st, now) == EV_ROUTE:
                 return EV_ROUTE
@@ -546,7 +588,8 @@ def advance(st, t_limit):
                 r_min = r
         t_tick = st.clock[C_NEXT_TICK]
         t_fault = st.clock[C_NEXT_FAULT]
-        t = min(t_rep, t_arr, t_tick, t_fault)
+        t_xfer = next_transfer(st)  # KV transfers in flight (disagg.py); inf without disaggregation
+        t = min(t_rep, t_arr, t_tick, t_fault, t_xfer)
         if t > st.clock[C_HORIZON]:
             st.clock[C_NOW] = max(now, min(st.clock[C_HORIZON], t_limit))
             return EV_DONE if t_limit >= st.clock[C_HORIZON] else EV_TIME
@@ -562,6 +605,9 @@ def advance(st, t_limit):
                 handle_fault(st, rf, t)
                 next_fault(st)
             continue
+        if t_xfer <= t:  # after faults, before the replicas: a decode replica due now sees the arrival
+            complete_transfer(st, t)
+            continue
         if r_min >= 0 and t_rep <= t_arr and t_rep <= t_tick:
             r = r_min
             st.repf[XF_NEXT, r] = INF
@@ -571,6 +617,10 @@ def advance(st, t_limit):
                 continue
             if st.repi[XI_BUSY, r]:
                 complete_iteration(st, r, t)
+            if st.repi[XI_NRDY, r] > 0:  # KV caches that arrived during the iteration join the decode set
+                join_arrived(st, r)
+            if st.cnt[K_XW_N] > 0:  # the iteration may have freed decode capacity
+                st.cnt[K_XFER_RETRY] = 1
             budget = prepare_running(st, r, t)
             if st.cnt[K_CTRL_BATCH]:
                 st.cnt[K_FORM_REPLICA] = r

@@ -1,7 +1,7 @@
 """Forking a run: copies of the packed state, and handing pending decisions back to the built-in rules.
 
 A run is a pure function of its ``SimState`` (every random draw comes from the state's own xorshift64*
-word, ``st.rng``), so a copy of the 19 packed arrays is a complete, independent snapshot: continued with
+word, ``st.rng``), so a copy of its packed arrays is a complete, independent snapshot: continued with
 the same decisions, a copy reproduces the original bit for bit (tested in tests/test_fork.py). Planners
 (servegym.baselines.planning) fork a run at a decision, try an action, and let ``release_control`` give
 every later decision to the scenario's built-in rules for a rollout.

@@ -48,6 +48,9 @@ from servegym.envs.sim.state import (
     K_SLO_MET_TOKENS,
     K_SLO_MISSED_FINISHED,
     K_TRACE_N,
+    K_XFER_RETRY,
+    K_XW_HEAD,
+    K_XW_N,
     KV_BLOCK_TOKENS,
     LS_FREE,
     LS_HEAP_KEY,
@@ -60,6 +63,7 @@ from servegym.envs.sim.state import (
     PI_MAX_TOKENS,
     PI_PREFIX,
     PI_REGION,
+    PI_ROLE,
     PI_TP,
     PREFIX_BLOCK_TOKENS,
     PREFIX_WAYS,
@@ -67,9 +71,11 @@ from servegym.envs.sim.state import (
     RF_DEADLINE,
     RF_FINISH,
     RF_FIRST,
+    RF_HANDOFF,
     RF_TPOT_SLO,
     RF_TTFT_SLO,
     RF_VISIBLE,
+    RF_XOVL,
     RI_CACHED,
     RI_FIRST,
     RI_GENERATED,
@@ -85,6 +91,9 @@ from servegym.envs.sim.state import (
     RI_STEP,
     RI_TENANT,
     RI_TIER,
+    RI_XCTX,
+    RI_XSRC,
+    ROLE_PREFILL,
     RS_ACTIVE,
     RS_DRAINING,
     RS_OFF,
@@ -112,6 +121,7 @@ from servegym.envs.sim.state import (
     TR_START,
     XF_BUSY_S,
     XF_FAULT,
+    XF_ITER_DT,
     XF_KV_BLOCK_S,
     XF_KV_T,
     XF_NEXT,
@@ -129,6 +139,8 @@ from servegym.envs.sim.state import (
     XI_NDEC_ITER,
     XI_NFREE,
     XI_NPF,
+    XI_NRX,
+    XI_NXF,
     XI_PC_SETS,
     XI_POOL,
     XI_QN,
@@ -216,6 +228,38 @@ def hold_push(st, i, now):
         return
     st.queue[row, (st.cnt[K_HOLD_HEAD] + n) % cap] = i
     st.cnt[K_HOLD_N] = n + 1
+
+
+@hot
+def holds_no_work(st, r):
+    """Nothing queued, running, arriving (a KV cache in transfer, disagg.py) or held as a transfer source:
+    a draining replica may turn off."""
+    return (
+        st.repi[XI_ND, r] + st.repi[XI_NPF, r] + st.repi[XI_QN, r] + st.repi[XI_NRX, r] + st.repi[XI_NXF, r]
+        == 0
+    )
+
+
+@kernel
+def xwait_push(st, i):
+    """Queue prefilled request i for a decode replica (disaggregation: the ring of KV caches waiting)."""
+    cap = st.xwait.shape[0]
+    st.xwait[(st.cnt[K_XW_HEAD] + st.cnt[K_XW_N]) % cap] = i
+    st.cnt[K_XW_N] += 1
+
+
+@hot
+def hand_off(st, r, k, i, ctx, now):
+    """Request i's prefill on prefill replica r ended with ``ctx`` tokens of KV in slot k: free the slot,
+    keep the KV blocks on r, and queue the request for a decode replica (envs/sim/disagg.py)."""
+    st.rqi[RI_XSRC, i] = r
+    st.rqi[RI_XCTX, i] = ctx
+    st.rqf[RF_HANDOFF, i] = now
+    st.rqf[RF_XOVL, i] = st.repf[XF_ITER_DT, r]  # the prefill iteration that just ended
+    st.repi[XI_NXF, r] += 1
+    slot_free(st, r, k)
+    xwait_push(st, i)
+    st.cnt[K_XFER_RETRY] = 1
 
 
 @kernel
@@ -562,7 +606,12 @@ def preempt_slot(st, r, k, now):
 def _most_recent_slot(st, r):
     v = -1
     for k in range(st.slot.shape[2]):
-        if st.slot[SL_REQ, r, k] >= 0 and (v < 0 or st.slot[SL_ADMIT, r, k] > st.slot[SL_ADMIT, r, v]):
+        # a slot reserved for an incoming KV cache (SL_LEFT < 0, disagg.py) is not running: never preempted
+        if (
+            st.slot[SL_REQ, r, k] >= 0
+            and st.slot[SL_LEFT, r, k] >= 0
+            and (v < 0 or st.slot[SL_ADMIT, r, k] > st.slot[SL_ADMIT, r, v])
+        ):
             v = k
     return v
 
@@ -612,7 +661,8 @@ def budget_left(st, r):
 def admit_chunk(st, r, i, budget, prefill_scheduled):
     """Tokens request i would prefill this iteration if admitted now, or 0 if it does not fit."""
     pool = st.repi[XI_POOL, r]
-    if st.repi[XI_ND, r] + st.repi[XI_NPF, r] >= st.pooli[PI_MAX_SEQS, pool] or budget <= 0:
+    running = st.repi[XI_ND, r] + st.repi[XI_NPF, r] + st.repi[XI_NRX, r]
+    if running >= st.pooli[PI_MAX_SEQS, pool] or budget <= 0:
         return 0
     total = st.rqi[RI_PROMPT, i] + st.rqi[RI_GENERATED, i]
     if st.repi[XI_KV_USED, r] + blocks_for(total) > kv_limit(st, r):
@@ -656,7 +706,7 @@ def admit(st, r, i, budget, now):
 @hot
 def admit_builtin(st, r, budget, now):
     pool = st.repi[XI_POOL, r]
-    if st.repi[XI_ND, r] + st.repi[XI_NPF, r] >= st.pooli[PI_MAX_SEQS, pool]:
+    if st.repi[XI_ND, r] + st.repi[XI_NPF, r] + st.repi[XI_NRX, r] >= st.pooli[PI_MAX_SEQS, pool]:
         return  # full: skip the queue scan (expired requests are swept at the next control tick)
     if st.repi[XI_KV_USED, r] >= kv_limit(st, r):
         return
@@ -687,10 +737,7 @@ def launch(st, r, now):
     n_dec = st.repi[XI_NDEC_ITER, r]
     if n_pf + n_dec == 0:
         st.repi[XI_BUSY, r] = 0
-        if (
-            st.repi[XI_STATE, r] == RS_DRAINING
-            and st.repi[XI_ND, r] + st.repi[XI_NPF, r] + st.repi[XI_QN, r] == 0
-        ):
+        if st.repi[XI_STATE, r] == RS_DRAINING and holds_no_work(st, r):
             turn_off(st, r, now)
         else:
             st.repf[XF_NEXT, r] = next_visible_time(st, r, now)
@@ -706,6 +753,7 @@ def launch(st, r, now):
         st.trace[k, TR_DURATION] = dt
         st.cnt[K_TRACE_N] = k + 1
     st.repi[XI_BUSY, r] = 1
+    st.repf[XF_ITER_DT, r] = dt
     st.repf[XF_NEXT, r] = now + dt
     st.repf[XF_BUSY_S, r] += dt
     st.cnt[K_ITERATIONS] += 1
@@ -732,6 +780,7 @@ def complete_iteration(st, r, now):
         finish_request(st, i, now + return_latency(st, r, i))
         slot_free(st, r, k)
     prefix_on = st.pooli[PI_PREFIX, st.repi[XI_POOL, r]]
+    hands_off = st.pooli[PI_ROLE, st.repi[XI_POOL, r]] == ROLE_PREFILL
     j = st.repi[XI_NPF, r] - 1
     while j >= 0:
         k = st.slot[LS_PREFILL, r, j]
@@ -759,6 +808,8 @@ def complete_iteration(st, r, now):
                     st.repi[XI_KV_USED, r] -= blocks_for(st.slot[SL_CTX, r, k])
                     finish_request(st, i, now + back)
                     slot_free(st, r, k)
+                elif hands_off:
+                    hand_off(st, r, k, i, st.slot[SL_CTX, r, k], now)
                 else:
                     join_decode(st, r, k, st.slot[SL_CTX, r, k], it)
         j -= 1
@@ -819,7 +870,7 @@ def start_drain(st, r, now):
         turn_off(st, r, now)
         return
     st.repi[XI_STATE, r] = RS_DRAINING
-    if st.repi[XI_BUSY, r] == 0 and st.repi[XI_ND, r] + st.repi[XI_NPF, r] + st.repi[XI_QN, r] == 0:
+    if st.repi[XI_BUSY, r] == 0 and holds_no_work(st, r):
         turn_off(st, r, now)
 
 

@@ -172,7 +172,8 @@ class Simulator:
             "dropped": int(np.count_nonzero(status == S.ST_DROPPED)),
             "in_flight": int(np.count_nonzero(status == S.ST_INFLIGHT)),
             "queued": int(st.repi[S.XI_QN].sum()),
-            "running": int(st.repi[S.XI_ND].sum() + st.repi[S.XI_NPF].sum()),
+            # decoding, prefilling, and decode slots holding KV caches in transfer or arrived (disagg.py)
+            "running": int(st.repi[S.XI_ND].sum() + st.repi[S.XI_NPF].sum() + st.repi[S.XI_NRX].sum()),
             "held": int(st.cnt[S.K_HOLD_N]),
             "pending_route": int(st.cnt[S.K_PENDING_ROUTE] >= 0),
             "events": int(st.cnt[S.K_EVENTS]),
@@ -184,6 +185,10 @@ class Simulator:
             "failed_replicas": int(np.count_nonzero(st.repi[S.XI_STATE] == S.RS_FAILED)),
             "session_steps_released": int(st.cnt[S.K_RELEASED]),
             "session_steps_pending": int(st.cnt[S.K_REL_N]),
+            "transfers_in_flight": int(st.cnt[S.K_XF_N]),
+            "transfer_waiting": int(st.cnt[S.K_XW_N]),
+            "transfers_done": int(st.cnt[S.K_TRANSFERS]),
+            "transfer_failures": int(st.cnt[S.K_XFER_FAILED]),
         }
 
     def audit(self) -> str:
@@ -256,6 +261,7 @@ class Simulator:
             failures=int(st.cnt[S.K_FAILURES]),
             reclaims=int(st.cnt[S.K_RECLAIMS]),
             **self._session_fields(),
+            **self._disagg_fields(),
             **context_fields(self.context_limit, self.context_counts, st.rqi[S.RI_TENANT]),
         )
 
@@ -263,6 +269,20 @@ class Simulator:
         """The recorded iterations (``trace`` > 0): replica, start_s, prefill_tokens, decode_seqs,
         kv_context_tokens, duration_s (predicted), in start order per replica; at most ``trace`` rows."""
         return iteration_trace(self.state)
+
+    def _disagg_fields(self) -> dict[str, Any]:
+        """SimOutcome's disaggregation fields (none when every pool is mixed)."""
+        st = self.state
+        if not st.cnt[S.K_DISAGG]:
+            return {}
+        return {
+            "pool_role": st.pooli[S.PI_ROLE].astype(np.int8),
+            "transfer_s": st.rqf[S.RF_XFER_S].copy(),
+            "transfer_wait_s": st.rqf[S.RF_XWAIT_S].copy(),
+            "transfer_bytes": st.rqf[S.RF_XFER_BYTES].copy(),
+            "transfers": st.rqi[S.RI_XFERS].astype(np.int16),
+            "transfer_failures": int(st.cnt[S.K_XFER_FAILED]),
+        }
 
     def _session_fields(self) -> dict[str, Any]:
         """SimOutcome's session fields (none without sessions); static per run, so computed once."""
