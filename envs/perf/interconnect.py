@@ -30,8 +30,8 @@ RDMA write over InfiniBand (ConnectX port-to-port latency is sub-microsecond; we
 verbs post), and ~25 us for TCP over Ethernet (a kernel network stack round). At megabytes per transfer the
 bandwidth term dominates by three orders of magnitude, so these choices barely matter; they are documented
 so that a tiny transfer is not free. Achieved bandwidth is taken as the nominal rate; Splitwise and Mooncake
-report their transfer engines near line rate for large transfers, and we model no contention between
-transfers that share a link (a documented simplification: transfers of one source replica overlap in time).
+report their transfer engines near line rate for large transfers. The simulator sends one transfer at a
+time per source replica (envs/sim/disagg.py); it does not model contention on the receiving side.
 
 Layer-wise overlap (Splitwise section IV-C): the KV of layer l is sent while layer l+1 is computed, so once
 the prompt computation ends at most the last layer's share remains when the link keeps up. With a prefill

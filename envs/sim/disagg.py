@@ -13,7 +13,10 @@ et al. ISCA'24; DistServe, Zhong et al. OSDI'24):
    the blocks are reserved there at once, so the KV is held on both sides during the transfer (Splitwise's
    token machine allocates before the transfer). The transfer takes the link's time for the KV bytes
    (envs/perf/interconnect.py), overlapped with the last prefill iteration layer by layer when the request
-   is sent at its prefill's end and the scenario asks for it.
+   is sent at its prefill's end and the scenario asks for it. A replica's outgoing link sends one KV cache
+   at a time (FIFO), so transfers from one prefill replica queue behind each other on a slow link; the
+   receiving side is not modelled as a bottleneck (several prefill replicas may send to one decode replica
+   at full rate each), which is right for per-GPU NICs and optimistic for a shared one.
 3. ``complete_transfer``: the prefill replica frees its copy; the decode slot is marked arrived and joins
    the decode set at the decode replica's next iteration boundary (``join_arrived``), so no iteration is
    changed while it runs.
@@ -97,6 +100,7 @@ from servegym.envs.sim.state import (
     SL_CTX,
     SL_LEFT,
     SL_REQ,
+    XF_LINK_FREE,
     XF_NEXT,
     XI_BUSY,
     XI_IT,
@@ -293,8 +297,10 @@ def start_transfer(st, i, d, now):
     st.rqf[RF_HANDOFF, i] = now  # from here: when the transfer started
     ps = st.repi[XI_POOL, src]
     pd = st.repi[XI_POOL, d]
+    # the source's link sends one KV cache at a time, in dispatch order
+    begin = max(now, st.repf[XF_LINK_FREE, src])
     # layer-wise overlap only when sent as the prefill ends: a KV cache that waited is complete, sent whole
-    overlap = st.rqf[RF_XOVL, i] if (st.clock[C_LAYERWISE] > 0.0 and waited == 0.0) else 0.0
+    overlap = st.rqf[RF_XOVL, i] if (st.clock[C_LAYERWISE] > 0.0 and waited == 0.0 and begin == now) else 0.0
     dt = transfer_time_s(
         ctx,
         st.poolf[PF_KV_TOKEN_BYTES, ps],
@@ -303,7 +309,8 @@ def start_transfer(st, i, d, now):
         st.pooli[PI_LAYERS, ps],
         overlap,
     )
-    _xf_push(st, now + dt, i)
+    st.repf[XF_LINK_FREE, src] = begin + dt
+    _xf_push(st, begin + dt, i)
 
 
 @kernel

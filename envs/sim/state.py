@@ -124,7 +124,8 @@ NO_CONTEXT_LIMIT = 2**62
 XF_READY, XF_NEXT, XF_ON_SINCE, XF_UP_SINCE, XF_BUSY_S, XF_UP_S, XF_KV_BLOCK_S, XF_KV_T = range(8)
 XF_FAULT = 8  # time of the replica's pending fault (XI_FKIND), inf when none
 XF_ITER_DT = 9  # duration of its latest iteration (the prefill a layer-wise KV transfer overlaps)
-N_XF = 10
+XF_LINK_FREE = 10  # when its outgoing KV link is free: a replica sends one KV cache at a time (disagg.py)
+N_XF = 11
 # repi[field, replica] int64
 (
     XI_POOL,
