@@ -31,17 +31,6 @@ _FEATURES = (
     "session_step",
 )
 
-DESCRIPTIONS = {
-    "fcfs": "first come, first served (earliest arrival)",
-    "edf": "earliest deadline first (first-token deadline, or completion deadline for the batch tier)",
-    "sjf": "shortest job first by prompt length",
-    "vtc": "fair share by Virtual Token Counter (Sheng et al., OSDI'24): smallest tenant counter",
-    "wfs": "weighted fair share: smallest tenant counter / tenant weight",
-    "tier_priority": "interactive tier before batch tier, FCFS within a tier",
-    "session_edf": "least agentic-session slack: earliest session deadline (own deadline outside a session)",
-    "session_las": "Autellix's least attained service: the session with the fewest calls made, then FCFS",
-}
-
 
 class BatchingRule(BasePolicy):
     """Admit the admissible candidate with the lowest ``batch_score`` under rule ``rule``."""

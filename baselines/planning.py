@@ -38,10 +38,11 @@ from typing import Any
 import numpy as np
 
 from servegym.baselines.policy import BasePolicy, PolicyError
+from servegym.envs.rules import DECISION_KINDS
 from servegym.envs.sim import state as S
 from servegym.envs.sim.simulator import Simulator
 
-KINDS = ("route", "batch", "scale")
+KINDS = DECISION_KINDS
 
 
 @dataclass(frozen=True)

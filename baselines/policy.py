@@ -17,7 +17,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-DECISIONS = ("route", "batch", "scale")
+from servegym.envs.rules import DECISION_KINDS
+
+DECISIONS = DECISION_KINDS
 
 
 @runtime_checkable

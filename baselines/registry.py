@@ -24,17 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from servegym.baselines.batching import DESCRIPTIONS as BATCHING_DESCRIPTIONS
 from servegym.baselines.batching import BatchingRule
 from servegym.baselines.planning import DESCRIPTIONS as PLANNER_DESCRIPTIONS
 from servegym.baselines.planning import make_planner
 from servegym.baselines.policy import BasePolicy, Policy, PolicyError
-from servegym.baselines.routing import DESCRIPTIONS as ROUTING_DESCRIPTIONS
 from servegym.baselines.routing import RoutingRule
-from servegym.baselines.scaling import DESCRIPTIONS as SCALING_DESCRIPTIONS
 from servegym.baselines.scaling import ScalingRule
+from servegym.envs.rules import DECISION_KINDS, POLICY_KEY, RULES
 
-KIND_TO_POLICY_KEY = {"batch": "batching", "route": "routing", "scale": "scaling"}
+KIND_TO_POLICY_KEY = POLICY_KEY
 
 
 @dataclass(frozen=True)
@@ -200,13 +198,17 @@ class ClusterPolicy(BasePolicy):
 
 def _register_builtins() -> None:
     # partial() keeps the rule classes' keyword signatures visible to _accepted()
-    for rule, desc in BATCHING_DESCRIPTIONS.items():
-        register(rule, "batch", functools.partial(BatchingRule, rule), desc, builtin=True)
-    for rule, desc in ROUTING_DESCRIPTIONS.items():
-        register(rule, "route", functools.partial(RoutingRule, rule), desc, builtin=True)
-    for rule, desc in SCALING_DESCRIPTIONS.items():
-        register(rule, "scale", functools.partial(ScalingRule, rule), desc, builtin=True)
-    for kind in ("route", "batch", "scale"):
+    rule_class = {"batch": BatchingRule, "route": RoutingRule, "scale": ScalingRule}
+    for kind, table in RULES.items():
+        for rule in table:
+            register(
+                rule.name,
+                kind,
+                functools.partial(rule_class[kind], rule.name),
+                rule.description,
+                builtin=True,
+            )
+    for kind in DECISION_KINDS:
         for clairvoyant, prefix in ((True, "oracle"), (False, "mpc")):
             register(
                 f"{prefix}_{kind}",

@@ -21,29 +21,22 @@ from servegym.baselines.policy import BasePolicy, PolicyError, feature, info_sec
 from servegym.envs.scenario import PoliciesConfig
 from servegym.envs.sim.policies import (
     ROUTE_COST,
+    ROUTE_MOONCAKE,
     ROUTE_P2C,
     ROUTE_PREFIX,
     ROUTE_RANDOM,
     ROUTE_RR,
     ROUTE_SESSION,
+    ROUTE_SPLITWISE,
     ROUTING_IDS,
     cost_route_score,
+    phase_route_score,
+    prefill_route_score,
     replica_cost,
     route_score,
     session_route_score,
 )
-
-DESCRIPTIONS = {
-    "round_robin": "round-robin over the replicas that can serve the request",
-    "random": "uniformly random replica",
-    "jsq": "join the shortest waiting queue (then fewest running)",
-    "lor": "least outstanding requests (waiting + running)",
-    "least_kv": "least KV-cache utilization",
-    "p2c": "power of two choices: the less loaded of two random replicas",
-    "prefix_affinity": "longest cached prompt prefix, then least outstanding requests",
-    "cost_aware": "cheapest replica (per request/s of capacity) predicted to meet the SLO, else LOR",
-    "session_affinity": "an agentic session's home replica (its context's prefix cache) unless overloaded, else LOR",
-}
+from servegym.envs.sim.state import PREFIX_BLOCK_TOKENS
 
 _DEFAULTS = PoliciesConfig()
 
@@ -68,6 +61,7 @@ class RoutingRule(BasePolicy):
         max_kv: float = _DEFAULTS.cost_aware_max_kv,
         replica_capacity_rps: float | Sequence[float] | None = None,
         session_max_load: int = _DEFAULTS.session_affinity_max_load,
+        splitwise_overflow: int = _DEFAULTS.splitwise_overflow,
     ) -> None:
         super().__init__()
         if rule not in ROUTING_IDS:
@@ -77,6 +71,7 @@ class RoutingRule(BasePolicy):
         self.max_queue = int(max_queue)
         self.max_kv = float(max_kv)
         self.session_max_load = float(session_max_load)
+        self.splitwise_overflow = int(splitwise_overflow)
         self.capacity = (
             None if replica_capacity_rps is None else np.atleast_1d(np.asarray(replica_capacity_rps, float))
         )
@@ -132,9 +127,21 @@ class RoutingRule(BasePolicy):
                 )
                 cap = np.broadcast_to(cap, (n,))
             price = np.array([replica_cost(float(gpu_price[r]), int(tp[r]), float(cap[r])) for r in range(n)])
+        if rid == ROUTE_SPLITWISE:
+            role = feature(self.name, sec, "role", "route").astype(np.int64)
+        elif rid == ROUTE_MOONCAKE:
+            hits = feature(self.name, sec, "prefix_hits", "route").astype(np.int64)
+            pending = feature(self.name, sec, "prefill_tokens", "route").astype(np.int64)
+            prompt = int(info_section(self.name, info, "request")["prompt_tokens"])
         best, best_s = -1, np.inf
         for k, r in enumerate(cand):
-            if rid == ROUTE_SESSION:
+            if rid == ROUTE_SPLITWISE:
+                s = phase_route_score(role[r] == 0, int(queue[r] + running[r]), self.splitwise_overflow)
+            elif rid == ROUTE_MOONCAKE:
+                # the core counts a hit only where the pool has a prefix cache, where hits can be nonzero
+                cached = min(int(hits[r]) * PREFIX_BLOCK_TOKENS, prompt - 1)
+                s = prefill_route_score(int(pending[r]), prompt - cached)
+            elif rid == ROUTE_SESSION:
                 s = session_route_score(r == home, int(queue[r] + running[r]), self.session_max_load)
             elif rid == ROUTE_COST:
                 s = cost_route_score(

@@ -55,15 +55,6 @@ from servegym.envs.sim.policies import (
     spot_mix_rate,
 )
 
-DESCRIPTIONS = {
-    "static": "fixed replica counts (never scales)",
-    "reactive": "SageServe: +1 replica above 50% mean KV utilization, -1 below 25% (per pool)",
-    "target_util": "size pools to last interval's arrival rate + backlog at a target utilization of capacity",
-    "forecast": "as target_util, on a Holt forecast of the arrival rate one interval + a cold start ahead",
-    "reactive_replace": "reactive, and every replica lost to a failure or spot reclaim is replaced at once",
-    "spot_mix": "on-demand floor sized to the interactive forecast, the rest of the forecast on spot pools",
-}
-
 _DEFAULTS = PoliciesConfig()
 _DEFAULT_INTERVAL_S = float(Scenario.model_fields["control_interval_s"].default)
 

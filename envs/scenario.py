@@ -15,28 +15,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from servegym.configs import SCENARIO_DIR
+from servegym.envs import rules
 
-BATCHING_POLICIES = ("fcfs", "edf", "sjf", "vtc", "wfs", "tier_priority", "session_edf", "session_las")
-ROUTING_POLICIES = (
-    "round_robin",
-    "random",
-    "jsq",
-    "lor",
-    "least_kv",
-    "p2c",
-    "prefix_affinity",
-    "cost_aware",
-    "session_affinity",
-    "splitwise",
-    "mooncake",
-)
+# the rules' names, from their tables (envs/rules.py)
+BATCHING_POLICIES = rules.names(rules.BATCHING)
+ROUTING_POLICIES = rules.names(rules.ROUTING)
 # Engine profiles of envs/perf/engines.py (the config layer does not import the perf model; a test keeps them equal).
 ENGINE_PROFILES = ("splitwise", "vidur", "none", "vllm", "vllm-eager")
 TIMING_VERSIONS = ("v0", "v1")
 CONTEXT_POLICIES = ("reject", "truncate", "drop")
-SCALING_POLICIES = ("static", "reactive", "target_util", "forecast", "reactive_replace", "spot_mix")
+SCALING_POLICIES = rules.names(rules.SCALING)
 # scaling rules that size pools from the arrival rate against a per-replica capacity
-CAPACITY_SCALERS = ("target_util", "forecast", "spot_mix")
+CAPACITY_SCALERS = tuple(r.name for r in rules.SCALING if r.needs_capacity)
 # Prefill/decode disaggregation (docs/disaggregation.md): what a pool's replicas run. "mixed" runs both phases
 # of a request (colocated serving, the default); "prefill" runs prompts only and hands the KV cache to a
 # decode-capable replica; "decode" takes no new requests, only KV caches handed over by prefill replicas.

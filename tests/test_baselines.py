@@ -15,9 +15,9 @@ from servegym.baselines import PolicyError, builtin_policies, list_policies, mak
 from servegym.baselines.policy import unbatch_infos
 from servegym.envs.metrics import compute_metrics
 from servegym.envs.scenario import ScenarioError, load_scenario, scenario_from_dict
-from servegym.envs.sim import core
+from servegym.envs.sim import scaling as sim_scaling
 from servegym.envs.sim import state as S
-from servegym.envs.sim.replica import prefix_hits
+from servegym.envs.sim.prefix_cache import prefix_hits
 from servegym.envs.sim.simulator import Simulator
 from servegym.envs.sim.state import EV_BATCH, EV_DONE, EV_ROUTE, EV_SCALE, EV_TIME
 from tests.conftest import examples, tiny_dict, tiny_scenario
@@ -106,6 +106,8 @@ def test_registry_lists_every_rule_by_kind():
         "prefix_affinity",
         "cost_aware",
         "session_affinity",
+        "splitwise",
+        "mooncake",
     ]
     assert list_policies("scale") == [
         "static",
@@ -392,8 +394,8 @@ def core_batch_info(sim: Simulator) -> tuple[dict[str, Any], np.ndarray]:
 def core_scale_info(sim: Simulator) -> dict[str, Any]:
     st = sim.state
     n_pool = st.pooli.shape[1]
-    counts = [core.pool_counts(st, p) for p in range(n_pool)]
-    loads = [core.pool_load(st, p) for p in range(n_pool)]
+    counts = [sim_scaling.pool_counts(st, p) for p in range(n_pool)]
+    loads = [sim_scaling.pool_load(st, p) for p in range(n_pool)]
     return {
         "decision": "scale",
         "scale_deltas": np.arange(-8, 9),

@@ -191,3 +191,43 @@ def test_conservation_fuzz_with_disaggregation(
     m = compute_metrics(sim.outcome(final=True))
     assert m["disagg/transfers"] == c["transfers_done"]
     assert m["disagg/transfer_failures"] == c["transfer_failures"]
+
+
+# ---------------------------------------------------------------- agents: the info contract
+
+
+def disagg_scenario(routing: str, roles: tuple[str, ...] = ("prefill", "decode", "mixed")):
+    return tiny_scenario(
+        horizon_s=40.0,
+        pools=[pool(f"{r}{k}", r, n=2, prefix_cache=True) for k, r in enumerate(roles)],
+        sources=[
+            {
+                "tenant": "chat",
+                "arrival": {"rate_per_s": 25.0},
+                "lengths": {"prompt_mean": 1500, "output_mean": 60},
+                "prefix": {"groups": 4, "shared_tokens": 1024},
+            }
+        ],
+        policies={"routing": routing},
+    )
+
+
+@pytest.mark.parametrize("roles", [("prefill", "decode", "mixed"), ("mixed",)])
+@pytest.mark.parametrize("routing", ["splitwise", "mooncake"])
+def test_route_baselines_from_info_reproduce_the_core(routing, roles):
+    import gymnasium as gym
+
+    import servegym.envs  # noqa: F401
+    from servegym.baselines import make_policy
+    from tests.test_envs_contract import assert_same_metrics, run_env
+
+    sc = disagg_scenario(routing, roles)
+    ref = compute_metrics(Simulator(sc, seed=3).run())
+    assert ref["finished"] > 300
+    if len(roles) > 1:
+        assert ref["disagg/transfers"] > 300
+    policy = make_policy(routing)
+    policy.reset(seed=0)
+    env = gym.make("servegym/Route-v1", scenario=sc, sim_seed=3)
+    got = run_env(env, lambda info: policy.act(None, info))
+    assert_same_metrics(got, ref)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from servegym.envs.rules import DECISION_KINDS
 from servegym.envs.sim.policies import BATCHING_IDS
 
 MODE_ROUTE, MODE_BATCH, MODE_SCALE, MODE_CLUSTER = range(4)
@@ -22,9 +23,9 @@ CONTROLS = {
     MODE_ROUTE: ("route",),
     MODE_BATCH: ("batch",),
     MODE_SCALE: ("scale",),
-    MODE_CLUSTER: ("route", "batch", "scale"),
+    MODE_CLUSTER: DECISION_KINDS,
 }
-DECISIONS = ("none", "route", "batch", "scale")  # indexed by the core's EV_* code (EV_DONE=0 -> "none")
+DECISIONS = ("none", *DECISION_KINDS)  # indexed by the core's EV_* code (EV_DONE=0 -> "none")
 
 # Raw reward components, in the order the kernel writes them; the weighted reward follows them.
 REWARD_KEYS = (

@@ -21,20 +21,13 @@ from servegym.envs.gym import config as C
 from servegym.envs.perf.model import iteration_time_s
 from servegym.envs.scenario import Scenario
 from servegym.envs.sim import state as S
-from servegym.envs.sim.core import (
-    can_serve,
-)
+from servegym.envs.sim.disagg import queued_prefill_tokens
 from servegym.envs.sim.jit import hot, kernel
 from servegym.envs.sim.policies import BATCHING_IDS
-from servegym.envs.sim.replica import (
-    admit_chunk,
-    budget_left,
-    has_prefill,
-    next_deadline,
-    prefix_hits,
-    request_batch_score,
-    session_deadline,
-)
+from servegym.envs.sim.prefix_cache import prefix_hits
+from servegym.envs.sim.queues import next_deadline, request_batch_score, session_deadline
+from servegym.envs.sim.replica import admit_chunk, budget_left, has_prefill
+from servegym.envs.sim.routing import can_serve
 from servegym.envs.sim.simulator import Simulator
 from servegym.envs.sim.state import (
     C_HORIZON,
@@ -66,6 +59,7 @@ from servegym.envs.sim.state import (
     PI_MAX_SEQS,
     PI_MAX_TOKENS,
     PI_MIN,
+    PI_ROLE,
     PI_SPOT,
     PI_TP,
     RF_ARRIVAL,
@@ -202,7 +196,7 @@ class EnvAux(NamedTuple):
 
 def info_sizes(r_pad: int, p_pad: int, k: int) -> tuple[int, int, int, int, int, int]:
     """(IB, IS, NI, FB, FS, NF): section offsets and sizes of the info buffers (see docs/envs.md)."""
-    ib = 5 * r_pad + N_ROUTE_I
+    ib = 7 * r_pad + N_ROUTE_I
     i_s = ib + N_BATCH_I * k
     fb = 2 * r_pad + N_ROUTE_F
     f_s = fb + N_BATCH_F * k
@@ -392,7 +386,7 @@ def pool_features(st, ax, obs, mask, ii, ff, now, scale_pending):
             elif s == RS_FAILED:
                 n_failed += 1
         n_up = n_start + n_act
-        # the utilization the built-in reactive rule sees (core.builtin_scale): held requests are demand
+        # the utilization the built-in reactive rule sees (scaling.builtin_scale): held requests are demand
         if n_act > 0:
             util = used / n_act
         else:
@@ -555,9 +549,11 @@ def route_decision(st, ax, obs, mask, ii, ff, now):
         ii[2 * rp + r] = hits
         ii[3 * rp + r] = p
         ii[4 * rp + r] = st.pooli[PI_TP, p]
+        ii[5 * rp + r] = st.pooli[PI_ROLE, p]  # disaggregation: 0 mixed, 1 prefill (decode never takes one)
+        ii[6 * rp + r] = queued_prefill_tokens(st, r)  # Mooncake's queueing estimate (policies)
         ff[r] = st.repi[XI_KV_USED, r] / st.repi[XI_KV_CAP, r]
         ff[rp + r] = ax.price[p]
-    b = 5 * rp
+    b = 7 * rp
     ii[b + 0] = i
     ii[b + 1] = st.rqi[RI_PROMPT, i]
     ii[b + 2] = st.rqi[RI_OUTPUT, i]

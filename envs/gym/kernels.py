@@ -49,17 +49,9 @@ from servegym.envs.gym.features import (
     drained,
     observe,
 )
-from servegym.envs.sim.core import (
-    advance,
-    apply_admit,
-    apply_route,
-    apply_scale,
-    apply_start,
-    builtin_route,
-    can_serve,
-    finalize,
-)
+from servegym.envs.sim.core import advance, apply_admit, apply_route, apply_scale, apply_start, finalize
 from servegym.envs.sim.jit import hot, kernel
+from servegym.envs.sim.routing import builtin_route, can_serve
 from servegym.envs.sim.state import (
     C_MAX_GAP,
     EV_BATCH,

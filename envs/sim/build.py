@@ -10,6 +10,7 @@ import numpy as np
 
 from servegym.envs.perf.model import kv_cache_blocks, load_perf_coefficients
 from servegym.envs.perf.specs import get_gpu, get_model
+from servegym.envs.rules import DECISION_KINDS
 from servegym.envs.scenario import PoolConfig, Scenario, ScenarioError
 from servegym.envs.sim import state as S
 from servegym.envs.sim.disagg_build import disaggregation_arrays
@@ -19,7 +20,7 @@ from servegym.envs.sim.state import SimState
 from servegym.envs.sim.timing import pool_engine, resolve_timing, tenant_context_limits
 from servegym.envs.workloads.requests import RequestTable, SessionColumns
 
-CONTROLS = ("route", "batch", "scale")
+CONTROLS = DECISION_KINDS
 
 
 def session_first_rows(sess: SessionColumns) -> np.ndarray:
@@ -69,29 +70,21 @@ def pool_capacities(scenario: Scenario) -> list[float]:
     return [np.nan if cap is None else float(cap)] * len(scenario.pools)
 
 
-def build_state(
-    scenario: Scenario,
-    requests: RequestTable,
-    core_seed: int,
-    control: tuple[str, ...] = (),
-    timing: str | None = None,
-    trace_capacity: int = 0,
-) -> SimState:
-    """Allocate and fill the state; ``control`` names the decision kinds the caller will take; ``timing`` is
-    the default timing version (envs/sim/timing.py) when the scenario names none; ``trace_capacity`` rows of
-    per-iteration trace are kept (0: off)."""
-    timing = resolve_timing(scenario, timing)
-    for c in control:
-        if c not in CONTROLS:
-            raise ValueError(f"control: unknown decision kind {c!r}; known: {CONTROLS}")
+def replica_ranges(pools: list[PoolConfig]) -> tuple[np.ndarray, np.ndarray]:
+    """(max replicas, index of the first replica) of each pool: a pool's replicas are consecutive."""
+    p_max = np.array([p.max_replicas for p in pools], dtype=np.int32)
+    p_first = np.concatenate([[0], np.cumsum(p_max)[:-1]]).astype(np.int32)
+    return p_max, p_first
+
+
+def request_arrays(
+    scenario: Scenario, requests: RequestTable, models: list[str], regions: list[str]
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(rqf, rqi, later session steps): each request's columns, with its tenant's tier, model, region, SLOs and
+    deadline resolved."""
     pools = scenario.pools
     tenants = scenario.tenants
-    models = list(dict.fromkeys(p.model for p in pools))
-    regions = scenario.region_names()
     n = len(requests)
-    n_pool = len(pools)
-
-    # ---- tenants -> per-request attributes
     t_tier = np.array([S.TIER_BATCH if t.tier == "batch" else 0 for t in tenants], dtype=np.int8)
     t_model = np.array([models.index(t.model or pools[0].model) for t in tenants], dtype=np.int8)
     t_region = np.array([regions.index(t.region or pools[0].region) for t in tenants], dtype=np.int8)
@@ -112,72 +105,6 @@ def build_state(
         base + t_deadline[tix],
         base + r_ttft + r_tpot * out_minus_1,
     )
-
-    # ---- pools and replicas
-    kv_blocks = pool_kv_blocks(scenario)
-    coefs = []
-    for i, p in enumerate(pools):
-        try:
-            coef = load_perf_coefficients(p.model, p.gpu, p.tp, pool_engine(p, timing), p.interconnect)
-            coefs.append(np.asarray(coef, dtype=np.float64))
-        except (KeyError, ValueError) as e:
-            raise ScenarioError(f"scenario {scenario.name!r}: pools.{i} ({p.name}): {e}") from None
-    k_max = max(len(c) for c in coefs)
-    p_coef = np.zeros((n_pool, k_max))
-    for i, c in enumerate(coefs):
-        p_coef[i, : len(c)] = c
-    p_max = np.array([p.max_replicas for p in pools], dtype=np.int32)
-    p_first = np.concatenate([[0], np.cumsum(p_max)[:-1]]).astype(np.int32)
-    n_rep = int(p_max.sum())
-    rep_pool = np.repeat(np.arange(n_pool, dtype=np.int32), p_max)
-    rep_kv_cap = np.array([kv_blocks[p] for p in rep_pool], dtype=np.int64)
-    pc_sets = np.zeros(n_rep, dtype=np.int32)
-    for i, p in enumerate(pools):
-        if p.prefix_cache:
-            blocks = p.prefix_cache_blocks or max(
-                1, kv_blocks[i] * S.KV_BLOCK_TOKENS // S.PREFIX_BLOCK_TOKENS // 2
-            )
-            pc_sets[rep_pool == i] = max(1, blocks // S.PREFIX_WAYS)
-    pc_ways = int(pc_sets.max()) * S.PREFIX_WAYS if pc_sets.any() else 1
-    max_seqs = max(p.max_num_seqs for p in pools)
-    qcap = scenario.queue_capacity
-
-    g = len(regions)
-    lat = np.zeros((g, g))
-    for a, row in scenario.region_latency_ms.items():
-        for b, ms in row.items():
-            lat[regions.index(a), regions.index(b)] = lat[regions.index(b), regions.index(a)] = ms / 1e3
-
-    clock = np.zeros(S.N_CLOCK)
-    clock[S.C_NEXT_TICK] = scenario.control_interval_s
-    clock[S.C_HORIZON] = scenario.horizon_s
-    clock[S.C_TICK_S] = scenario.control_interval_s
-    clock[S.C_MAX_WAIT] = scenario.max_wait_s
-    clock[S.C_REACTIVE_UP] = scenario.policies.reactive_up
-    clock[S.C_REACTIVE_DOWN] = scenario.policies.reactive_down
-    pol = scenario.policies
-    clock[S.C_COST_MAX_QUEUE] = pol.cost_aware_max_queue
-    clock[S.C_COST_MAX_KV] = pol.cost_aware_max_kv
-    clock[S.C_TARGET_UTIL] = pol.target_utilization
-    clock[S.C_HOLT_ALPHA] = pol.forecast_alpha
-    clock[S.C_HOLT_BETA] = pol.forecast_beta
-    clock[S.C_DOWN_COOLDOWN] = pol.scale_down_cooldown_s
-    clock[S.C_NEXT_FAULT] = np.inf
-    clock[S.C_SESSION_MAX_LOAD] = pol.session_affinity_max_load
-    clock[S.C_SPLITWISE_OVERFLOW] = pol.splitwise_overflow
-    clock[S.C_LAYERWISE] = 1.0 if scenario.kv_transfer.layerwise else 0.0
-    cnt = np.zeros(S.N_CNT, dtype=np.int64)
-    cnt[S.K_PENDING_ROUTE] = -1
-    cnt[S.K_FORM_REPLICA] = -1
-    cnt[S.K_BATCH_POLICY] = BATCHING_IDS[scenario.policies.batching]
-    cnt[S.K_ROUTE_POLICY] = ROUTING_IDS[scenario.policies.routing]
-    cnt[S.K_SCALE_POLICY] = SCALING_IDS[scenario.policies.scaling]
-    cnt[S.K_CTRL_ROUTE] = "route" in control
-    cnt[S.K_CTRL_BATCH] = "batch" in control
-    cnt[S.K_CTRL_SCALE] = "scale" in control
-    cnt[S.K_N_TENANTS] = len(tenants)
-    n_later = int(later.sum())
-    cnt[S.K_N_OPEN] = n - n_later  # later session steps are the table's last rows (RequestTable.validate)
 
     rqf = np.zeros((S.N_RF, n))
     rqf[S.RF_ARRIVAL] = requests.arrival_s
@@ -209,7 +136,32 @@ def build_state(
         rqi[S.RI_FIRST] = session_first_rows(sess)
     else:
         rqi[S.RI_FIRST] = -1
+    return rqf, rqi, int(later.sum())
 
+
+def pool_coefficients(scenario: Scenario, timing: str) -> np.ndarray:
+    """The perf-model coefficients of each pool (one row per pool, zero-padded)."""
+    coefs = []
+    for i, p in enumerate(scenario.pools):
+        try:
+            coef = load_perf_coefficients(p.model, p.gpu, p.tp, pool_engine(p, timing), p.interconnect)
+            coefs.append(np.asarray(coef, dtype=np.float64))
+        except (KeyError, ValueError) as e:
+            raise ScenarioError(f"scenario {scenario.name!r}: pools.{i} ({p.name}): {e}") from None
+    k_max = max(len(c) for c in coefs)
+    p_coef = np.zeros((len(coefs), k_max))
+    for i, c in enumerate(coefs):
+        p_coef[i, : len(c)] = c
+    return p_coef
+
+
+def pool_arrays(
+    scenario: Scenario, models: list[str], regions: list[str], timing: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(poolf, pooli): each pool's configuration, price, capacity and fault rates."""
+    pools = scenario.pools
+    n_pool = len(pools)
+    p_max, p_first = replica_ranges(pools)
     poolf = np.zeros((S.N_PF, n_pool))
     poolf[S.PF_COLD_START] = [p.cold_start_s for p in pools]
     poolf[S.PF_PRICE] = [pool_price_per_gpu_hour(p) for p in pools]
@@ -236,11 +188,29 @@ def build_state(
     pooli[S.PI_MAX_CTX] = (
         S.NO_CONTEXT_LIMIT if limits is None else [get_model(p.model).max_context for p in pools]
     )
-    disagg = disaggregation_arrays(scenario, n, max_seqs, [kv_blocks[p] for p in range(n_pool)])
-    pooli[S.PI_ROLE] = disagg.role
-    pooli[S.PI_LAYERS] = disagg.layers
-    poolf[S.PF_KV_TOKEN_BYTES] = disagg.kv_token_bytes
-    cnt[S.K_DISAGG] = int(disagg.on)
+    return poolf, pooli
+
+
+def replica_arrays(
+    scenario: Scenario, kv_blocks: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(repf, repi, slot, pc): every replica's state (the initial ones warm at t = 0), its empty running slots
+    and its empty prefix cache."""
+    pools = scenario.pools
+    n_pool = len(pools)
+    p_max, p_first = replica_ranges(pools)
+    n_rep = int(p_max.sum())
+    rep_pool = np.repeat(np.arange(n_pool, dtype=np.int32), p_max)
+    rep_kv_cap = np.array([kv_blocks[p] for p in rep_pool], dtype=np.int64)
+    pc_sets = np.zeros(n_rep, dtype=np.int32)
+    for i, p in enumerate(pools):
+        if p.prefix_cache:
+            blocks = p.prefix_cache_blocks or max(
+                1, kv_blocks[i] * S.KV_BLOCK_TOKENS // S.PREFIX_BLOCK_TOKENS // 2
+            )
+            pc_sets[rep_pool == i] = max(1, blocks // S.PREFIX_WAYS)
+    pc_ways = int(pc_sets.max()) * S.PREFIX_WAYS if pc_sets.any() else 1
+    max_seqs = max(p.max_num_seqs for p in pools)
 
     repf = np.zeros((S.N_XF, n_rep))
     repf[S.XF_NEXT] = np.inf
@@ -258,13 +228,104 @@ def build_state(
     slot = np.zeros((S.N_SL, n_rep, max_seqs), dtype=np.int64)
     slot[S.SL_REQ] = -1
     slot[S.LS_FREE] = np.arange(max_seqs)[::-1]  # pops hand out slot 0 first
+    pc = np.stack([np.full((n_rep, pc_ways), -1, dtype=np.int64), np.zeros((n_rep, pc_ways), dtype=np.int64)])
+    return repf, repi, slot, pc
 
+
+def region_latency(scenario: Scenario, regions: list[str]) -> np.ndarray:
+    """Symmetric one-way latency in seconds between regions."""
+    g = len(regions)
+    lat = np.zeros((g, g))
+    for a, row in scenario.region_latency_ms.items():
+        for b, ms in row.items():
+            lat[regions.index(a), regions.index(b)] = lat[regions.index(b), regions.index(a)] = ms / 1e3
+    return lat
+
+
+def clock_array(scenario: Scenario) -> np.ndarray:
+    """The clock and the real-valued parameters of the built-in rules."""
+    clock = np.zeros(S.N_CLOCK)
+    clock[S.C_NEXT_TICK] = scenario.control_interval_s
+    clock[S.C_HORIZON] = scenario.horizon_s
+    clock[S.C_TICK_S] = scenario.control_interval_s
+    clock[S.C_MAX_WAIT] = scenario.max_wait_s
+    clock[S.C_REACTIVE_UP] = scenario.policies.reactive_up
+    clock[S.C_REACTIVE_DOWN] = scenario.policies.reactive_down
+    pol = scenario.policies
+    clock[S.C_COST_MAX_QUEUE] = pol.cost_aware_max_queue
+    clock[S.C_COST_MAX_KV] = pol.cost_aware_max_kv
+    clock[S.C_TARGET_UTIL] = pol.target_utilization
+    clock[S.C_HOLT_ALPHA] = pol.forecast_alpha
+    clock[S.C_HOLT_BETA] = pol.forecast_beta
+    clock[S.C_DOWN_COOLDOWN] = pol.scale_down_cooldown_s
+    clock[S.C_NEXT_FAULT] = np.inf
+    clock[S.C_SESSION_MAX_LOAD] = pol.session_affinity_max_load
+    clock[S.C_SPLITWISE_OVERFLOW] = pol.splitwise_overflow
+    clock[S.C_LAYERWISE] = 1.0 if scenario.kv_transfer.layerwise else 0.0
+    return clock
+
+
+def counter_array(scenario: Scenario, control: tuple[str, ...], n_open: int) -> np.ndarray:
+    """The counters: built-in rule ids, which decisions the caller takes, and the open-loop request count."""
+    cnt = np.zeros(S.N_CNT, dtype=np.int64)
+    cnt[S.K_PENDING_ROUTE] = -1
+    cnt[S.K_FORM_REPLICA] = -1
+    cnt[S.K_BATCH_POLICY] = BATCHING_IDS[scenario.policies.batching]
+    cnt[S.K_ROUTE_POLICY] = ROUTING_IDS[scenario.policies.routing]
+    cnt[S.K_SCALE_POLICY] = SCALING_IDS[scenario.policies.scaling]
+    cnt[S.K_CTRL_ROUTE] = "route" in control
+    cnt[S.K_CTRL_BATCH] = "batch" in control
+    cnt[S.K_CTRL_SCALE] = "scale" in control
+    cnt[S.K_N_TENANTS] = len(scenario.tenants)
+    cnt[S.K_N_OPEN] = n_open
+    return cnt
+
+
+def tenant_array(scenario: Scenario) -> np.ndarray:
+    """Each tenant's VTC weight and session SLO (its VTC counter starts at 0)."""
+    tenants = scenario.tenants
     ten = np.zeros((S.N_TF, len(tenants)))
     ten[S.TF_WEIGHT] = [t.weight for t in tenants]
     ten[S.TF_SESSION_SLO] = [t.session_slo_s or np.inf for t in tenants]
+    return ten
 
+
+def build_state(
+    scenario: Scenario,
+    requests: RequestTable,
+    core_seed: int,
+    control: tuple[str, ...] = (),
+    timing: str | None = None,
+    trace_capacity: int = 0,
+) -> SimState:
+    """Allocate and fill the state; ``control`` names the decision kinds the caller will take; ``timing`` is
+    the default timing version (envs/sim/timing.py) when the scenario names none; ``trace_capacity`` rows of
+    per-iteration trace are kept (0: off)."""
+    timing = resolve_timing(scenario, timing)
+    for c in control:
+        if c not in CONTROLS:
+            raise ValueError(f"control: unknown decision kind {c!r}; known: {CONTROLS}")
+    pools = scenario.pools
+    models = list(dict.fromkeys(p.model for p in pools))
+    regions = scenario.region_names()
+    n = len(requests)
+
+    rqf, rqi, n_later = request_arrays(scenario, requests, models, regions)
+    kv_blocks = pool_kv_blocks(scenario)
+    p_coef = pool_coefficients(scenario, timing)
+    poolf, pooli = pool_arrays(scenario, models, regions, timing)
+    repf, repi, slot, pc = replica_arrays(scenario, kv_blocks)
+    n_rep = repi.shape[1]
+    # prefill/decode disaggregation: roles, KV bytes per token, links, transfer heap and wait ring
+    disagg = disaggregation_arrays(scenario, n, slot.shape[2], kv_blocks)
+    pooli[S.PI_ROLE] = disagg.role
+    pooli[S.PI_LAYERS] = disagg.layers
+    poolf[S.PF_KV_TOKEN_BYTES] = disagg.kv_token_bytes
+    cnt = counter_array(scenario, control, n - n_later)
+    cnt[S.K_DISAGG] = int(disagg.on)
     st = SimState(
-        clock=clock,
+        clock=clock_array(scenario),
+        # later session steps are the table's last rows (RequestTable.validate)
         cnt=cnt,
         rng=np.array([core_seed | 1], dtype=np.uint64),  # xorshift state must be non-zero
         rqf=rqf,
@@ -276,13 +337,11 @@ def build_state(
         repf=repf,
         repi=repi,
         slot=slot,
-        queue=np.full((n_rep + 1, qcap), -1, dtype=np.int32),
-        repx=np.zeros((n_rep, S.KV_BLOCK_TOKENS + len(tenants)), dtype=np.int64),
-        pc=np.stack(
-            [np.full((n_rep, pc_ways), -1, dtype=np.int64), np.zeros((n_rep, pc_ways), dtype=np.int64)]
-        ),
-        ten=ten,
-        region_lat=lat,
+        queue=np.full((n_rep + 1, scenario.queue_capacity), -1, dtype=np.int32),
+        repx=np.zeros((n_rep, S.KV_BLOCK_TOKENS + len(scenario.tenants)), dtype=np.int64),
+        pc=pc,
+        ten=tenant_array(scenario),
+        region_lat=region_latency(scenario, regions),
         # one entry per session at most; later steps bound the number of sessions with a pending step
         relq=np.stack([np.full(max(n_later, 1), np.inf), np.full(max(n_later, 1), -1.0)]),
         rlog=np.full(max(n_later, 1), -1, dtype=np.int32),

@@ -36,19 +36,11 @@ import numpy as np
 
 from servegym.envs.perf.interconnect import transfer_time_s
 from servegym.envs.sim.jit import hot, kernel
+from servegym.envs.sim.kv import blocks_for, kv_limit, kv_touch
+from servegym.envs.sim.lifecycle import holds_no_work, turn_off
 from servegym.envs.sim.policies import ROUTE_SPLITWISE, phase_route_score
-from servegym.envs.sim.replica import (
-    blocks_for,
-    hold_push,
-    holds_no_work,
-    join_decode,
-    kv_limit,
-    kv_touch,
-    slot_alloc,
-    slot_free,
-    turn_off,
-    xwait_push,
-)
+from servegym.envs.sim.queues import hold_push
+from servegym.envs.sim.slots import join_decode, slot_alloc, slot_free
 from servegym.envs.sim.state import (
     C_LAYERWISE,
     C_SPLITWISE_OVERFLOW,
@@ -100,6 +92,7 @@ from servegym.envs.sim.state import (
     SL_CTX,
     SL_LEFT,
     SL_REQ,
+    XF_ITER_DT,
     XF_LINK_FREE,
     XF_NEXT,
     XI_BUSY,
@@ -182,6 +175,14 @@ def _xf_delete_at(st, p):
 def next_transfer(st):
     """Time the earliest KV transfer in flight completes, inf when none."""
     return st.xfq[0, 0] if st.cnt[K_XF_N] > 0 else INF
+
+
+@kernel
+def xwait_push(st, i):
+    """Queue prefilled request i for a decode replica."""
+    cap = st.xwait.shape[0]
+    st.xwait[(st.cnt[K_XW_HEAD] + st.cnt[K_XW_N]) % cap] = i
+    st.cnt[K_XW_N] += 1
 
 
 @kernel
@@ -276,6 +277,20 @@ def builtin_decode_route(st, i):
 # ---------------------------------------------------------------- the hand-off
 
 
+@hot
+def hand_off(st, r, k, i, ctx, now):
+    """Request i's prefill on prefill replica r ended with ``ctx`` tokens of KV in slot k: free the slot,
+    keep the KV blocks on r, and queue the request for a decode replica."""
+    st.rqi[RI_XSRC, i] = r
+    st.rqi[RI_XCTX, i] = ctx
+    st.rqf[RF_HANDOFF, i] = now
+    st.rqf[RF_XOVL, i] = st.repf[XF_ITER_DT, r]  # the prefill iteration that just ended
+    st.repi[XI_NXF, r] += 1
+    slot_free(st, r, k)
+    xwait_push(st, i)
+    st.cnt[K_XFER_RETRY] = 1
+
+
 @kernel
 def start_transfer(st, i, d, now):
     """Reserve a slot and the KV blocks on decode replica d and start moving request i's KV cache there."""
@@ -314,16 +329,35 @@ def start_transfer(st, i, d, now):
 
 
 @kernel
+def decode_room(st):
+    """The most KV blocks any active decode-capable replica with a free sequence slot can still take (-1: no
+    such replica): an upper bound for can_decode, whatever the model."""
+    room = -1
+    for d in range(st.repi.shape[1]):
+        pool = st.repi[XI_POOL, d]
+        if (
+            st.repi[XI_STATE, d] == RS_ACTIVE
+            and st.pooli[PI_ROLE, pool] != ROLE_PREFILL
+            and st.repi[XI_ND, d] + st.repi[XI_NPF, d] + st.repi[XI_NRX, d] < st.pooli[PI_MAX_SEQS, pool]
+        ):
+            room = max(room, kv_limit(st, d) - st.repi[XI_KV_USED, d])
+    return room
+
+
+@kernel
 def dispatch_transfers(st, now):
     """Send every waiting KV cache that a decode replica can take now (in hand-off order); the rest wait."""
     st.cnt[K_XFER_RETRY] = 0
+    room = decode_room(st)
     for _ in range(st.cnt[K_XW_N]):
         i = _xw_pop(st)
-        d = builtin_decode_route(st, i)
+        # no replica has a slot and this many free blocks: skip the replica scan (a backlog stays O(waiting))
+        d = builtin_decode_route(st, i) if blocks_for(st.rqi[RI_XCTX, i]) <= room else -1
         if d < 0:
             xwait_push(st, i)
         else:
             start_transfer(st, i, d, now)
+            room = decode_room(st)
 
 
 @kernel
@@ -440,6 +474,7 @@ def fail_transfers(st, r, now):
             turn_off(st, d, now)
         st.rqf[RF_XFER_S, i] += now - st.rqf[RF_HANDOFF, i]
         _evict_for_recompute(st, i, ctx, now)
+        st.cnt[K_XFER_RETRY] = 1  # the released decode slot may take a waiting KV cache
     for _ in range(st.cnt[K_XW_N]):  # waiting on r for a decode replica
         i = _xw_pop(st)
         if st.rqi[RI_XSRC, i] == r:

@@ -25,13 +25,10 @@ import numpy as np
 
 from servegym.envs.sim.disagg import fail_transfers, holds_no_work
 from servegym.envs.sim.jit import hot, kernel
-from servegym.envs.sim.replica import (
-    backlog_dec,
-    hold_push,
-    kv_touch,
-    rng_uniform,
-    turn_off,
-)
+from servegym.envs.sim.kv import kv_touch
+from servegym.envs.sim.lifecycle import turn_off
+from servegym.envs.sim.queues import backlog_dec, hold_push
+from servegym.envs.sim.rng import rng_uniform
 from servegym.envs.sim.state import (
     C_NEXT_FAULT,
     FK_FAIL,

@@ -9,9 +9,11 @@ every later decision to the scenario's built-in rules for a rollout.
 
 from __future__ import annotations
 
-from servegym.envs.sim.core import builtin_route, builtin_scale, enqueue
 from servegym.envs.sim.jit import kernel
-from servegym.envs.sim.replica import admit_builtin, budget_left, hold_push, launch
+from servegym.envs.sim.queues import hold_push
+from servegym.envs.sim.replica import admit_builtin, budget_left, launch
+from servegym.envs.sim.routing import builtin_route, enqueue
+from servegym.envs.sim.scaling import builtin_scale
 from servegym.envs.sim.state import (
     C_NOW,
     K_CTRL_BATCH,

@@ -10,46 +10,40 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-BATCH_FCFS, BATCH_EDF, BATCH_SJF, BATCH_VTC, BATCH_WFS, BATCH_TIER, BATCH_SESSION_EDF, BATCH_SESSION_LAS = (
-    range(8)
-)
-BATCHING_IDS = {
-    "fcfs": 0,
-    "edf": 1,
-    "sjf": 2,
-    "vtc": 3,
-    "wfs": 4,
-    "tier_priority": 5,
-    "session_edf": 6,
-    "session_las": 7,
-}
+from servegym.envs.rules import BATCHING, ROUTING, SCALING, ids
 
-ROUTE_RR, ROUTE_RANDOM, ROUTE_JSQ, ROUTE_LOR, ROUTE_LEAST_KV, ROUTE_P2C, ROUTE_PREFIX, ROUTE_COST = range(8)
-ROUTE_SESSION = 8
-ROUTE_SPLITWISE, ROUTE_MOONCAKE = 9, 10
-ROUTING_IDS = {
-    "round_robin": 0,
-    "random": 1,
-    "jsq": 2,
-    "lor": 3,
-    "least_kv": 4,
-    "p2c": 5,
-    "prefix_affinity": 6,
-    "cost_aware": 7,
-    "session_affinity": 8,
-    "splitwise": 9,
-    "mooncake": 10,
-}
+# The rules' ids, from their tables in envs/rules.py (numba freezes these module globals as constants).
+BATCHING_IDS = ids(BATCHING)
+ROUTING_IDS = ids(ROUTING)
+SCALING_IDS = ids(SCALING)
 
-SCALE_STATIC, SCALE_REACTIVE, SCALE_TARGET, SCALE_FORECAST, SCALE_REPLACE, SCALE_SPOT_MIX = range(6)
-SCALING_IDS = {
-    "static": 0,
-    "reactive": 1,
-    "target_util": 2,
-    "forecast": 3,
-    "reactive_replace": 4,
-    "spot_mix": 5,
-}
+BATCH_FCFS = BATCHING_IDS["fcfs"]
+BATCH_EDF = BATCHING_IDS["edf"]
+BATCH_SJF = BATCHING_IDS["sjf"]
+BATCH_VTC = BATCHING_IDS["vtc"]
+BATCH_WFS = BATCHING_IDS["wfs"]
+BATCH_TIER = BATCHING_IDS["tier_priority"]
+BATCH_SESSION_EDF = BATCHING_IDS["session_edf"]
+BATCH_SESSION_LAS = BATCHING_IDS["session_las"]
+
+ROUTE_RR = ROUTING_IDS["round_robin"]
+ROUTE_RANDOM = ROUTING_IDS["random"]
+ROUTE_JSQ = ROUTING_IDS["jsq"]
+ROUTE_LOR = ROUTING_IDS["lor"]
+ROUTE_LEAST_KV = ROUTING_IDS["least_kv"]
+ROUTE_P2C = ROUTING_IDS["p2c"]
+ROUTE_PREFIX = ROUTING_IDS["prefix_affinity"]
+ROUTE_COST = ROUTING_IDS["cost_aware"]
+ROUTE_SESSION = ROUTING_IDS["session_affinity"]
+ROUTE_SPLITWISE = ROUTING_IDS["splitwise"]
+ROUTE_MOONCAKE = ROUTING_IDS["mooncake"]
+
+SCALE_STATIC = SCALING_IDS["static"]
+SCALE_REACTIVE = SCALING_IDS["reactive"]
+SCALE_TARGET = SCALING_IDS["target_util"]
+SCALE_FORECAST = SCALING_IDS["forecast"]
+SCALE_REPLACE = SCALING_IDS["reactive_replace"]
+SCALE_SPOT_MIX = SCALING_IDS["spot_mix"]
 
 # Tier priority (and a session's calls made) must dominate any arrival time; 1e12 s is ~31,000 years.
 _TIER_STRIDE = 1e12
