@@ -127,6 +127,9 @@ class RoutingRule(BasePolicy):
                 )
                 cap = np.broadcast_to(cap, (n,))
             price = np.array([replica_cost(float(gpu_price[r]), int(tp[r]), float(cap[r])) for r in range(n)])
+        req = info.get("request") or {}
+        if int(req.get("decode_phase", 0)):  # a KV cache's decode replica: the core's rule for every policy
+            return self._decode_replica(sec, cand, queue, running)
         if rid == ROUTE_SPLITWISE:
             role = feature(self.name, sec, "role", "route").astype(np.int64)
         elif rid == ROUTE_MOONCAKE:
@@ -155,3 +158,13 @@ class RoutingRule(BasePolicy):
             if best < 0 or s < best_s:
                 best, best_s = int(r), s
         return best
+
+    def _decode_replica(
+        self, sec: Mapping[str, Any], cand: np.ndarray, queue: np.ndarray, running: np.ndarray
+    ) -> int:
+        """The decode phase under disaggregation (envs/sim/disagg.py builtin_decode_route): join the shortest
+        queue over the allowed decode-capable replicas, the mixed pool as overflow under Splitwise's rule."""
+        role = feature(self.name, sec, "role", "route").astype(np.int64)
+        overflow = self.splitwise_overflow if self.rule_id == ROUTE_SPLITWISE else 0
+        scores = [phase_route_score(role[r] == 0, int(queue[r] + running[r]), overflow) for r in cand]
+        return int(cand[int(np.argmin(scores))])

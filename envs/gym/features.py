@@ -27,7 +27,7 @@ from servegym.envs.sim.policies import BATCHING_IDS
 from servegym.envs.sim.prefix_cache import prefix_hits
 from servegym.envs.sim.queues import next_deadline, request_batch_score, session_deadline
 from servegym.envs.sim.replica import admit_chunk, budget_left, has_prefill
-from servegym.envs.sim.routing import can_serve
+from servegym.envs.sim.routing import pending_allowed
 from servegym.envs.sim.simulator import Simulator
 from servegym.envs.sim.state import (
     C_HORIZON,
@@ -49,6 +49,7 @@ from servegym.envs.sim.state import (
     K_PENDING_ROUTE,
     K_REL_N,
     K_RELEASED,
+    K_ROUTE_PHASE,
     K_SLO_MET,
     K_SLO_MISSED_FINISHED,
     PF_BILLED_GPU_S,
@@ -96,6 +97,7 @@ from servegym.envs.sim.state import (
     XI_KV_USED,
     XI_ND,
     XI_NPF,
+    XI_NRX,
     XI_POOL,
     XI_QN,
     XI_STATE,
@@ -173,7 +175,7 @@ N_AF = 22
 F_REQ, F_POOL, F_CAND, F_GLOB0, F_FORM0, F_REP0 = 9, 15, 11, 7, 7, 10
 F_SREP, F_SCAND = 2, 3  # session features per replica / per batch candidate
 # Route info: ints (5 per replica + 8 request scalars), floats (2 per replica + 5 request scalars).
-N_ROUTE_I, N_ROUTE_F = 8, 5
+N_ROUTE_I, N_ROUTE_F = 9, 5
 # Batch info: ints and floats per candidate slot.
 N_BATCH_I, N_BATCH_F = 5, 5
 
@@ -536,8 +538,9 @@ def route_decision(st, ax, obs, mask, ii, ff, now):
     mask[m] = 0  # the placeholder set by inert_masks
     o = ai[AI_O_PFX]
     npfx = max(1, st.rqi[RI_PFX_LEN, i])
+    decode = st.cnt[K_ROUTE_PHASE]  # the decode phase of a disaggregated request: where its KV cache goes
     for r in range(ai[AI_R]):
-        if not can_serve(st, r, i):
+        if not pending_allowed(st, r):
             continue
         mask[m + r] = 1
         p = st.repi[XI_POOL, r]
@@ -545,11 +548,12 @@ def route_decision(st, ax, obs, mask, ii, ff, now):
         if o >= 0:
             obs[o + r] = hits / npfx
         ii[r] = st.repi[XI_QN, r]
-        ii[rp + r] = st.repi[XI_ND, r] + st.repi[XI_NPF, r]
+        # running sequences; for a decode decision with the slots holding KV caches arriving (decode load)
+        ii[rp + r] = st.repi[XI_ND, r] + st.repi[XI_NPF, r] + (st.repi[XI_NRX, r] if decode else 0)
         ii[2 * rp + r] = hits
         ii[3 * rp + r] = p
         ii[4 * rp + r] = st.pooli[PI_TP, p]
-        ii[5 * rp + r] = st.pooli[PI_ROLE, p]  # disaggregation: 0 mixed, 1 prefill (decode never takes one)
+        ii[5 * rp + r] = st.pooli[PI_ROLE, p]  # disaggregation: 0 mixed, 1 prefill, 2 decode
         ii[6 * rp + r] = queued_prefill_tokens(st, r)  # Mooncake's queueing estimate (policies)
         ff[r] = st.repi[XI_KV_USED, r] / st.repi[XI_KV_CAP, r]
         ff[rp + r] = ax.price[p]
@@ -562,6 +566,7 @@ def route_decision(st, ax, obs, mask, ii, ff, now):
     ii[b + 5] = ai[AI_ROUTES]
     ii[b + 6] = st.rqi[RI_HOME, i]
     ii[b + 7] = st.rqi[RI_STEP, i]
+    ii[b + 8] = decode
     b = 2 * rp
     ff[b + 0] = st.rqf[RF_ARRIVAL, i]
     ff[b + 1] = st.rqf[RF_TTFT_SLO, i]

@@ -60,6 +60,9 @@ def route_info(lay: Layout, ii: np.ndarray, ff: np.ndarray, batched: bool = Fals
             "home_replica": ints[6],
             "session_step": ints[7],
             "session_deadline_s": floats[4],
+            # 1: the decode phase of a disaggregated request, its KV cache looking for a decode replica
+            # (route.running then counts the slots of KV caches arriving too); 0: a new request
+            "decode_phase": ints[8],
         },
     }
 

@@ -25,6 +25,7 @@ from servegym.envs.sim.state import (
     K_PENDING_ROUTE,
     K_REL_N,
     K_RELEASED,
+    K_ROUTE_PHASE,
     K_XF_N,
     K_XW_HEAD,
     K_XW_N,
@@ -134,6 +135,13 @@ def audit(st):
         if st.rqi[RI_STATUS, i] != ST_INFLIGHT or st.rqi[RI_XDST, i] >= 0 or st.rqi[RI_XSRC, i] < 0:
             return 17, i
         s = st.rqi[RI_XSRC, i]
+        src_blocks[s] += (st.rqi[RI_XCTX, i] + B - 1) // B
+        src_count[s] += 1
+    i = st.cnt[K_PENDING_ROUTE]
+    if i >= 0 and st.cnt[K_ROUTE_PHASE]:  # a decode-phase routing decision: out of the ring, KV at its source
+        s = st.rqi[RI_XSRC, i]
+        if s < 0 or st.rqi[RI_XDST, i] >= 0:
+            return 17, i
         src_blocks[s] += (st.rqi[RI_XCTX, i] + B - 1) // B
         src_count[s] += 1
     for r in range(n_rep):

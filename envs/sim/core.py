@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from servegym.envs.sim.disagg import complete_transfer, dispatch_transfers, join_arrived, next_transfer
+from servegym.envs.sim.disagg import (
+    complete_transfer,
+    dispatch_transfers,
+    join_arrived,
+    next_transfer,
+    start_transfer,
+)
 from servegym.envs.sim.faults import handle_fault, next_fault
 from servegym.envs.sim.finish import drop_request
 from servegym.envs.sim.jit import hot, kernel
@@ -37,10 +43,10 @@ from servegym.envs.sim.replica import (
 )
 from servegym.envs.sim.routing import (
     builtin_route,
-    can_serve,
     enqueue,
     fits_any_pool,
     n_candidates,
+    pending_allowed,
     retry_held,
 )
 from servegym.envs.sim.scaling import builtin_scale, roll_pool_stats, scale_pool
@@ -68,6 +74,7 @@ from servegym.envs.sim.state import (
     K_NEXT_ARRIVAL,
     K_PENDING_ROUTE,
     K_PENDING_SCALE,
+    K_ROUTE_PHASE,
     K_TICKS,
     K_XFER_RETRY,
     K_XW_N,
@@ -142,7 +149,8 @@ def pending_event(st, now):
         st.cnt[K_FORM_REPLICA] = -1
     # KV caches waiting for a decode replica (disagg.py): dispatch them when decode capacity may have freed
     if st.cnt[K_XW_N] > 0 and (st.cnt[K_XFER_RETRY] or st.cnt[K_HOLD_RETRY]):
-        dispatch_transfers(st, now)
+        if dispatch_transfers(st, now) == EV_ROUTE:
+            return EV_ROUTE
     if st.cnt[K_HOLD_RETRY]:
         if retry_held(st, now) == EV_ROUTE:
             return EV_ROUTE
@@ -301,9 +309,14 @@ def advance(st, t_limit):
 def apply_route(st, r):
     """Route the pending request to replica r; returns False (and leaves it pending) if r cannot serve it."""
     i = st.cnt[K_PENDING_ROUTE]
-    if i < 0 or r < 0 or r >= st.repi.shape[1] or not can_serve(st, r, i):
+    if i < 0 or r < 0 or r >= st.repi.shape[1] or not pending_allowed(st, r):
         return False
     st.cnt[K_PENDING_ROUTE] = -1
+    if st.cnt[K_ROUTE_PHASE]:  # the decode phase: send the KV cache there (disagg.py)
+        st.cnt[K_ROUTE_PHASE] = 0
+        start_transfer(st, i, r, st.clock[C_NOW])
+        st.cnt[K_XFER_RETRY] = 1  # the next waiting KV cache may go too
+        return True
     enqueue(st, i, r, st.clock[C_NOW])
     return True
 
@@ -368,10 +381,11 @@ def finalize(st):
 
 @kernel
 def route_mask(st, out):
-    """out[r] = 1 where the pending request may be routed to replica r."""
+    """out[r] = 1 where the pending request may be routed to replica r (in its decode phase: where its KV
+    cache may go)."""
     i = st.cnt[K_PENDING_ROUTE]
     for r in range(st.repi.shape[1]):
-        out[r] = 1 if (i >= 0 and can_serve(st, r, i)) else 0
+        out[r] = 1 if (i >= 0 and pending_allowed(st, r)) else 0
 
 
 @kernel

@@ -44,10 +44,15 @@ from servegym.envs.sim.slots import join_decode, slot_alloc, slot_free
 from servegym.envs.sim.state import (
     C_LAYERWISE,
     C_SPLITWISE_OVERFLOW,
+    EV_DONE,
+    EV_ROUTE,
     K_ADMIT_SEQ,
+    K_CTRL_ROUTE,
     K_EVICTED,
     K_FORM_REPLICA,
     K_HOLD_RETRY,
+    K_PENDING_ROUTE,
+    K_ROUTE_PHASE,
     K_ROUTE_POLICY,
     K_TRANSFERS,
     K_XF_N,
@@ -346,7 +351,11 @@ def decode_room(st):
 
 @kernel
 def dispatch_transfers(st, now):
-    """Send every waiting KV cache that a decode replica can take now (in hand-off order); the rest wait."""
+    """Send every waiting KV cache that a decode replica can take now (in hand-off order); the rest wait.
+
+    When the caller controls routing, the first one some decode replica can take becomes the pending
+    routing decision (its decode phase, ``K_ROUTE_PHASE``) and EV_ROUTE is returned; else EV_DONE.
+    """
     st.cnt[K_XFER_RETRY] = 0
     room = decode_room(st)
     for _ in range(st.cnt[K_XW_N]):
@@ -355,9 +364,14 @@ def dispatch_transfers(st, now):
         d = builtin_decode_route(st, i) if blocks_for(st.rqi[RI_XCTX, i]) <= room else -1
         if d < 0:
             xwait_push(st, i)
+        elif st.cnt[K_CTRL_ROUTE]:
+            st.cnt[K_PENDING_ROUTE] = i
+            st.cnt[K_ROUTE_PHASE] = 1
+            return EV_ROUTE
         else:
             start_transfer(st, i, d, now)
             room = decode_room(st)
+    return EV_DONE
 
 
 @kernel

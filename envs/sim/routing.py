@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from servegym.envs.sim.disagg import decode_fits, queued_prefill_tokens, takes_new_requests
+from servegym.envs.sim.disagg import (
+    builtin_decode_route,
+    can_decode,
+    decode_fits,
+    queued_prefill_tokens,
+    takes_new_requests,
+)
 from servegym.envs.sim.finish import drop_request
 from servegym.envs.sim.jit import hot, kernel
 from servegym.envs.sim.kv import blocks_for, kv_limit
@@ -44,6 +50,7 @@ from servegym.envs.sim.state import (
     K_HOLD_N,
     K_HOLD_RETRY,
     K_PENDING_ROUTE,
+    K_ROUTE_PHASE,
     K_ROUTE_POLICY,
     K_RR,
     PF_CAPACITY,
@@ -92,6 +99,25 @@ def can_serve(st, r, i):
     if not takes_new_requests(st, r):  # a decode replica takes only KV caches (disagg.py)
         return False
     return blocks_for(st.rqi[RI_PROMPT, i] + st.rqi[RI_OUTPUT, i]) <= kv_limit(st, r)
+
+
+@hot
+def pending_allowed(st, r):
+    """Replica r may take the pending routing decision: the new request (can_serve) or, in the decode phase
+    of a disaggregated request, its KV cache (disagg.can_decode)."""
+    i = st.cnt[K_PENDING_ROUTE]
+    if st.cnt[K_ROUTE_PHASE]:
+        return can_decode(st, r, i)
+    return can_serve(st, r, i)
+
+
+@kernel
+def builtin_pending_route(st):
+    """The built-in rule's answer to the pending routing decision, either phase (-1: none can take it)."""
+    i = st.cnt[K_PENDING_ROUTE]
+    if st.cnt[K_ROUTE_PHASE]:
+        return builtin_decode_route(st, i)
+    return builtin_route(st, i)
 
 
 @hot

@@ -118,7 +118,8 @@ class Simulator:
         core.apply_scale(self.state)
 
     def route_mask(self) -> np.ndarray:
-        """Replicas the pending request may go to (active, serving its model, with room for its context)."""
+        """Replicas the pending request may go to (active, serving its model, with room for its context); in
+        its decode phase (``pending_phase``), the decode replicas that can take its KV cache now."""
         out = np.zeros(self.state.repi.shape[1], dtype=np.int8)
         core.route_mask(self.state, out)
         return out.astype(bool)
@@ -133,6 +134,12 @@ class Simulator:
     @property
     def pending_request(self) -> int:
         return int(self.state.cnt[S.K_PENDING_ROUTE])
+
+    @property
+    def pending_phase(self) -> str:
+        """Which phase the pending routing decision routes: "prefill" (a new request; colocated serving
+        routes only these) or "decode" (a prefilled request's KV cache, disaggregation)."""
+        return "decode" if self.state.cnt[S.K_ROUTE_PHASE] else "prefill"
 
     @property
     def forming_replica(self) -> int:

@@ -238,8 +238,11 @@ K_TRACE_N = 32  # iterations written to the per-iteration trace (its capacity is
     K_XFER_RETRY,  # decode capacity may have freed: dispatch the waiting KV caches again
     K_TRANSFERS,  # KV transfers completed
     K_XFER_FAILED,  # KV transfers (or waits) cut by a failure of their source or destination replica
-) = range(33, 40)
-N_CNT = 40
+    # 1 while the pending routing decision (K_PENDING_ROUTE) is the decode phase of a prefilled request:
+    # which decode replica takes its KV cache (the caller routes both phases when it controls routing)
+    K_ROUTE_PHASE,
+) = range(33, 41)
+N_CNT = 41
 
 # Event codes returned by advance().
 EV_DONE, EV_ROUTE, EV_BATCH, EV_SCALE, EV_TIME = 0, 1, 2, 3, 4
