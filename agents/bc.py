@@ -24,15 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from servegym.agents import checkpoints as run
 from servegym.agents.config import AgentConfig, load_agent_config
-from servegym.agents.ppo import build_net, flat_obs, save
+from servegym.agents.native import build_net, flat_obs, save
 from servegym.agents.slot_policy import MaskedMultiCategorical
+from servegym.baselines.env_runner import resolve_policy
+from servegym.baselines.vec_runner import make_vec_env
 
 
 def teacher_rollouts(cfg: AgentConfig, teacher: str, steps: int, n_envs: int, seed: int) -> dict[str, Any]:
     """Decisions of ``teacher`` on the config's env: obs [T, N, D], mask, actions [T, N, dims], rewards, dones."""
-    from servegym.baselines.env_runner import resolve_policy
-    from servegym.baselines.vec_runner import make_vec_env
 
     pol = resolve_policy(teacher, cfg.scenario)
     env = make_vec_env(cfg.env_id, cfg.scenario, n_envs, {**cfg.env_config, "info_features": True})
@@ -67,7 +68,7 @@ def fit(
     cfg: AgentConfig, data: dict[str, np.ndarray], epochs: int, seed: int, log: bool = True
 ) -> tuple[Any, dict[str, float]]:
     """A fresh slot network fitted to the teacher's data; returns it and the final accuracy and losses."""
-    from servegym.agents.ppo import make_env
+    from servegym.agents.ppo import make_env  # the trainer (torch)
 
     torch.manual_seed(seed)
     lay = make_env(cfg, 1).layout
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "obs_rms": obs_rms,
         "bc": {"teacher": args.teacher, **stats},
     }
-    save(out / "model.pt", net, None, cfg, net.layout, state)
+    save(run.final_model(out, ".pt"), net, None, cfg, net.layout, state)
     print(
         f"cloned {args.teacher} from {data['act'].shape[0] * data['act'].shape[1]} decisions "
         f"({t1 - t0:.0f} s rollouts, {time.perf_counter() - t1:.0f} s fit) -> {out / 'model.pt'}"

@@ -13,6 +13,11 @@ from collections.abc import Callable
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecNormalize
+
+from servegym.agents import checkpoints as run
+from servegym.agents.evaluation import EvalHistory, evaluate_policy
+from servegym.baselines.registry import SB3Policy
 
 # metric key in envs/metrics.py -> TensorBoard tag
 CHART_KEYS = {
@@ -89,8 +94,6 @@ class MetricEvalCallback(BaseCallback):
 
     def __init__(self, cfg, out, eval_freq: int, resume: bool = False) -> None:
         super().__init__(0)
-        from servegym.agents.evaluation import EvalHistory
-
         self.cfg, self.out, self.eval_freq = cfg, out, eval_freq
         self.history = EvalHistory(out, resume)
 
@@ -100,17 +103,12 @@ class MetricEvalCallback(BaseCallback):
         return True
 
     def evaluate(self) -> None:
-        from stable_baselines3.common.vec_env import VecNormalize
-
-        from servegym.agents.evaluation import evaluate_policy
-        from servegym.baselines.registry import SB3Policy
-
         venv = self.training_env
         obs_norm = venv if isinstance(venv, VecNormalize) and venv.norm_obs else None
         ev = evaluate_policy(SB3Policy("eval", self.model, obs_norm), self.cfg)
         for key, v in ev.items():
             self.logger.record(f"eval/{key.replace('/', '_')}", v)
         if self.history.add(self.num_timesteps, ev):
-            self.model.save(str(self.out / "best" / "best_model.zip"))
+            self.model.save(str(run.best_model(self.out)))
             if isinstance(venv, VecNormalize):
-                venv.save(str(self.out / "best" / "vecnormalize.pkl"))
+                venv.save(str(run.best_vecnormalize(self.out)))

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from servegym.agents.config import AgentConfig
+from servegym.baselines.vec_runner import run_vec_episodes
 
 EVAL_METRIC = "goodput/req_per_s"  # the leaderboard's score (docs/leaderboard.md)
 REPORTED = (EVAL_METRIC, "slo_attainment", "cost/usd", "ttft_s/p99")
@@ -23,7 +24,6 @@ REPORTED = (EVAL_METRIC, "slo_attainment", "cost/usd", "ttft_s/p99")
 
 def evaluate_policy(policy: Any, cfg: AgentConfig) -> dict[str, float]:
     """Means over ``cfg.eval_seeds`` of the reported metrics, all seeds in one batched vector env."""
-    from servegym.baselines.vec_runner import run_vec_episodes
 
     env_cfg = {**cfg.env_config, "info_features": False}
     runs = run_vec_episodes(policy, cfg.env_id, cfg.scenario, cfg.eval_seeds, env_cfg)

@@ -1,7 +1,7 @@
 """Native PPO on the numba vector env, in one file, CleanRL style: read it top to bottom.
 
     python scripts/train.py --algo native_ppo --env servegym/Route-v0 --scenario chat_azure --out runs/route_native
-    python -m servegym.agents.ppo --config configs/agents/route_chat_azure_native.yaml --out runs/x --device auto
+    python -m servegym.agents.train --algo native_ppo --config configs/agents/route_chat_azure_native.yaml --out runs/x
 
 Why not SB3: SB3 steps one Python env interface per step and runs a dict-observation policy per call; here
 the N sub-envs advance in one numba call (``gymnasium.make_vec(..., vectorization_mode="vector_entry_point")``),
@@ -33,43 +33,29 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 import yaml
 
+import servegym.envs  # noqa: F401  (registers the ids)
+from servegym.agents import checkpoints as run
 from servegym.agents.callbacks import CHART_KEYS  # the same charts/ tags as the SB3 path
 from servegym.agents.config import AgentConfig
 from servegym.agents.evaluation import EVAL_METRIC, EvalHistory, evaluate_policy
-from servegym.agents.slot_policy import MaskedMultiCategorical, SlotActorCritic
-from servegym.envs.gym import config as C
-
-FORMAT = "servegym-native-ppo/1"
-
+from servegym.agents.native import NativePolicy, build_net, flat_obs, pick_device, save
+from servegym.agents.slot_policy import MaskedMultiCategorical
+from servegym.baselines.harness import git_commit
+from servegym.envs import __version__
 
 # ---------------------------------------------------------------- pieces
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: torch sees no CUDA device here (torch {torch.__version__})")
-    return torch.device(name)
-
-
 def make_env(cfg: AgentConfig, n: int) -> Any:
     """The native vector env of the config; ``info_features`` off: the network reads observation and mask."""
-    import gymnasium as gym
-
-    import servegym.envs  # noqa: F401  (registers the ids)
 
     kw = {"scenario": cfg.scenario, **cfg.env_config, "info_features": False}
     return gym.make_vec(cfg.env_id, num_envs=n, vectorization_mode="vector_entry_point", **kw)
-
-
-def flat_obs(obs: dict[str, np.ndarray]) -> np.ndarray:
-    """The observation groups side by side, in layout order (what ``SlotActorCritic`` indexes)."""
-    return np.concatenate(list(obs.values()), axis=-1)
 
 
 class RunningMeanStd:
@@ -105,95 +91,9 @@ def late_at_truncation(r: np.ndarray, term: np.ndarray, trunc: np.ndarray, infos
     return r
 
 
-def layout_args(lay: C.Layout) -> dict[str, Any]:
-    keys = ("mode", "r_pad", "p_pad", "k", "scale_step", "rate_bins", "sessions")
-    return {k: getattr(lay, k) for k in keys}
-
-
-def build_net(lay: C.Layout, cfg: AgentConfig) -> SlotActorCritic:
-    return SlotActorCritic(lay, cfg.network.slot_hidden, cfg.network.global_hidden)
-
-
-# ---------------------------------------------------------------- the policy, for evaluation and the registry
-
-
-class NativePolicy:
-    """A trained ``SlotActorCritic`` behind the policy protocol (``baselines/policy.py``)."""
-
-    needs_info_features = False
-
-    def __init__(self, name: str, net: SlotActorCritic, env_id: str | None, deterministic: bool = True):
-        self.name = name
-        self.net = net.eval()
-        self.env_id = env_id
-        self.deterministic = deterministic
-        self.nvec = tuple(net.layout.nvec)
-        self.discrete = len(self.nvec) == 1 and net.layout.mode != C.MODE_SCALE
-        self.device = next(net.parameters()).device
-        self.gen: torch.Generator | None = None
-
-    def reset(self, seed: int | None = None) -> None:
-        if not self.deterministic:
-            self.gen = torch.Generator(device=self.device)
-            self.gen.manual_seed(0 if seed is None else int(seed))
-
-    @torch.no_grad()
-    def _actions(self, obs: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(flat_obs(obs), dtype=torch.float32, device=self.device)
-        m = torch.as_tensor(np.asarray(mask), device=self.device).bool()
-        logits, _ = self.net(x)
-        dist = MaskedMultiCategorical(logits, m, self.nvec)
-        a = dist.mode() if self.deterministic else dist.sample(self.gen)
-        return a.cpu().numpy()
-
-    def act(self, obs: dict[str, np.ndarray], info: dict[str, Any]) -> Any:
-        a = self._actions({k: v[None] for k, v in obs.items()}, np.asarray(info["action_mask"])[None])[0]
-        return int(a[0]) if self.discrete else a
-
-    def act_batch(self, obs: dict[str, np.ndarray], infos: Any) -> np.ndarray:
-        mask = (
-            infos["action_mask"] if isinstance(infos, dict) else np.stack([i["action_mask"] for i in infos])
-        )
-        a = self._actions(obs, mask)
-        return a[:, 0] if self.discrete else a
-
-
-def load_policy(path: str | Path, device: str = "cpu", deterministic: bool = True, **_: Any) -> NativePolicy:
-    """A ``.pt`` written by this trainer as a policy (the registry's loader for ``.pt``)."""
-    from servegym.baselines.policy import PolicyError
-
-    if not Path(path).is_file():
-        raise PolicyError(f"checkpoint {str(path)!r}: no such file (agents/ppo.py writes model.pt)")
-    ck = torch.load(str(path), map_location=pick_device(device), weights_only=False)
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-        raise PolicyError(f"checkpoint {str(path)!r} is not a servegym native PPO checkpoint ({FORMAT})")
-    cfg = AgentConfig.model_validate(ck["config"])
-    net = build_net(C.Layout.build(**ck["layout"]), cfg).to(pick_device(device))
-    net.load_state_dict(ck["model"])
-    return NativePolicy(str(path), net, cfg.env_id, deterministic)
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def save(path: Path, net, opt, cfg: AgentConfig, lay: C.Layout, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    ck = {
-        "format": FORMAT,
-        "config": cfg.model_dump(),
-        "layout": layout_args(lay),
-        "model": net.state_dict(),
-        "optimizer": opt.state_dict() if opt is not None else None,
-        **state,
-    }
-    torch.save(ck, str(tmp))
-    tmp.replace(path)  # never leave a half-written checkpoint behind
-
-
 def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / "checkpoints").glob("model_*_steps.pt"), key=lambda p: int(p.stem.split("_")[1]))
-    return ckpts[-1] if ckpts else None
+    """The newest step checkpoint of a native run (``--resume``)."""
+    return run.latest_checkpoint(out, ".pt")
 
 
 # ---------------------------------------------------------------- training
@@ -407,21 +307,19 @@ def train(
             for key, v in ev.items():
                 tb.add_scalar(f"eval/{key.replace('/', '_')}", v, step)
             if history.add(step, ev, (step - start_step) / (time.perf_counter() - t0)):
-                save(out / "best" / "best_model.pt", net, None, cfg, lay, state)
+                save(run.best_model(out, ".pt"), net, None, cfg, lay, state)
         if step >= next_ckpt or step >= cfg.total_timesteps:
             next_ckpt = (step // cfg.checkpoint_freq + 1) * cfg.checkpoint_freq
-            save(out / "checkpoints" / f"model_{step}_steps.pt", net, opt, cfg, lay, state)
+            save(run.step_checkpoint(out, step, ".pt"), net, opt, cfg, lay, state)
 
     wall = time.perf_counter() - t0
-    save(out / "model.pt", net, None, cfg, lay, {"global_step": step})
+    save(run.final_model(out, ".pt"), net, None, cfg, lay, {"global_step": step})
     tb.close()
     env.close()
-    from servegym.agents.train import git_commit
-    from servegym.envs import __version__
 
     meta = {
         "package_version": __version__,
-        "git_commit": git_commit(),
+        "git_commit": git_commit() or None,
         "command": command,
         "algo": "native_ppo",
         "seed": seed,
@@ -440,13 +338,3 @@ def train(
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     print(f"trained {step} steps in {wall:.0f} s -> {out / 'model.pt'}")
     return meta
-
-
-def main(argv: list[str] | None = None) -> int:
-    from servegym.agents.train import main as train_main
-
-    return train_main(["--algo", "native_ppo", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +22,11 @@ import numpy as np
 import torch
 import yaml
 
+from servegym import envs
+from servegym.agents import checkpoints as run
 from servegym.agents.config import AgentConfig, load_agent_config
+from servegym.baselines.harness import git_commit as harness_git_commit
+from servegym.envs.scenario import deep_merge, scaled_sources
 
 
 def default_config_name(env_id: str, scenario: str) -> str:
@@ -32,24 +34,8 @@ def default_config_name(env_id: str, scenario: str) -> str:
 
 
 def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def checkpoints(out: Path) -> list[Path]:
-    """The run's checkpoints, oldest first."""
-    return sorted(
-        (out / "checkpoints").glob("model_*_steps.zip"),
-        key=lambda p: int(re.search(r"_(\d+)_steps", p.name).group(1)),  # type: ignore[union-attr]
-    )
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = checkpoints(out)
-    return ckpts[-1] if ckpts else None
+    """The commit of the servegym checkout that trained the run ('+dirty' if modified), None outside one."""
+    return harness_git_commit() or None
 
 
 def resume_from(out: Path, cfg: AgentConfig, venv, device: str = "cpu"):
@@ -61,8 +47,8 @@ def resume_from(out: Path, cfg: AgentConfig, venv, device: str = "cpu"):
     from stable_baselines3.common.vec_env import VecNormalize
 
     algo = MaskablePPO if cfg.algo == "maskable_ppo" else PPO
-    for ckpt in reversed(checkpoints(out)):
-        stats = ckpt.with_name(ckpt.name.replace("model_", "model_vecnormalize_").replace(".zip", ".pkl"))
+    for ckpt in reversed(run.checkpoints(out)):
+        stats = run.step_vecnormalize(ckpt)
         try:
             env = venv
             if isinstance(venv, VecNormalize) and stats.exists():
@@ -93,8 +79,6 @@ def load_setter(venv):
     """A function that sets the offered load of the training envs behind SB3's wrappers: it rescales the
     scenario's sources (``scaled_sources``) on top of the run's own scenario overrides. Make one per run:
     it keeps the scenario it was made with as the 1x load."""
-    from servegym.envs.gym.base import deep_merge
-    from servegym.envs.scenario import scaled_sources
 
     native = venv.unwrapped.venv  # VecNormalize / VecMonitor -> SB3VecEnv -> ServeVectorEnv
     proto = native.proto
@@ -224,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             MetricEvalCallback(cfg, out, max(1, cfg.eval_freq // per_env), resume=ckpt is not None),
             CheckpointCallback(
                 save_freq=max(1, cfg.checkpoint_freq // per_env),
-                save_path=str(out / "checkpoints"),
-                name_prefix="model",
+                save_path=str(out / run.CHECKPOINT_DIR),
+                name_prefix=run.CHECKPOINT_PREFIX,
                 save_vecnormalize=True,
             ),
         ]
@@ -246,10 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
 
     # 7. save the model, its normalization statistics and what produced them
-    model.save(str(out / "model.zip"))
+    model.save(str(run.final_model(out)))
     if isinstance(venv, VecNormalize):
-        venv.save(str(out / "vecnormalize.pkl"))
-    from servegym import envs
+        venv.save(str(out / run.VECNORMALIZE))
 
     meta = {
         "package_version": envs.__version__,
@@ -262,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    print(f"trained {model.num_timesteps} steps in {wall:.0f} s -> {out / 'model.zip'}")
+    print(f"trained {model.num_timesteps} steps in {wall:.0f} s -> {run.final_model(out)}")
     venv.close()
     return 0
 

@@ -27,9 +27,17 @@ import gymnasium as gym
 import numpy as np
 
 import servegym.envs  # noqa: F401  (registers the servegym env ids)
-from servegym.baselines.harness import EpisodeSpec
+from servegym.baselines.episodes import EpisodeSpec
 from servegym.baselines.policy import Policy
-from servegym.baselines.registry import SB3Policy, make_policy
+from servegym.baselines.registry import (
+    SB3Policy,
+    _accepted,
+    is_checkpoint,
+    make_policy,
+    policy_spec,
+    split_combination,
+)
+from servegym.envs.gym.base import InvalidActionError
 from servegym.envs.scenario import Scenario, load_scenario
 
 # Keys of an agent's training env_config that describe the scenario rather than the env's spaces or
@@ -79,7 +87,6 @@ def resolve_policy(policy: Policy | str | Path, scenario: str | Path | Scenario,
     parameters; a checkpoint gets only ``kwargs``)."""
     if not isinstance(policy, (str, Path)):
         return policy
-    from servegym.baselines.registry import _accepted, is_checkpoint, policy_spec, split_combination
 
     if is_checkpoint(policy):
         return make_policy(policy, **kwargs)
@@ -220,7 +227,6 @@ def replay_actions(
 ) -> dict[str, Any]:
     """Feed a recorded action log through the env; the episode's metrics. Raises ``ReplayError`` if the
     log ends before the episode, outlasts it, or holds an action the env refuses."""
-    from servegym.envs.gym.base import InvalidActionError
 
     # replay reads no features, and an action the env refuses must fail the replay, not become a no-op
     cfg = {**dict(env_config or {}), "info_features": False, "invalid_action": "raise"}

@@ -27,11 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numba import njit
 
-from servegym.baselines.harness import EpisodeSpec, default_workers, run_specs, scenario_overrides
-from servegym.envs.perf.model import iteration_time_s
+from servegym.baselines.episodes import EpisodeSpec, scenario_overrides
+from servegym.baselines.harness import default_workers, run_specs
+from servegym.envs.metrics import compute_metrics
 from servegym.envs.scenario import Scenario, load_scenario, scaled_sources
+from servegym.envs.sim.simulator import Simulator
+from servegym.envs.workloads.scenario_requests import requests_for_scenario
 
 # DistServe's attainment target and Sarathi-Serve's scheduling-delay limit.
 ATTAINMENT_TARGET = 0.9
@@ -120,8 +122,6 @@ def nominal_rate(scenario: Scenario) -> float:
         else:
             traces = True
     if traces:
-        from servegym.envs.workloads.scenario_requests import requests_for_scenario
-
         only = scenario.model_copy(update={"sources": [s for s in scenario.sources if s.kind == "trace"]})
         reqs = requests_for_scenario(only, np.random.default_rng(0))
         rate += len(reqs) / scenario.horizon_s
@@ -137,55 +137,14 @@ def tbt_slo(scenario: Scenario) -> float:
 # ---------------------------------------------------------------- one point of the sweep
 
 
-@njit(cache=True)
-def _prefill_alone_s(coef, pool, prompt, cached, budget, chunked):  # pragma: no cover - compiled
-    """Seconds each request's prefill takes alone on its pool: chunks of the token budget, nothing else."""
-    out = np.zeros(prompt.shape[0])
-    for i in range(prompt.shape[0]):
-        p = pool[i]
-        if p < 0:
-            out[i] = np.nan
-            continue
-        done = cached[i]
-        left = prompt[i] - cached[i]
-        t = 0.0
-        while left > 0:
-            c = min(left, budget[p]) if chunked[p] else left
-            t += iteration_time_s(coef[p], c, c * (done + (c + 1) * 0.5), 0, 0)
-            done += c
-            left -= c
-        out[i] = t
-    return out
-
-
 def scheduling_delays(sim: Any) -> np.ndarray:
-    """Per request with a first token: TTFT - alone prefill - network both ways; +inf if dropped before it."""
-    from servegym.envs.sim import state as S
-
-    st = sim.state
-    arrived = st.rqi[S.RI_STATUS] != S.ST_FUTURE
-    first = st.rqf[S.RF_FIRST]
-    has_first = arrived & ~np.isnan(first)
-    rep = st.rqi[S.RI_REPLICA].astype(np.int64)
-    pool = np.where(rep >= 0, st.repi[S.XI_POOL][np.maximum(rep, 0)], -1)
-    lat = st.region_lat[st.rqi[S.RI_REGION], st.pooli[S.PI_REGION][np.maximum(pool, 0)]]
-    alone = _prefill_alone_s(
-        st.coef,
-        np.where(has_first, pool, -1),
-        st.rqi[S.RI_PROMPT].astype(np.int64),
-        st.rqi[S.RI_CACHED].astype(np.int64),
-        st.pooli[S.PI_MAX_TOKENS],
-        st.pooli[S.PI_CHUNKED],
-    )
-    delay = first - st.rqf[S.RF_ARRIVAL] - alone - 2.0 * lat
-    dropped_unserved = arrived & (st.rqi[S.RI_STATUS] == S.ST_DROPPED) & np.isnan(first)
-    return np.concatenate([np.maximum(delay[has_first], 0.0), np.full(int(dropped_unserved.sum()), np.inf)])
+    """Per request with a first token: TTFT - alone prefill - network both ways; +inf if dropped before it
+    (``Simulator.scheduling_delays``)."""
+    return sim.scheduling_delays()
 
 
 def sweep_episode(spec: EpisodeSpec) -> dict[str, Any]:
     """Episode runner of the sweep: the harness metrics plus the median scheduling delay."""
-    from servegym.envs.metrics import compute_metrics
-    from servegym.envs.sim.simulator import Simulator
 
     sim = Simulator(spec.scenario, seed=spec.seed, overrides=scenario_overrides(spec))
     m = compute_metrics(sim.run())

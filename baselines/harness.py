@@ -24,14 +24,24 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numba
+import numpy
+
+from servegym import envs
+from servegym.baselines.env_runner import env_episode_runner
+from servegym.baselines.episodes import (  # noqa: F401  (EpisodeSpec and friends are the harness's API too)
+    EpisodeRunner,
+    EpisodeSpec,
+    builtin_episode,
+    scenario_overrides,
+)
 from servegym.baselines.registry import builtin_policies
-from servegym.envs.scenario import ScenarioError
 
 # Workers start fresh rather than forked: a fork after torch or numba's threading layer has started
 # can deadlock the child (seen with pretrained agents on the leaderboard).
@@ -53,23 +63,6 @@ SUMMARY_KEYS = (
 )
 
 
-@dataclass(frozen=True)
-class EpisodeSpec:
-    """One episode to run: a policy (name or checkpoint), a scenario (name or path) and a seed."""
-
-    policy: str
-    scenario: str
-    seed: int
-    overrides: Mapping[str, Any] | None = None  # deep-merged over the scenario file
-    policy_kwargs: Mapping[str, Any] | None = None  # for make_policy (env-driven runners)
-    # Timing version (envs/sim/timing.py): None runs the core's rules with the Simulator's default (v1) and an
-    # agent on its env id as given; "v0"/"v1" pins both (an env id's version is set to it).
-    timing: str | None = None
-
-
-EpisodeRunner = Callable[[EpisodeSpec], dict[str, Any]]
-
-
 @dataclass
 class EvalResult:
     """The records of one (policy, scenario) over its seeds, and their aggregate."""
@@ -84,38 +77,11 @@ class EvalResult:
 # ---------------------------------------------------------------- episode runners
 
 
-def scenario_overrides(spec: EpisodeSpec) -> dict[str, Any]:
-    """The spec's overrides with the built-in policies of ``spec.policy`` merged in; error if it has none."""
-    pols = builtin_policies(spec.policy)
-    if pols is None:
-        raise NotImplementedError(
-            f"policy {spec.policy!r} is not a rule of the simulator core: evaluate it with an env-driven "
-            "episode runner (evaluate(..., episode_runner=...))"
-        )
-    over = json.loads(json.dumps(dict(spec.overrides or {})))  # a deep copy
-    over.setdefault("policies", {})
-    if not isinstance(over["policies"], dict):
-        raise ScenarioError(f"overrides.policies must be a mapping, got {over['policies']!r}")
-    over["policies"].update(pols)
-    return over
-
-
-def builtin_episode(spec: EpisodeSpec) -> dict[str, Any]:
-    """Run the episode with the core's built-in rules (selected through scenario overrides)."""
-    from servegym.envs.metrics import compute_metrics
-    from servegym.envs.sim.simulator import Simulator
-
-    sim = Simulator(spec.scenario, seed=spec.seed, overrides=scenario_overrides(spec), timing=spec.timing)
-    return compute_metrics(sim.run())
-
-
 def default_episode_runner(spec: EpisodeSpec) -> dict[str, Any]:
     """Built-in rules inside the core; anything else (a checkpoint, an agent registered without a core
     rule) through the env, ``servegym.baselines.env_runner.env_episode_runner`` (``policy_kwargs`` may name the
     ``env_id`` and ``env_config``)."""
     if builtin_policies(spec.policy) is None:
-        from servegym.baselines.env_runner import env_episode_runner
-
         return env_episode_runner(spec)
     return builtin_episode(spec)
 
@@ -126,21 +92,18 @@ def default_episode_runner(spec: EpisodeSpec) -> dict[str, Any]:
 @functools.cache
 def versions() -> dict[str, str]:
     """Versions that produced a record; ``git_commit`` is '' outside a git checkout, '+dirty' if modified."""
-    import numba
-    import numpy
-
-    from servegym import envs
 
     return {
         "servegym_version": envs.__version__,
         "numpy_version": numpy.__version__,
         "numba_version": numba.__version__,
         "python_version": platform.python_version(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+    """The checkout's commit, with '+dirty' if tracked files are modified; '' outside a git checkout."""
     repo = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from servegym.baselines.episodes import EpisodeSpec, scenario_overrides
 from servegym.envs.sim.outcome import STATUS_FINISHED, SimOutcome
+from servegym.envs.sim.simulator import Simulator
 
 
 def _pyplot() -> Any:
@@ -40,15 +42,11 @@ def timeline(
     (starting or active), ``kv_util`` (used / capacity over active replicas), ``slo_attainment`` of the
     requests judged in the slice (finished or dropped; NaN if none) and ``slo_attainment_cum``.
     """
-    from servegym.baselines.harness import EpisodeSpec, scenario_overrides
-    from servegym.envs.sim import state as S
-    from servegym.envs.sim.simulator import Simulator
 
     over = dict(overrides or {})
     if policy is not None:
         over = scenario_overrides(EpisodeSpec(policy, scenario, seed, over))
     sim = Simulator(scenario, seed=seed, overrides=over)
-    st = sim.state
     horizon = sim.scenario.horizon_s
     cols: dict[str, list[float]] = {
         k: []
@@ -67,18 +65,14 @@ def timeline(
     for k in range(1, n_slices + 1):
         t = horizon * k / n_slices
         sim.advance(t)
-        state = st.repi[S.XI_STATE]
-        active = state == S.RS_ACTIVE
-        arrived = int(st.cnt[S.K_NEXT_ARRIVAL])
-        met = int(st.cnt[S.K_SLO_MET])
-        judged = met + int(st.cnt[S.K_SLO_MISSED_FINISHED]) + int(st.cnt[S.K_DROPS])
-        cap = float(st.repi[S.XI_KV_CAP][active].sum())
+        now = sim.sample()
+        arrived, met, judged = now.arrived, now.slo_met, now.slo_judged
         cols["t_s"].append(t)
         cols["arrivals_per_s"].append((arrived - prev_arr) / max(t - prev_t, 1e-12))
-        cols["queue_len"].append(float(st.repi[S.XI_QN].sum() + st.cnt[S.K_HOLD_N]))
-        cols["active_replicas"].append(float(active.sum()))
-        cols["up_replicas"].append(float(np.count_nonzero((state == S.RS_ACTIVE) | (state == S.RS_STARTING))))
-        cols["kv_util"].append(float(st.repi[S.XI_KV_USED][active].sum()) / cap if cap else np.nan)
+        cols["queue_len"].append(float(now.waiting))
+        cols["active_replicas"].append(float(now.active.sum()))
+        cols["up_replicas"].append(float(np.count_nonzero(now.up)))
+        cols["kv_util"].append(now.kv_util_active)
         d_judged = judged - prev_judged
         cols["slo_attainment"].append((met - prev_met) / d_judged if d_judged else np.nan)
         cols["slo_attainment_cum"].append(met / judged if judged else np.nan)

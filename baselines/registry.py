@@ -13,11 +13,10 @@ override (``{"batching": ..., "routing": ..., "scaling": ...}``) that runs it in
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import re
-import sys
-from collections.abc import Callable, Iterator, Mapping
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 from servegym.baselines.batching import BatchingRule
 from servegym.baselines.planning import DESCRIPTIONS as PLANNER_DESCRIPTIONS
 from servegym.baselines.planning import make_planner
-from servegym.baselines.policy import BasePolicy, Policy, PolicyError
+from servegym.baselines.policy import BasePolicy, Policy, PolicyError, unbatch_infos
 from servegym.baselines.routing import RoutingRule
 from servegym.baselines.scaling import ScalingRule
 from servegym.envs.rules import DECISION_KINDS, POLICY_KEY, RULES
@@ -47,6 +46,8 @@ class PolicySpec:
 
 _REGISTRY: dict[str, PolicySpec] = {}
 _CHECKPOINT_LOADERS: dict[str, Callable[..., Policy]] = {}
+# The module that owns the training run's folder layout and registers the loaders of its checkpoints.
+CHECKPOINT_PLUGIN = "servegym.agents.checkpoints"
 
 
 def register(
@@ -128,6 +129,10 @@ def make_policy(name_or_path: str | Path, **kwargs: Any) -> Policy:
     """
     if is_checkpoint(name_or_path):
         path = Path(name_or_path)
+        if path.suffix not in _CHECKPOINT_LOADERS:
+            # the trained agents' loaders are a plugin: agents/checkpoints.py registers them when imported
+            # (by name, so that this package never imports agents/ and torch loads only for a checkpoint)
+            importlib.import_module(CHECKPOINT_PLUGIN)
         loader = _CHECKPOINT_LOADERS.get(path.suffix)
         if loader is None:
             raise PolicyError(
@@ -147,7 +152,6 @@ def make_policy(name_or_path: str | Path, **kwargs: Any) -> Policy:
 
 
 def _accepted(factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    import inspect
 
     try:
         params = inspect.signature(factory).parameters
@@ -219,100 +223,6 @@ def _register_builtins() -> None:
             )
 
 
-def run_files(path: Path) -> dict[str, Path]:
-    """The files scripts/train.py writes beside a model: its run folder holds config.yaml and vecnormalize.pkl.
-
-    A model may be the run's model.zip, best/best_model.zip or checkpoints/model_<n>_steps.zip.
-    """
-    out: dict[str, Path] = {}
-    for folder in (path.parent, path.parent.parent):
-        if "config" not in out and (folder / "config.yaml").exists():
-            out["config"] = folder / "config.yaml"
-    m = re.match(r"model_(\d+)_steps\.zip$", path.name)
-    stats = [path.parent / f"model_vecnormalize_{m.group(1)}_steps.pkl"] if m else []
-    stats += [path.parent / "vecnormalize.pkl", path.parent.parent / "vecnormalize.pkl"]
-    for s in stats:
-        if s.exists():
-            out["vecnormalize"] = s
-            break
-    return out
-
-
-@contextlib.contextmanager
-def _pre_rename_modules() -> Iterator[None]:
-    """Checkpoints saved before the packages moved under ``servegym`` pickle ``agents.extractors.SetExtractor``.
-
-    For the load only, the old module names point at ours; whatever a user had under those names (their own
-    ``agents`` package, say) is put back afterwards, so nothing outside the load sees the alias.
-    """
-    import importlib
-
-    aliases = {"agents": "servegym.agents", "agents.extractors": "servegym.agents.extractors"}
-    saved = {old: sys.modules.get(old) for old in aliases}
-    try:
-        for old, new in aliases.items():
-            sys.modules[old] = importlib.import_module(new)
-        yield
-    finally:
-        for old, mod in saved.items():
-            if mod is None:
-                sys.modules.pop(old, None)
-            else:
-                sys.modules[old] = mod
-
-
-def _load_sb3(path: Path, algo: str | None = None, **kwargs: Any) -> Policy:
-    """A Stable-Baselines3 (or sb3-contrib) checkpoint; ``algo`` names its class (``PPO``, ``MaskablePPO``).
-
-    Without ``algo``, the run's config.yaml says which (scripts/train.py writes it); observation
-    normalization statistics saved beside the model are applied before ``predict``.
-    """
-    import importlib
-    import pickle
-
-    import yaml
-
-    files = run_files(Path(path))
-    try:
-        run_cfg = yaml.safe_load(files["config"].read_text()) if "config" in files else {}
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        raise PolicyError(
-            f"checkpoint {str(path)!r}: cannot read its run config {files['config']}: {e}"
-        ) from None
-    if not isinstance(run_cfg, dict):
-        raise PolicyError(f"checkpoint {str(path)!r}: its run config {files['config']} is not a mapping")
-    if algo is None:
-        algo = {"maskable_ppo": "MaskablePPO", "ppo": "PPO"}.get(run_cfg.get("algo", "ppo"), "PPO")
-    obs_norm = None
-    if "vecnormalize" in files and run_cfg.get("normalize_obs", False):
-        try:
-            with open(files["vecnormalize"], "rb") as f:
-                obs_norm = pickle.load(f)
-        except Exception as e:  # a truncated pickle raises UnpicklingError, EOFError, ...
-            raise PolicyError(
-                f"checkpoint {str(path)!r}: cannot load its normalization statistics {files['vecnormalize']} "
-                f"({type(e).__name__}: {e}); the file is damaged or truncated"
-            ) from None
-    for module in ("stable_baselines3", "sb3_contrib"):
-        cls = getattr(importlib.import_module(module), algo, None)
-        if cls is not None:
-            try:
-                with _pre_rename_modules():
-                    model = cls.load(str(path), device="cpu", **kwargs)
-            except Exception as e:  # zipfile.BadZipFile, EOFError, KeyError, ...: a damaged model.zip
-                raise PolicyError(
-                    f"checkpoint {str(path)!r}: cannot load it as {algo} ({type(e).__name__}: {e}); the file "
-                    "is damaged or truncated"
-                ) from None
-            policy = SB3Policy(str(path), model, obs_norm)
-            policy.env_id = run_cfg.get("env_id")
-            policy.run_config = run_cfg
-            return policy
-    raise PolicyError(
-        f"checkpoint {str(path)!r}: no algorithm class {algo!r} in stable_baselines3/sb3_contrib"
-    )
-
-
 class SB3Policy:
     """A trained SB3 model as a policy: deterministic ``predict``, with the action mask when it takes one."""
 
@@ -348,7 +258,6 @@ class SB3Policy:
             self.model.set_random_seed(seed)
 
     def _predict(self, obs: Any, masks: Any) -> Any:
-        import inspect
 
         if self.obs_norm is not None:
             obs = self.obs_norm.normalize_obs(obs)
@@ -360,7 +269,6 @@ class SB3Policy:
         return self._predict(obs, info.get("action_mask"))
 
     def act_batch(self, obs: Any, infos: Any) -> np.ndarray:
-        from servegym.baselines.policy import unbatch_infos
 
         per_env = unbatch_infos(
             infos, len(obs) if not isinstance(obs, Mapping) else len(next(iter(obs.values())))
@@ -370,13 +278,4 @@ class SB3Policy:
         return np.asarray(self._predict(obs, stacked))
 
 
-def _load_native(path: Path, **kwargs: Any) -> Policy:
-    """A native PPO checkpoint (``agents/ppo.py`` writes ``model.pt`` and ``best/best_model.pt``)."""
-    from servegym.agents.ppo import load_policy
-
-    return load_policy(path, **kwargs)
-
-
 _register_builtins()
-register_checkpoint_loader(".zip", _load_sb3)
-register_checkpoint_loader(".pt", _load_native)

@@ -5,9 +5,22 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from pathlib import Path
 
+from gymnasium.envs.registration import register, registry
+
 __version__ = "0.1.0"
+
+
+def source_sha256(files: list[Path], root: Path) -> str:
+    """One hash of the files' paths (relative to ``root``) and contents, in sorted order: how servegym keys
+    what depends on its code (numba's cache folder below; the leaderboard's cached cells)."""
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def _numba_cache_dir() -> None:
@@ -41,12 +54,8 @@ def _numba_cache_dir() -> None:
                 if cand in sources:
                     todo.append(cand)
                     break
-    h = hashlib.sha256()
-    for f in sorted(seen):
-        h.update(f.relative_to(here).as_posix().encode())
-        h.update(sources[f].encode())
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "servegym" / "numba"
-    os.environ["NUMBA_CACHE_DIR"] = str(base / h.hexdigest()[:16])
+    os.environ["NUMBA_CACHE_DIR"] = str(base / source_sha256(list(seen), here)[:16])
 
 
 _numba_cache_dir()
@@ -60,9 +69,6 @@ def register_envs() -> None:
     of steps until then is random for the event-driven envs (and follows horizon_s for Scale), so a fixed
     step limit would silently cut episodes short when a user changes horizon_s.
     """
-    import warnings
-
-    from gymnasium.envs.registration import register, registry
 
     # gymnasium calls an id "out of date" when a higher version is registered; -v0 is kept on purpose (it pins
     # the timing that suite v0 replays), so that warning would only be noise.

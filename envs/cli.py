@@ -10,7 +10,10 @@ from typing import Any
 
 import yaml
 
+from servegym.envs.metrics import compute_metrics, format_metrics_table
 from servegym.envs.scenario import ScenarioError, list_scenarios
+from servegym.envs.sim.simulator import Simulator
+from servegym.envs.sim.trace import write_trace_csv
 
 DEFAULT_SCENARIO = "chat_azure"
 
@@ -55,8 +58,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from servegym.envs.metrics import compute_metrics, format_metrics_table
-    from servegym.envs.sim.simulator import Simulator
 
     t0 = time.perf_counter()
     sim = Simulator(
@@ -86,8 +87,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         with open(args.json, "w") as f:
             json.dump(metrics, f, indent=1, sort_keys=True)
     if args.trace:
-        from servegym.envs.sim.trace import write_trace_csv
-
         n = write_trace_csv(sim.iteration_trace(), args.trace)
         print(f"\nwrote {n:,} iterations to {args.trace}")
     return 0

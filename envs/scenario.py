@@ -561,11 +561,13 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in, recursively for dicts; lists and other values are replaced
+    whole. How scenario overrides apply, everywhere (the envs' ``scenario_overrides`` too)."""
     out = dict(base)
     for key, val in overrides.items():
         if isinstance(val, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], val)
+            out[key] = deep_merge(out[key], val)
         else:
             out[key] = val
     return out
@@ -594,7 +596,7 @@ def load_scenario(name_or_path: str | Path, overrides: dict[str, Any] | None = N
         raise ScenarioError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ScenarioError(f"{path}: a scenario must be a YAML mapping, got {type(raw).__name__}")
-    return scenario_from_dict(_deep_merge(raw, overrides or {}), source=str(path))
+    return scenario_from_dict(deep_merge(raw, overrides or {}), source=str(path))
 
 
 def scenario_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Scenario:

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 import servegym.envs  # noqa: F401  (registers the ids)
+from servegym.agents.checkpoints import latest_checkpoint
 from servegym.agents.config import AgentConfigError, load_agent_config
-from servegym.agents.train import latest_checkpoint, main
+from servegym.agents.train import main
 from servegym.baselines.registry import make_policy
 
 # An easy routing problem: one H100 and one A40 replica of Llama-2-7B. The H100 alone carries the load within

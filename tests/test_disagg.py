@@ -231,3 +231,29 @@ def test_route_baselines_from_info_reproduce_the_core(routing, roles):
     env = gym.make("servegym/Route-v1", scenario=sc, sim_seed=3)
     got = run_env(env, lambda info: policy.act(None, info))
     assert_same_metrics(got, ref)
+
+
+def first_allowed(sim: Simulator) -> dict:
+    """Route every decision (both phases) to the lowest allowed replica; the metrics at the end."""
+    while (ev := sim.advance()) != 0:
+        assert ev == 1  # EV_ROUTE: the only decision kind under control
+        assert sim.apply_route(int(np.flatnonzero(sim.route_mask())[0]))
+    assert sim.audit() == ""
+    return compute_metrics(sim.outcome(final=True))
+
+
+def test_same_seed_identical_and_a_fork_at_a_decode_decision_replays():
+    sc = disagg_scenario("splitwise")
+    from tests.test_envs_contract import assert_same_metrics
+
+    assert_same_metrics(
+        compute_metrics(Simulator(sc, seed=5).run()), compute_metrics(Simulator(sc, seed=5).run())
+    )
+    sim = Simulator(sc, seed=5, control=("route",))
+    while sim.advance() == 1 and sim.pending_phase != "decode":
+        assert sim.apply_route(int(np.flatnonzero(sim.route_mask())[0]))
+    assert sim.pending_phase == "decode" and sim.route_mask().any()
+    twin = sim.fork()
+    got = first_allowed(sim)
+    assert got["disagg/transfers"] > 300
+    assert_same_metrics(first_allowed(twin), got)

@@ -447,3 +447,36 @@ def test_window_start_option_replays_another_trace_window(data_dir):
     assert len(first) and len(other) and not np.array_equal(first[: len(other)], other[: len(first)])
     env.reset(seed=0)  # the window applies to that one episode
     assert np.array_equal(env.sim.requests.arrival_s, first)
+
+
+def test_vector_env_calls_the_reward_and_termination_hooks_of_a_subclass():
+    from servegym.envs.gym.kernels import N_RC
+    from servegym.envs.gym.route import RouteEnv
+    from servegym.envs.gym.vector import RouteVectorEnv, ServeVectorEnv
+
+    class Shaped(RouteEnv):
+        def _reward(self, rc):
+            return 2.0 * rc[..., N_RC - 1] + 1.0
+
+        def _is_terminated(self, status):  # every episode ends at its third step
+            return (status == 2) | (np.asarray(self._steps_seen) >= 3)
+
+    class ShapedVector(ServeVectorEnv):
+        ENV_CLASS = Shaped
+
+    kw = TINY["servegym/Route-v0"]
+    plain, shaped = RouteVectorEnv(num_envs=2, **kw), ShapedVector(num_envs=2, **kw)
+    steps = np.zeros(2, int)
+    shaped.proto._steps_seen = steps
+    (_, ia), _ = plain.reset(seed=4), shaped.reset(seed=4)
+    rng = np.random.default_rng(0)
+    acts = np.array([masked_action(plain.single_action_space, m, rng) for m in ia["action_mask"]])
+    steps += 1
+    _, r_plain, term_plain, *_ = plain.step(acts)
+    _, r_shaped, term_shaped, *_ = shaped.step(acts)
+    assert np.array_equal(r_shaped, 2.0 * r_plain + 1.0)
+    assert not term_shaped.any()
+    steps += 2
+    acts = np.array([masked_action(plain.single_action_space, m, rng) for m in shaped.action_masks()])
+    _, _, term, _, info = shaped.step(acts)
+    assert term.all() and list(info["_final_info"]) == [True, True]  # the hook's ends autoreset

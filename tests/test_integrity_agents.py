@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from servegym.agents.checkpoints import checkpoints
 from servegym.agents.config import AgentConfigError, load_agent_config
-from servegym.agents.train import checkpoints, main
+from servegym.agents.train import main
 from servegym.baselines.env_runner import run_env_episode
 from servegym.baselines.policy import PolicyError
 from servegym.baselines.registry import make_policy

@@ -14,7 +14,8 @@ from test_agents import EASY, learned_vs_random, run_episode
 import servegym.envs  # noqa: F401  (registers the ids)
 from servegym.agents.config import load_agent_config
 from servegym.agents.evaluation import EVAL_METRIC, EvalHistory
-from servegym.agents.ppo import NativePolicy, build_net, latest_checkpoint, load_policy
+from servegym.agents.native import NativePolicy, build_net, load_policy
+from servegym.agents.ppo import latest_checkpoint
 from servegym.agents.slot_policy import MaskedMultiCategorical
 from servegym.agents.train import main
 from servegym.baselines.env_runner import run_env_episode

@@ -29,12 +29,16 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from servegym import envs
+from servegym.baselines.env_runner import ReplayError, replay_actions, run_env_episode
+from servegym.baselines.harness import versions as harness_versions
 from servegym.baselines.leaderboard.suite import (
     Suite,
     SuiteError,
@@ -44,6 +48,7 @@ from servegym.baselines.leaderboard.suite import (
     load_suite,
     workload_for,
 )
+from servegym.envs.gym.config import base_config
 
 # Workers start fresh rather than forked: a fork after torch or numba's threading layer has started
 # can deadlock the child (seen with pretrained agents on the leaderboard).
@@ -117,7 +122,6 @@ def actions_from_npz(data: bytes) -> np.ndarray:
 
 
 def versions() -> dict[str, str]:
-    from servegym.baselines.harness import versions as harness_versions
 
     return dict(harness_versions())
 
@@ -132,7 +136,6 @@ PINNED_ENV_KEYS = ("scenario", "scenario_overrides", "horizon_s", "sim_seed", "b
 
 def env_config_problem(sc: SuiteScenario, env_config: Any) -> str | None:
     """None if ``env_config`` plays the suite's scenario ``sc`` as the suite specifies, else why not."""
-    from servegym.envs.gym.config import base_config
 
     if not isinstance(env_config, Mapping):
         return f"env_config must be a mapping, got {type(env_config).__name__}"
@@ -162,27 +165,18 @@ def cell_scenario(suite: Suite, cell: Cell) -> tuple[Path, float | None]:
 def code_sha256() -> str:
     """A hash of the code that decides an episode (simulator, envs, workload tables, the heuristics):
     a cached cell produced by other code is stale even when the package version did not change."""
-    from servegym import envs
 
     # the folder holding envs/ and baselines/: the checkout in development, site-packages/servegym installed
     root = Path(envs.__file__).resolve().parent.parent
-    files = sorted(
-        [*root.glob("envs/**/*.py"), *root.glob("envs/**/*.json")]
-        + [
-            root / "baselines" / f
-            for f in ("batching.py", "routing.py", "scaling.py", "policy.py", "registry.py", "env_runner.py")
-        ]
-    )
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.relative_to(root).as_posix().encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
+    files = [*root.glob("envs/**/*.py"), *root.glob("envs/**/*.json")] + [
+        root / "baselines" / f
+        for f in ("batching.py", "routing.py", "scaling.py", "policy.py", "registry.py", "env_runner.py")
+    ]
+    return envs.source_sha256(files, root)
 
 
 def cell_key(suite: Suite, cell: Cell) -> str:
     """A hash of everything that determines the episode: when it matches, the cached entry is current."""
-    from servegym import envs
 
     path, window = cell_scenario(suite, cell)
     blob = json.dumps(
@@ -203,8 +197,6 @@ def cell_key(suite: Suite, cell: Cell) -> str:
 def run_cell(suite_file: str, cell: Cell) -> tuple[dict[str, Any], bytes]:
     """Play one cell; its entry (without file names) and its compressed action log. Picklable, top level:
     the local process pool and Ray tasks both call it."""
-    from servegym import envs
-    from servegym.baselines.env_runner import run_env_episode
 
     suite = load_suite(suite_file)
     path, window = cell_scenario(suite, cell)
@@ -368,8 +360,6 @@ def run_cells(
                     continue
                 finish(i, *result)
         else:
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
             with ProcessPoolExecutor(
                 max_workers=min(workers, len(todo)),
                 mp_context=SPAWN,
@@ -504,7 +494,6 @@ def validate_entry(path: str | Path, suite: Suite | None = None) -> Verdict:
 
 
 def _validate_entry(path: Path, suite: Suite | None) -> Verdict:
-    from servegym.baselines.env_runner import ReplayError, replay_actions
 
     entry = read_entry(path)
     if entry is None:

@@ -24,6 +24,7 @@ from servegym.baselines.env_runner import resolve_policy, run_env_episode
 from servegym.baselines.harness import mean_ci
 from servegym.baselines.leaderboard.suite import Suite, SuiteScenario, heuristics_for
 from servegym.baselines.registry import ClusterPolicy, make_policy
+from servegym.envs.scenario import load_scenario
 
 _KINDS = {
     "Route": ("route",),
@@ -172,7 +173,6 @@ def measure(
 
 
 def _source_kinds(sc: SuiteScenario) -> list[str]:
-    from servegym.envs.scenario import load_scenario
 
     return [s.kind for s in load_scenario(sc.path("twin")).sources]
 

@@ -18,7 +18,9 @@ from typing import Any
 
 import yaml
 
+from servegym.baselines.registry import list_policies
 from servegym.configs import SUITE_DIR
+from servegym.envs.data import REGISTRY, data_dir, sha256_file
 
 DEFAULT_SUITE = "v0"
 
@@ -190,7 +192,6 @@ def _trace_status(rel_path: str, sha256: str, data_dir: str) -> str:
     p = Path(data_dir) / rel_path
     if not p.is_file():
         return "missing"
-    from servegym.envs.data import sha256_file
 
     return "ok" if sha256_file(p) == sha256 else "mismatch"
 
@@ -202,7 +203,6 @@ def workload_for(sc: SuiteScenario, prefer: str = "auto") -> tuple[str, str]:
         return "twin", "synthetic scenario"
     if prefer == "twin":
         return "twin", "twin requested"
-    from servegym.envs.data import REGISTRY, data_dir
 
     src = REGISTRY.get(sc.trace.name)
     if src is None:
@@ -222,7 +222,6 @@ def workload_for(sc: SuiteScenario, prefer: str = "auto") -> tuple[str, str]:
 
 def heuristics_for(suite: Suite, env_id: str) -> list[str]:
     """The registered heuristics that answer an env's decision (Cluster-v0: the suite's combinations)."""
-    from servegym.baselines.registry import list_policies
 
     name = env_id.rsplit("-", 1)[0]  # every version of an id takes the same decision (versions pin timing)
     kind = {

@@ -23,7 +23,7 @@ from servegym.envs.gym import kernels as K
 from servegym.envs.gym.features import EnvAux, make_aux
 from servegym.envs.gym.info import batch_info, reward_components, route_info, scale_info
 from servegym.envs.metrics import compute_metrics
-from servegym.envs.scenario import Scenario, load_scenario, scenario_from_dict
+from servegym.envs.scenario import Scenario, deep_merge, load_scenario, scenario_from_dict
 from servegym.envs.sim import state as S
 from servegym.envs.sim.simulator import Simulator
 
@@ -35,12 +35,30 @@ class InvalidActionError(ValueError):
     """An action outside the action space, or masked for the pending decision."""
 
 
-def deep_merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``upd`` merged in, recursively for dicts (lists are replaced whole, as in load_scenario)."""
-    out = dict(base)
-    for k, v in upd.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+def invalid_action_error(
+    who: str, lay: C.Layout, space: Any, code: int, dim: int, action: Any, mask: np.ndarray, ev: int
+) -> InvalidActionError:
+    """The error for an action the step kernel refused (``code``: ERR_RANGE or ERR_MASKED, on dimension
+    ``dim``), naming the valid values of the pending decision's mask; single and vector envs share it."""
+    if code == K.ERR_RANGE:
+        return InvalidActionError(
+            f"{who}: action {action!r} is outside the action space {space} "
+            f"(dimension {dim} must lie in [0, {lay.nvec[dim] - 1}])"
+        )
+    start = sum(lay.nvec[:dim])
+    valid = np.flatnonzero(mask[start : start + lay.nvec[dim]]).tolist()
+    return InvalidActionError(
+        f"{who}: action {action!r} is masked for the pending {C.DECISIONS[ev]!r} decision (dimension {dim}: "
+        f"valid values {valid}); read info['action_mask'] or env.action_masks(), or set "
+        f"invalid_action='noop_penalty' to turn invalid actions into penalized no-ops"
+    )
+
+
+def no_decision_error(who: str, scenario: Scenario) -> RuntimeError:
+    return RuntimeError(
+        f"{who}: scenario {scenario.name!r} gives no decision of this env's kind before its horizon "
+        f"({scenario.horizon_s} s); lengthen horizon_s"
+    )
 
 
 class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
@@ -223,10 +241,7 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
             self._sim, self._aux = self.new_episode(self.np_random, opts, seed)
             ev, obs, mask, ii, ff = K.env_reset(self._sim.state, self._aux)
             if ev == S.EV_DONE:
-                raise RuntimeError(
-                    f"{type(self).__name__}: scenario {self.scenario.name!r} gives no decision of this env's "
-                    f"kind before its horizon ({self.scenario.horizon_s} s); lengthen horizon_s"
-                )
+                raise no_decision_error(type(self).__name__, self.scenario)
         except BaseException:
             self.config, self.scenario = config, scenario
             self._sim = self._aux = None
@@ -249,15 +264,15 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
             raise self._invalid(action, status, dim)
         self._ev, self._mask = ev, mask
         self._steps += 1
-        terminated = self._is_terminated(status)
-        truncated = self._is_truncated(status)
+        terminated = bool(self._is_terminated(status))
+        truncated = bool(self._is_truncated(status))
         info = self._info(ev, mask, ii, ff, rc)
         if terminated or truncated:
             self._done = True
             info["metrics"] = self.episode_metrics()
         if self.render_mode == "rgb_array":
             self._record()
-        return self._obs(obs), self._reward(rc), terminated, truncated, info
+        return self._obs(obs), float(self._reward(rc)), terminated, truncated, info
 
     def episode_metrics(self) -> dict[str, Any]:
         """The metrics of the episode so far, as if it ended now (requests in flight count as unfinished)."""
@@ -279,18 +294,27 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
         return render.rgb(self._history, self._sim, C.DECISIONS[self._ev])
 
     # ------------------------------------------------------------------ hooks (highway-env style)
-    def _reward(self, rc: np.ndarray) -> float:
+    # A subclass may override _reward, _is_terminated and _is_truncated. The native vector env (vector.py)
+    # calls the same three on its prototype env once per vector step, with a leading sub-env axis (rc of shape
+    # [num_envs, N_RC], status of shape [num_envs]), so an override must work on both shapes: write it with
+    # numpy operations (``rc[..., k]``, ``&``, ``|``), not ``float()``/``and``/``or``. The vector env resets
+    # every sub-env that _is_terminated or _is_truncated says is done. _info builds one env's info dict; the
+    # vector env batches the same info.py sections itself and calls _info only for a finished sub-env's
+    # ``final_info``.
+    def _reward(self, rc: np.ndarray) -> Any:
         """Weighted sum of the step's reward components (computed by the kernel with the config weights)."""
-        return float(rc[K.N_RC - 1])
+        return rc[..., K.N_RC - 1]
 
-    def _is_terminated(self, status: int) -> bool:
+    def _is_terminated(self, status: Any) -> Any:
         """Workload exhausted and every request finished or dropped: nothing can happen any more."""
         return status == K.ST_TERMINATED
 
-    def _is_truncated(self, status: int) -> bool:
-        """The simulated horizon was reached with work left, or the config's ``max_episode_steps``."""
+    def _is_truncated(self, status: Any) -> Any:
+        """The simulated horizon was reached with work left, or the config's ``max_episode_steps`` (single
+        envs only: the vector env refuses that key)."""
         limit = self.config["max_episode_steps"]
-        return status == K.ST_TRUNCATED or (limit is not None and self._steps >= limit)
+        truncated = status == K.ST_TRUNCATED
+        return truncated if limit is None else truncated | (self._steps >= limit)
 
     def _info(
         self, ev: int, mask: np.ndarray, ii: np.ndarray, ff: np.ndarray, rc: np.ndarray
@@ -375,20 +399,8 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._act[:] = arr
 
     def _invalid(self, action: Any, status: int, dim: int) -> InvalidActionError:
-        name = type(self).__name__
-        if status == K.ERR_RANGE:
-            return InvalidActionError(
-                f"{name}: action {action!r} is outside the action space {self.action_space} "
-                f"(dimension {dim} must lie in [0, {self.layout.nvec[dim] - 1}])"
-            )
-        lay = self.layout
-        kind = C.DECISIONS[self._ev]
-        start = sum(lay.nvec[:dim])
-        valid = np.flatnonzero(self._mask[start : start + lay.nvec[dim]]).tolist()
-        return InvalidActionError(
-            f"{name}: action {action!r} is masked for the pending {kind!r} decision (dimension {dim}: valid "
-            f"values {valid}); read info['action_mask'] or env.action_masks(), or set "
-            f"invalid_action='noop_penalty' to turn invalid actions into penalized no-ops"
+        return invalid_action_error(
+            type(self).__name__, self.layout, self.action_space, status, dim, action, self._mask, self._ev
         )
 
     def _record(self) -> None:

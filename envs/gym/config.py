@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any
 
 import numpy as np
@@ -291,11 +292,29 @@ FORMING_FEATURES = (
 )  # followed by a one-hot of the replica's pool
 # Agentic sessions (only with session_features): the request being routed (zeros when none is), then how
 # many sessions wait on a tool, i.e. will send their next call soon.
-SESSION_FEATURES = ("in_session", "step", "session_slack", "has_home", "tools_waiting")
+SESSION_STEP_FEATURES = ("in_session", "step", "session_slack")  # of one request (routed, or a candidate)
+SESSION_FEATURES = SESSION_STEP_FEATURES + ("has_home", "tools_waiting")
 SESSION_REPLICA_FEATURES = ("home", "tools_waiting")  # per replica: this request's home; sessions homed here
-SESSION_CANDIDATE_FEATURES = ("in_session", "step", "session_slack")
+SESSION_CANDIDATE_FEATURES = SESSION_STEP_FEATURES
 # Features with range [-1, 1]; everything else is in [0, 1].
 SIGNED = {"slack", "slack_fraction", "session_slack", "time_of_day_sin", "time_of_day_cos"}
+
+
+def feature_index(name: str, features: tuple[str, ...]) -> type[IntEnum]:
+    """Named positions of one entity's features, derived from its name tuple: the kernels write
+    ``obs[b + REPLICA.KV_FRAC]``, and numba reads IntEnum members as compile-time constants (no cost)."""
+    return IntEnum(name, [(f.upper(), i) for i, f in enumerate(features)], module=__name__)
+
+
+REQUEST = feature_index("REQUEST", REQUEST_FEATURES)
+REPLICA = feature_index("REPLICA", REPLICA_FEATURES)
+POOL = feature_index("POOL", POOL_FEATURES)
+GLOBAL = feature_index("GLOBAL", GLOBAL_FEATURES)
+CANDIDATE = feature_index("CANDIDATE", CANDIDATE_FEATURES)
+FORMING = feature_index("FORMING", FORMING_FEATURES)
+SESSION = feature_index("SESSION", SESSION_FEATURES)
+SESSION_REPLICA = feature_index("SESSION_REPLICA", SESSION_REPLICA_FEATURES)
+SESSION_STEP = feature_index("SESSION_STEP", SESSION_STEP_FEATURES)
 
 GROUPS = ("decision", "request", "prefix_hits", "candidates", "forming", "replicas", "pools", "global")
 SESSION_GROUPS = ("session", "session_replicas", "session_candidates")

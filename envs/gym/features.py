@@ -6,8 +6,10 @@ candidates on offer (``cand``), per-tier cumulative arrival counts and prompt-to
 need no scan) and pool prices. ``observe`` writes one env's observation, action mask and raw info
 features (docs/envs.md) into zeroed buffers; every helper is ``hot`` (inlined, see envs/sim/jit.py).
 
-kernels.py inlines this file. numba's cache notices a change of the file a cached function lives in, not
-of the files it inlines: after editing this file, touch kernels.py (or clear ~/.cache/servegym/numba).
+Each feature is written at its named position (``obs[b + REPLICA.KV_FRAC]``): the names come from the
+feature tuples of config.py (``config.feature_index``), so adding a feature is one name in its tuple and one
+write here. kernels.py inlines this file; numba's on-disk cache is keyed by the source of every compiled
+module and what it imports (envs/__init__.py), so an edit here recompiles what inlines it.
 """
 
 from __future__ import annotations
@@ -18,9 +20,21 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from servegym.envs.gym import config as C
+from servegym.envs.gym.config import (
+    CANDIDATE,
+    FORMING,
+    GLOBAL,
+    POOL,
+    REPLICA,
+    REQUEST,
+    SESSION,
+    SESSION_REPLICA,
+    SESSION_STEP,
+)
 from servegym.envs.perf.model import iteration_time_s
 from servegym.envs.scenario import Scenario
 from servegym.envs.sim import state as S
+from servegym.envs.sim.build import pool_price_per_gpu_hour
 from servegym.envs.sim.disagg import queued_prefill_tokens
 from servegym.envs.sim.jit import hot, kernel
 from servegym.envs.sim.policies import BATCHING_IDS
@@ -172,9 +186,11 @@ AF_W = 11  # 7 weights, already multiplied by their sign
 AF_DAY, AF_BIN_S, AF_PREV_COST, AF_PREV_GAP = 18, 19, 20, 21
 N_AF = 22
 
-F_REQ, F_POOL, F_CAND, F_GLOB0, F_FORM0, F_REP0 = 9, 15, 11, 7, 7, 10
-F_SREP, F_SCAND = 2, 3  # session features per replica / per batch candidate
-# Route info: ints (5 per replica + 8 request scalars), floats (2 per replica + 5 request scalars).
+# features per entity (a replica's and a forming batch's are followed by a one-hot of their pool)
+F_REQ, F_POOL, F_CAND = len(C.REQUEST_FEATURES), len(C.POOL_FEATURES), len(C.CANDIDATE_FEATURES)
+F_GLOB0, F_FORM0, F_REP0 = len(C.GLOBAL_FEATURES), len(C.FORMING_FEATURES), len(C.REPLICA_FEATURES)
+F_SREP, F_SCAND = len(C.SESSION_REPLICA_FEATURES), len(C.SESSION_CANDIDATE_FEATURES)
+# Route info: ints (7 per replica + 9 request scalars), floats (2 per replica + 5 request scalars).
 N_ROUTE_I, N_ROUTE_F = 9, 5
 # Batch info: ints and floats per candidate slot.
 N_BATCH_I, N_BATCH_F = 5, 5
@@ -300,17 +316,19 @@ def request_features(st, ax, obs, o, i, now):
     af = ax.af
     dl = next_deadline(st, i)
     budget = dl - st.rqf[RF_ARRIVAL, i]
-    obs[o + 0] = 1.0
-    obs[o + 1] = clip01((st.rqi[RI_PROMPT, i] + st.rqi[RI_GENERATED, i]) / af[AF_N_PROMPT])
+    obs[o + REQUEST.VALID] = 1.0
+    obs[o + REQUEST.PROMPT_TOKENS] = clip01(
+        (st.rqi[RI_PROMPT, i] + st.rqi[RI_GENERATED, i]) / af[AF_N_PROMPT]
+    )
     inter = st.rqi[RI_TIER, i] == TIER_INTERACTIVE
-    obs[o + 2] = 1.0 if inter else 0.0
-    obs[o + 3] = 0.0 if inter else 1.0
-    obs[o + 4] = clip11((dl - now) / af[AF_N_SLACK])
-    obs[o + 5] = clip11((dl - now) / budget) if budget > 0 else 0.0
+    obs[o + REQUEST.TIER_INTERACTIVE] = 1.0 if inter else 0.0
+    obs[o + REQUEST.TIER_BATCH] = 0.0 if inter else 1.0
+    obs[o + REQUEST.SLACK] = clip11((dl - now) / af[AF_N_SLACK])
+    obs[o + REQUEST.SLACK_FRACTION] = clip11((dl - now) / budget) if budget > 0 else 0.0
     u = st.rqi[RI_TENANT, i]
-    obs[o + 6] = tenant_counter_rel(st, u, af[AF_N_COUNTER])
-    obs[o + 7] = st.ten[TF_WEIGHT, u] / max_weight(st)
-    obs[o + 8] = clip01(st.rqf[RF_TPOT_SLO, i] / af[AF_N_TPOT]) if inter else 0.0
+    obs[o + REQUEST.TENANT_COUNTER] = tenant_counter_rel(st, u, af[AF_N_COUNTER])
+    obs[o + REQUEST.TENANT_WEIGHT] = st.ten[TF_WEIGHT, u] / max_weight(st)
+    obs[o + REQUEST.TPOT_SLO] = clip01(st.rqf[RF_TPOT_SLO, i] / af[AF_N_TPOT]) if inter else 0.0
 
 
 @hot
@@ -327,20 +345,20 @@ def replica_features(st, ax, obs, now):
         b = o + r * f
         s = st.repi[XI_STATE, r]
         p = st.repi[XI_POOL, r]
-        obs[b + 0] = 1.0
+        obs[b + REPLICA.EXISTS] = 1.0
         if s == RS_STARTING:
-            obs[b + 1] = 1.0
+            obs[b + REPLICA.STARTING] = 1.0
             cold = st.poolf[PF_COLD_START, p]
-            obs[b + 9] = clip01((st.repf[XF_READY, r] - now) / cold) if cold > 0 else 0.0
+            obs[b + REPLICA.STARTUP_LEFT] = clip01((st.repf[XF_READY, r] - now) / cold) if cold > 0 else 0.0
         elif s == RS_ACTIVE:
-            obs[b + 2] = 1.0
+            obs[b + REPLICA.ACTIVE] = 1.0
         elif s == RS_DRAINING:
-            obs[b + 3] = 1.0
+            obs[b + REPLICA.DRAINING] = 1.0
         qn = st.repi[XI_QN, r]
         nd = st.repi[XI_ND, r]
-        obs[b + 4] = clip01(qn / af[AF_N_QUEUE])
-        obs[b + 5] = clip01((nd + st.repi[XI_NPF, r]) / st.pooli[PI_MAX_SEQS, p])
-        obs[b + 6] = st.repi[XI_KV_USED, r] / st.repi[XI_KV_CAP, r]
+        obs[b + REPLICA.QUEUE_LEN] = clip01(qn / af[AF_N_QUEUE])
+        obs[b + REPLICA.RUNNING] = clip01((nd + st.repi[XI_NPF, r]) / st.pooli[PI_MAX_SEQS, p])
+        obs[b + REPLICA.KV_FRAC] = st.repi[XI_KV_USED, r] / st.repi[XI_KV_CAP, r]
         busy = st.repi[XI_BUSY, r]
         wait = st.repf[XF_NEXT, r] - now if busy else 0.0
         if qn > 0:
@@ -348,8 +366,8 @@ def replica_features(st, ax, obs, now):
             bud = max(1, st.pooli[PI_MAX_TOKENS, p] - nd)
             t_it = iteration_time_s(st.coef[p], bud, bud * (bud + 1) * 0.5, nd, st.repi[XI_DSUM, r])
             wait += qn * mean_prompt / bud * t_it
-        obs[b + 7] = clip01(wait / af[AF_N_WAIT])
-        obs[b + 8] = 1.0 if busy else 0.0
+        obs[b + REPLICA.WAIT_ESTIMATE] = clip01(wait / af[AF_N_WAIT])
+        obs[b + REPLICA.BUSY] = 1.0 if busy else 0.0
         obs[b + F_REP0 + p] = 1.0
 
 
@@ -396,21 +414,21 @@ def pool_features(st, ax, obs, mask, ii, ff, now, scale_pending):
         tp = st.pooli[PI_TP, p]
         if o >= 0:
             b = o + p * F_POOL
-            obs[b + 0] = 1.0
-            obs[b + 1] = n_up / mx
-            obs[b + 2] = n_act / mx
-            obs[b + 3] = n_start / mx
-            obs[b + 4] = n_drain / mx
-            obs[b + 5] = st.pooli[PI_MIN, p] / mx
-            obs[b + 6] = clip01(mx / ai[AI_RPAD])
-            obs[b + 7] = clip01(util)
-            obs[b + 8] = clip01(qsum / (af[AF_N_QUEUE] * mx))
-            obs[b + 9] = clip01(ax.price[p] * tp / af[AF_N_PRICE])
-            obs[b + 10] = clip01(st.poolf[PF_COLD_START, p] / af[AF_N_COLD])
-            obs[b + 11] = clip01(tp / 8.0)
-            obs[b + 12] = 1.0 if st.pooli[PI_SPOT, p] else 0.0
-            obs[b + 13] = n_failed / mx
-            obs[b + 14] = n_reclaim / mx
+            obs[b + POOL.EXISTS] = 1.0
+            obs[b + POOL.N_UP] = n_up / mx
+            obs[b + POOL.N_ACTIVE] = n_act / mx
+            obs[b + POOL.N_STARTING] = n_start / mx
+            obs[b + POOL.N_DRAINING] = n_drain / mx
+            obs[b + POOL.MIN_REPLICAS] = st.pooli[PI_MIN, p] / mx
+            obs[b + POOL.MAX_REPLICAS] = clip01(mx / ai[AI_RPAD])
+            obs[b + POOL.KV_UTIL] = clip01(util)
+            obs[b + POOL.QUEUE_LEN] = clip01(qsum / (af[AF_N_QUEUE] * mx))
+            obs[b + POOL.PRICE] = clip01(ax.price[p] * tp / af[AF_N_PRICE])
+            obs[b + POOL.COLD_START] = clip01(st.poolf[PF_COLD_START, p] / af[AF_N_COLD])
+            obs[b + POOL.TP] = clip01(tp / 8.0)
+            obs[b + POOL.SPOT] = 1.0 if st.pooli[PI_SPOT, p] else 0.0
+            obs[b + POOL.N_FAILED] = n_failed / mx
+            obs[b + POOL.N_RECLAIMING] = n_reclaim / mx
         if scale_pending:
             m = ai[AI_M_SCALE] + p * ns
             lo = st.pooli[PI_MIN, p]
@@ -452,18 +470,18 @@ def global_features(st, ax, obs, now):
     af = ax.af
     o = ai[AI_O_GLOB]
     ph = 2.0 * math.pi * now / af[AF_DAY]
-    obs[o + 0] = math.sin(ph)
-    obs[o + 1] = math.cos(ph)
-    obs[o + 2] = clip01(now / st.clock[C_HORIZON])
-    obs[o + 3] = clip01(
+    obs[o + GLOBAL.TIME_OF_DAY_SIN] = math.sin(ph)
+    obs[o + GLOBAL.TIME_OF_DAY_COS] = math.cos(ph)
+    obs[o + GLOBAL.PROGRESS] = clip01(now / st.clock[C_HORIZON])
+    obs[o + GLOBAL.COST_RATE] = clip01(
         af[AF_PREV_COST] / max(now, 1.0) * 3600.0 / af[AF_N_COST]
     )  # cost set by mark_counters
     met = st.cnt[K_SLO_MET]
     judged = met + st.cnt[K_SLO_MISSED_FINISHED] + st.cnt[K_DROPS]
-    obs[o + 4] = met / judged if judged > 0 else 1.0
+    obs[o + GLOBAL.SLO_ATTAINMENT] = met / judged if judged > 0 else 1.0
     na = st.cnt[K_NEXT_ARRIVAL]
-    obs[o + 5] = st.cnt[K_DROPS] / na if na > 0 else 0.0
-    obs[o + 6] = clip01(st.cnt[K_HOLD_N] / af[AF_N_QUEUE])
+    obs[o + GLOBAL.DROP_FRACTION] = st.cnt[K_DROPS] / na if na > 0 else 0.0
+    obs[o + GLOBAL.HELD] = clip01(st.cnt[K_HOLD_N] / af[AF_N_QUEUE])
     h = ai[AI_H]
     w = af[AF_BIN_S]
     nr = st.cnt[K_RELEASED]
@@ -493,11 +511,11 @@ def session_step_features(st, ax, obs, o, i, now):
     """in_session, step, session_slack of request i at obs[o:o+3] (zeros outside a session)."""
     if st.rqi[RI_FIRST, i] < 0:
         return
-    obs[o + 0] = 1.0
-    obs[o + 1] = clip01(st.rqi[RI_STEP, i] / ax.af[AF_N_STEPS])
+    obs[o + SESSION_STEP.IN_SESSION] = 1.0
+    obs[o + SESSION_STEP.STEP] = clip01(st.rqi[RI_STEP, i] / ax.af[AF_N_STEPS])
     slo = st.ten[TF_SESSION_SLO, st.rqi[RI_TENANT, i]]
     if slo < INF:
-        obs[o + 2] = clip11((session_deadline(st, i) - now) / slo)
+        obs[o + SESSION_STEP.SESSION_SLACK] = clip11((session_deadline(st, i) - now) / slo)
 
 
 @hot
@@ -509,22 +527,24 @@ def session_features(st, ax, obs, now, route_pending):
     o_rep = ai[AI_O_SREP]
     nq = ax.af[AF_N_QUEUE]
     n_rel = st.cnt[K_REL_N]
-    obs[o + 4] = clip01(n_rel / nq)
+    obs[o + SESSION.TOOLS_WAITING] = clip01(n_rel / nq)
     if o_rep >= 0:
         for e in range(n_rel):
             r = st.rqi[RI_HOME, int(st.relq[1, e])]
             if r >= 0:
-                obs[o_rep + r * F_SREP + 1] += 1.0
+                obs[o_rep + r * F_SREP + SESSION_REPLICA.TOOLS_WAITING] += 1.0
         for r in range(ai[AI_R]):
-            obs[o_rep + r * F_SREP + 1] = clip01(obs[o_rep + r * F_SREP + 1] / nq)
+            obs[o_rep + r * F_SREP + SESSION_REPLICA.TOOLS_WAITING] = clip01(
+                obs[o_rep + r * F_SREP + SESSION_REPLICA.TOOLS_WAITING] / nq
+            )
     if route_pending:
         i = st.cnt[K_PENDING_ROUTE]
         session_step_features(st, ax, obs, o, i, now)
         home = st.rqi[RI_HOME, i]
         if home >= 0:
-            obs[o + 3] = 1.0
+            obs[o + SESSION.HAS_HOME] = 1.0
             if o_rep >= 0:
-                obs[o_rep + home * F_SREP] = 1.0
+                obs[o_rep + home * F_SREP + SESSION_REPLICA.HOME] = 1.0
 
 
 @hot
@@ -633,17 +653,19 @@ def batch_decision(st, ax, obs, mask, ii, ff, now):
             b = oc + j * F_CAND
             budget = dl - st.rqf[RF_ARRIVAL, i]
             inter = st.rqi[RI_TIER, i] == TIER_INTERACTIVE
-            obs[b + 0] = 1.0
-            obs[b + 1] = ax.cand[1, j]
-            obs[b + 2] = clip01((st.rqi[RI_PROMPT, i] + st.rqi[RI_GENERATED, i]) / af[AF_N_PROMPT])
-            obs[b + 3] = 1.0 if inter else 0.0
-            obs[b + 4] = 0.0 if inter else 1.0
-            obs[b + 5] = clip11((dl - now) / af[AF_N_SLACK])
-            obs[b + 6] = clip11((dl - now) / budget) if budget > 0 else 0.0
-            obs[b + 7] = clip01((now - st.rqf[RF_VISIBLE, i]) / af[AF_N_WAIT])
-            obs[b + 8] = tenant_counter_rel(st, u, af[AF_N_COUNTER])
-            obs[b + 9] = st.ten[TF_WEIGHT, u] / wmax
-            obs[b + 10] = 1.0 if st.rqi[RI_PREEMPT, i] > 0 else 0.0
+            obs[b + CANDIDATE.PRESENT] = 1.0
+            obs[b + CANDIDATE.ADMISSIBLE] = ax.cand[1, j]
+            obs[b + CANDIDATE.PROMPT_TOKENS] = clip01(
+                (st.rqi[RI_PROMPT, i] + st.rqi[RI_GENERATED, i]) / af[AF_N_PROMPT]
+            )
+            obs[b + CANDIDATE.TIER_INTERACTIVE] = 1.0 if inter else 0.0
+            obs[b + CANDIDATE.TIER_BATCH] = 0.0 if inter else 1.0
+            obs[b + CANDIDATE.SLACK] = clip11((dl - now) / af[AF_N_SLACK])
+            obs[b + CANDIDATE.SLACK_FRACTION] = clip11((dl - now) / budget) if budget > 0 else 0.0
+            obs[b + CANDIDATE.WAITED] = clip01((now - st.rqf[RF_VISIBLE, i]) / af[AF_N_WAIT])
+            obs[b + CANDIDATE.TENANT_COUNTER] = tenant_counter_rel(st, u, af[AF_N_COUNTER])
+            obs[b + CANDIDATE.TENANT_WEIGHT] = st.ten[TF_WEIGHT, u] / wmax
+            obs[b + CANDIDATE.PREEMPTED] = 1.0 if st.rqi[RI_PREEMPT, i] > 0 else 0.0
         ii[i0 + j] = i
         ii[i0 + k + j] = st.rqi[RI_PROMPT, i]
         ii[i0 + 2 * k + j] = st.rqi[RI_TIER, i]
@@ -664,13 +686,13 @@ def batch_decision(st, ax, obs, mask, ii, ff, now):
         for q in range(st.repi[XI_QN, r]):
             if st.rqf[RF_VISIBLE, st.queue[r, q]] <= now:
                 vis += 1
-        obs[of + 0] = 1.0
-        obs[of + 1] = clip01((st.repi[XI_ND, r] + st.repi[XI_NPF, r]) / seqs)
-        obs[of + 2] = st.repi[XI_KV_USED, r] / st.repi[XI_KV_CAP, r]
-        obs[of + 3] = clip01(budget_left(st, r) / st.pooli[PI_MAX_TOKENS, p])
-        obs[of + 4] = clip01(st.repi[XI_NPF, r] / seqs)
-        obs[of + 5] = clip01(st.repi[XI_QN, r] / af[AF_N_QUEUE])
-        obs[of + 6] = clip01(vis / af[AF_N_QUEUE])
+        obs[of + FORMING.VALID] = 1.0
+        obs[of + FORMING.RUNNING] = clip01((st.repi[XI_ND, r] + st.repi[XI_NPF, r]) / seqs)
+        obs[of + FORMING.KV_FRAC] = st.repi[XI_KV_USED, r] / st.repi[XI_KV_CAP, r]
+        obs[of + FORMING.BUDGET_LEFT] = clip01(budget_left(st, r) / st.pooli[PI_MAX_TOKENS, p])
+        obs[of + FORMING.PREFILLING] = clip01(st.repi[XI_NPF, r] / seqs)
+        obs[of + FORMING.QUEUE_LEN] = clip01(st.repi[XI_QN, r] / af[AF_N_QUEUE])
+        obs[of + FORMING.VISIBLE_WAITING] = clip01(vis / af[AF_N_QUEUE])
         obs[of + F_FORM0 + p] = 1.0
 
 
@@ -715,16 +737,8 @@ def observe(st, ax, obs, mask, ii, ff):
 
 
 def pool_prices(scenario: Scenario) -> np.ndarray:
-    """USD per GPU-hour of each pool: the scenario's price, else the GPU's default (as Simulator.outcome)."""
-    from servegym.envs.perf.specs import get_gpu
-
-    return np.array(
-        [
-            p.price_per_gpu_hour if p.price_per_gpu_hour is not None else get_gpu(p.gpu).price_per_hour
-            for p in scenario.pools
-        ],
-        dtype=np.float64,
-    )
+    """USD per GPU-hour of each pool: the scenario's price, else the GPU's default (build.py)."""
+    return np.array([pool_price_per_gpu_hour(p) for p in scenario.pools], dtype=np.float64)
 
 
 def day_period(cfg: dict[str, Any], scenario: Scenario) -> float:

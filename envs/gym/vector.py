@@ -22,7 +22,7 @@ from numba.typed import List
 
 from servegym.envs.gym import config as C
 from servegym.envs.gym import kernels as K
-from servegym.envs.gym.base import InvalidActionError, ServeEnv
+from servegym.envs.gym.base import InvalidActionError, ServeEnv, invalid_action_error, no_decision_error
 from servegym.envs.gym.batch import BatchEnv
 from servegym.envs.gym.cluster import ClusterEnv
 from servegym.envs.gym.info import batch_info, reward_components, route_info, scale_info
@@ -122,10 +122,7 @@ class ServeVectorEnv(VectorEnv):
                 auxs.append(aux)
             evs, obs, mask, ii, ff = K.vec_reset(states, auxs, np.arange(n))
             if np.any(evs == S.EV_DONE):
-                raise RuntimeError(
-                    f"{type(self).__name__}: scenario {self.proto.scenario.name!r} gives no decision of this "
-                    f"env's kind before its horizon; lengthen horizon_s"
-                )
+                raise no_decision_error(type(self).__name__, self.proto.scenario)
         except BaseException:
             self.proto.config, self.proto.scenario = config, scenario
             raise
@@ -164,10 +161,11 @@ class ServeVectorEnv(VectorEnv):
         )
         if bad >= 0:
             raise self._invalid(int(bad), int(code), int(dim), acts[bad])
-        terminated = status == K.ST_TERMINATED
-        truncated = status == K.ST_TRUNCATED
-        rewards = rc[:, K.N_RC - 1].copy()
-        done = np.flatnonzero(status > 0)
+        # the single env's hooks, on the whole batch (ServeEnv's hooks section)
+        terminated = np.asarray(self.proto._is_terminated(status), dtype=bool)
+        truncated = np.asarray(self.proto._is_truncated(status), dtype=bool)
+        rewards = np.array(self.proto._reward(rc), dtype=np.float64)
+        done = np.flatnonzero(terminated | truncated)
         final: tuple | None = None
         if done.size:
             final = self._autoreset(done, obs, mask, ii, ff, rc, evs)
@@ -261,18 +259,15 @@ class ServeVectorEnv(VectorEnv):
         return arr.reshape(self._act_shape).astype(np.int64, order="C")
 
     def _invalid(self, j: int, code: int, dim: int, act: np.ndarray) -> InvalidActionError:
-        lay = self.layout
-        if code == K.ERR_RANGE:
-            return InvalidActionError(
-                f"{type(self).__name__}: sub-env {j}: action {act.tolist()} is outside the action space "
-                f"{self.single_action_space} (dimension {dim} must lie in [0, {lay.nvec[dim] - 1}])"
-            )
-        start = sum(lay.nvec[:dim])
-        valid = np.flatnonzero(self._mask[j, start : start + lay.nvec[dim]]).tolist()
-        return InvalidActionError(
-            f"{type(self).__name__}: sub-env {j}: action {act.tolist()} is masked for the pending "
-            f"{C.DECISIONS[int(self._evs[j])]!r} decision (dimension {dim}: valid values {valid}); use "
-            f"info['action_mask'] / action_masks(), or invalid_action='noop_penalty'"
+        return invalid_action_error(
+            f"{type(self).__name__}: sub-env {j}",
+            self.layout,
+            self.single_action_space,
+            code,
+            dim,
+            act.tolist(),
+            self._mask[j],
+            int(self._evs[j]),
         )
 
     def __getstate__(self) -> dict[str, Any]:

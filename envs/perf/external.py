@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from servegym.envs.perf.model import iteration_time_py, load_perf_coefficients
+from servegym.envs.perf import validate
+from servegym.envs.perf.model import iteration_time_py, load_perf_coefficients, load_table
 
 VALIDATION_DIR = Path(__file__).with_name("validation")
 COLUMNS = ("source", "model", "gpu", "tp", "batch", "prompt_tokens", "output_tokens", "metric", "measured_ms")
@@ -129,9 +130,6 @@ def summarize(cells: list[Cell], engine: str = "vllm") -> list[dict]:
 
 def splitwise_summary(data_dir: Path, engine: str = "splitwise") -> list[dict]:
     """Splitwise's Llama2-70B measurements (the fit source of the "splitwise" profile), held-out rows only."""
-    from servegym.envs.perf import validate
-    from servegym.envs.perf.model import load_table
-
     rows = validate.load_rows(data_dir)
     pp, pt = validate.predict_ms(rows, validate.coefficient_map(load_table(), engine))
     out = []

@@ -10,7 +10,6 @@ Sources (under the data dir, default $SERVEGYM_DATA_DIR or ~/.cache/servegym/dat
 
 from __future__ import annotations
 
-import csv
 import datetime
 import json
 import os
@@ -20,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from servegym.envs.perf import validate
+from servegym.envs.perf.model import kv_cache_blocks
+from servegym.envs.perf.profiles import read_csv
 from servegym.envs.perf.specs import GPUS, MODELS, GpuSpec, ModelSpec
 
 FIT_VERSION = "1.0"
@@ -47,22 +49,6 @@ TPS = (1, 2, 4, 8)
 def default_data_dir() -> Path:
     env = os.environ.get("SERVEGYM_DATA_DIR")
     return Path(env) if env else Path.home() / ".cache" / "servegym" / "data"
-
-
-def require(path: Path) -> Path:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"missing profile file {path} (set --data-dir or SERVEGYM_DATA_DIR to the reference data folder)"
-        )
-    return path
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with require(path).open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise ValueError(f"profile file {path} has no rows")
-    return rows
 
 
 def sig(x: float, digits: int = 5) -> float:
@@ -449,8 +435,6 @@ def fit_splitwise_overhead(data_dir: Path, table: dict) -> dict:
     validate.is_training (Llama2-70B, 80 layers) per hardware:
         measured = max(gpu_model, floor) + fixed + per_decode_seq * batch + prefill * [prompt]
     floor by grid search, the other three by non-negative least squares on relative error."""
-    from servegym.envs.perf import validate  # local import: validate imports this module
-
     rows = validate.load_rows(data_dir)
     gpu_only = validate.coefficient_map(table, "none")
     gp, gt = validate.predict_ms(rows, gpu_only)
@@ -513,8 +497,6 @@ MODELS_FITTED = ("llama-2-7b", "llama-3-8b", "llama-2-70b")
 
 
 def fits_in_memory(model: str, gpu: str, tp: int) -> bool:
-    from servegym.envs.perf.model import kv_cache_blocks
-
     try:
         kv_cache_blocks(model, gpu, tp)
     except ValueError:
@@ -553,8 +535,6 @@ def fit_all(data_dir: Path) -> dict:
     }
     table["overhead"]["splitwise"] = fit_splitwise_overhead(data_dir, table)
     table["overhead"]["vllm"] = fit_vllm_overhead(data_dir, table["overhead"]["splitwise"])
-    from servegym.envs.perf import validate
-
     table["validation"] = validate.run(data_dir, table)
     return table
 

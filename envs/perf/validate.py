@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from servegym.envs.perf.fit import read_csv
-from servegym.envs.perf.model import iteration_time_s
+from servegym.envs.perf.model import coefficients_from_table, iteration_time_s
+from servegym.envs.perf.profiles import read_csv
 
 SPLITWISE_CSV = "splitwise_sim/perf_model.csv"
 HARDWARE = ("a100-80gb", "h100-80gb")  # Splitwise names == our gpu names
@@ -127,8 +127,6 @@ def mape_table(rows: list[Row], coefs: dict[tuple[str, int], np.ndarray], split:
 
 
 def coefficient_map(table: dict, overhead: str = "splitwise") -> dict[tuple[str, int], np.ndarray]:
-    from servegym.envs.perf.model import coefficients_from_table
-
     return {(hw, tp): coefficients_from_table(table, "llama-2-70b", hw, tp, overhead) for hw in HARDWARE
             for tp in (2, 4, 8)}  # fmt: skip
 

@@ -14,15 +14,32 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-# Request status codes, shared with the simulator core.
-STATUS_NOT_ARRIVED = 0
-STATUS_IN_FLIGHT = 1
-STATUS_FINISHED = 2
-STATUS_DROPPED = 3
+from servegym.envs.sim.state import (
+    ST_DROPPED,
+    ST_FINISHED,
+    ST_FUTURE,
+    ST_INFLIGHT,
+    TIER_BATCH,
+    TIER_INTERACTIVE,
+)
 
-TIER_INTERACTIVE = 0
-TIER_BATCH = 1
-TIER_NAMES = ("interactive", "batch")
+# Request status codes: the core's (state.py), under the names the metrics read.
+STATUS_NOT_ARRIVED = ST_FUTURE
+STATUS_IN_FLIGHT = ST_INFLIGHT
+STATUS_FINISHED = ST_FINISHED
+STATUS_DROPPED = ST_DROPPED
+
+TIER_NAMES = ("interactive", "batch")  # by tier code: TIER_INTERACTIVE, TIER_BATCH (state.py)
+__all__ = [
+    "STATUS_DROPPED",
+    "STATUS_FINISHED",
+    "STATUS_IN_FLIGHT",
+    "STATUS_NOT_ARRIVED",
+    "TIER_BATCH",
+    "TIER_INTERACTIVE",
+    "TIER_NAMES",
+    "SimOutcome",
+]
 
 # Field name -> required dtype, grouped by the length the array must share.
 _REQUEST_FIELDS: dict[str, np.dtype] = {

@@ -16,9 +16,10 @@ from servegym.envs.scenario import Scenario, load_scenario
 from servegym.envs.sim import core
 from servegym.envs.sim import state as S
 from servegym.envs.sim.audit import AUDIT_MESSAGES, audit
-from servegym.envs.sim.build import build_state
+from servegym.envs.sim.build import build_state, pool_price_per_gpu_hour
 from servegym.envs.sim.fork import copy_into, copy_state, release_control
 from servegym.envs.sim.outcome import SimOutcome
+from servegym.envs.sim.probe import ClusterSample, sample, scheduling_delays
 from servegym.envs.sim.replica import sync_generated
 from servegym.envs.sim.state import EV_DONE, EV_TIME, SimState, state_nbytes
 from servegym.envs.sim.timing import (
@@ -198,6 +199,15 @@ class Simulator:
             "transfer_failures": int(st.cnt[S.K_XFER_FAILED]),
         }
 
+    def sample(self) -> ClusterSample:
+        """The cluster now: arrivals, SLO counts, waiting requests, replica states and KV use (probe.py)."""
+        return sample(self.state)
+
+    def scheduling_delays(self) -> np.ndarray:
+        """Each served request's TTFT less its prefill alone and the network; +inf per request dropped
+        before its first token (probe.py)."""
+        return scheduling_delays(self.state)
+
     def audit(self) -> str:
         """Recompute every incremental aggregate of the core; '' when consistent, else what is wrong."""
         code, where = audit(self.state)
@@ -226,12 +236,7 @@ class Simulator:
         dropped = status == S.ST_DROPPED
         finish = st.rqf[S.RF_FINISH]
         sc = self.scenario
-        price = np.array(
-            [
-                p.price_per_gpu_hour if p.price_per_gpu_hour is not None else _default_price(p.gpu)
-                for p in sc.pools
-            ]
-        )
+        price = np.array([pool_price_per_gpu_hour(p) for p in sc.pools])
         return SimOutcome(
             now_s=now,
             horizon_s=float(sc.horizon_s),
@@ -308,9 +313,3 @@ class Simulator:
                 "tenant_session_slo_s": np.array(slo, dtype=np.float64),
             }
         return self._sess_fields
-
-
-def _default_price(gpu: str) -> float:
-    from servegym.envs.perf.specs import get_gpu
-
-    return float(get_gpu(gpu).price_per_hour)

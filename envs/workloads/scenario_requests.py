@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from servegym.envs.data import resolve_data_path
 from servegym.envs.scenario import LengthSpec as LengthConfig
 from servegym.envs.scenario import (
     PrefixSpec,
@@ -13,6 +14,7 @@ from servegym.envs.scenario import (
     SyntheticSource,
     TraceSource,
 )
+from servegym.envs.workloads import traces
 from servegym.envs.workloads.requests import PREFIX_BLOCK_TOKENS, RequestTable
 from servegym.envs.workloads.sessions import generate_sessions
 from servegym.envs.workloads.synthetic import ArrivalSpec, DiurnalSpec, LengthSpec, generate_tenant_requests
@@ -83,8 +85,6 @@ def _synthetic_with_prefixes(
 
 
 def _trace(src: TraceSource, tenants: dict[str, int]) -> RequestTable:
-    from servegym.envs.data import resolve_data_path
-    from servegym.envs.workloads import traces
 
     path = resolve_data_path(src.file)
     kwargs = dict(
