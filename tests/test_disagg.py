@@ -257,3 +257,25 @@ def test_same_seed_identical_and_a_fork_at_a_decode_decision_replays():
     got = first_allowed(sim)
     assert got["disagg/transfers"] > 300
     assert_same_metrics(first_allowed(twin), got)
+
+
+def test_disaggregated_scenarios_add_an_observation_group_and_colocated_ones_do_not():
+    import gymnasium as gym
+
+    import servegym.envs  # noqa: F401
+
+    env = gym.make("servegym/Cluster-v1", scenario=disagg_scenario("splitwise"), sim_seed=3)
+    assert "disagg" in env.observation_space.spaces
+    assert "disagg" not in gym.make("servegym/Cluster-v1", scenario=tiny_scenario()).observation_space.spaces
+    obs, info = env.reset(seed=0)
+    decode_seen = backlog_seen = 0
+    for _ in range(3000):
+        flag = obs["disagg"][0]
+        assert flag == (info["decision"] == "route" and info["request"]["decode_phase"] == 1)
+        decode_seen += int(flag)
+        backlog_seen += int(obs["disagg"][1] > 0 or obs["disagg"][2] > 0)
+        # a masked draw becomes the decision's no-op (the built-in rule): both phases get exercised
+        obs, _, term, trunc, info = env.step(env.action_space.sample())
+        if term or trunc:
+            break
+    assert decode_seen > 0 and backlog_seen > 0

@@ -66,6 +66,8 @@ from servegym.envs.sim.state import (
     K_ROUTE_PHASE,
     K_SLO_MET,
     K_SLO_MISSED_FINISHED,
+    K_XF_N,
+    K_XW_N,
     PF_BILLED_GPU_S,
     PF_COLD_START,
     PF_LOST_LAST,
@@ -165,8 +167,9 @@ INF = np.inf
     AI_O_SESS,  # session group offsets (config.SESSION_GROUPS), -1 without session features
     AI_O_SREP,
     AI_O_SCAND,
-) = range(44)
-N_AI = 44
+    AI_O_DISAGG,  # disaggregation group offset (config.DISAGG_FEATURES), -1 without it
+) = range(45)
+N_AI = 45
 
 # ---- af[] float64 fields: norms (config.NORM_KEYS order), reward weights (config.REWARD_KEYS order), misc
 (
@@ -727,6 +730,12 @@ def observe(st, ax, obs, mask, ii, ff):
     global_features(st, ax, obs, now)
     if ai[AI_O_SESS] >= 0:
         session_features(st, ax, obs, now, ev == EV_ROUTE)
+    o = ai[AI_O_DISAGG]
+    if o >= 0:  # prefill/decode disaggregation (config.DISAGG_FEATURES)
+        nq = ax.af[AF_N_QUEUE]
+        obs[o + C.DISAGG.DECODE_DECISION] = 1.0 if (ev == EV_ROUTE and st.cnt[K_ROUTE_PHASE]) else 0.0
+        obs[o + C.DISAGG.TRANSFER_WAITING] = clip01(st.cnt[K_XW_N] / nq)
+        obs[o + C.DISAGG.TRANSFERS_IN_FLIGHT] = clip01(st.cnt[K_XF_N] / nq)
     if ev == EV_ROUTE:
         route_decision(st, ax, obs, mask, ii, ff, now)
     elif ev == EV_BATCH:  # 'start now' stays enabled from inert_masks
@@ -773,6 +782,7 @@ def make_aux(lay: C.Layout, cfg: dict[str, Any], scenario: Scenario, sim: Simula
         (AI_O_SESS, "session"),
         (AI_O_SREP, "session_replicas"),
         (AI_O_SCAND, "session_candidates"),
+        (AI_O_DISAGG, "disagg"),
     ):
         ai[f] = lay.off(g)
     ai[AI_OBS_N] = lay.obs_size
