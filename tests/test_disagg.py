@@ -104,7 +104,7 @@ def test_one_request_prefills_transfers_and_decodes(layerwise):
     assert st.rqf[S.RF_FIRST, 0] - 1.0 == pytest.approx(prefill, rel=1e-12)
     serial = prompt * kv_bytes_per_token("llama-2-7b", 1) / 50e9
     xfer = 2e-6 + (max(serial / 32, serial - prefill + prefill / 32) if layerwise else serial)
-    assert st.rqf[S.RF_XFER_S, 0] == pytest.approx(xfer, rel=1e-9)
+    assert st.xqf[S.XQF_XFER_S, 0] == pytest.approx(xfer, rel=1e-9)
     assert m["disagg/transfer_bytes"] == prompt * 524_288 and m["disagg/transfers"] == 1
     assert m["disagg/decode_queue_s/mean"] == 0.0
     # decode on the decode replica: step j reads the prompt plus the j - 1 tokens generated before it

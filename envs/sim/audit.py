@@ -43,10 +43,6 @@ from servegym.envs.sim.state import (
     RI_PROMPT,
     RI_STATUS,
     RI_TENANT,
-    RI_XCTX,
-    RI_XDST,
-    RI_XSLOT,
-    RI_XSRC,
     RS_DRAINING,
     RS_FAILED,
     RS_OFF,
@@ -78,6 +74,10 @@ from servegym.envs.sim.state import (
     XI_NXF,
     XI_QN,
     XI_STATE,
+    XQI_CTX,
+    XQI_DST,
+    XQI_SLOT,
+    XQI_SRC,
 )
 
 AUDIT_MESSAGES = {
@@ -115,34 +115,34 @@ def audit(st):
     src_count = np.zeros(n_rep, dtype=np.int64)
     for p in range(st.cnt[K_XF_N]):
         i = int(st.xfq[1, p])
-        if i < 0 or i >= st.rqf.shape[1] or st.rqi[RI_STATUS, i] != ST_INFLIGHT or st.rqi[RI_XDST, i] < 0:
+        if i < 0 or i >= st.rqf.shape[1] or st.rqi[RI_STATUS, i] != ST_INFLIGHT or st.xqi[XQI_DST, i] < 0:
             return 17, i
         if p > 0:
             q = (p - 1) >> 1
             if st.xfq[0, q] > st.xfq[0, p] or (st.xfq[0, q] == st.xfq[0, p] and st.xfq[1, q] > st.xfq[1, p]):
                 return 17, i
-        d = st.rqi[RI_XDST, i]
+        d = st.xqi[XQI_DST, i]
         if (
-            st.slot[SL_REQ, d, st.rqi[RI_XSLOT, i]] != i
-            or st.slot[SL_LEFT, d, st.rqi[RI_XSLOT, i]] != RX_PENDING
+            st.slot[SL_REQ, d, st.xqi[XQI_SLOT, i]] != i
+            or st.slot[SL_LEFT, d, st.xqi[XQI_SLOT, i]] != RX_PENDING
         ):
             return 17, i
-        s = st.rqi[RI_XSRC, i]
-        src_blocks[s] += (st.rqi[RI_XCTX, i] + B - 1) // B
+        s = st.xqi[XQI_SRC, i]
+        src_blocks[s] += (st.xqi[XQI_CTX, i] + B - 1) // B
         src_count[s] += 1
     for e in range(st.cnt[K_XW_N]):
         i = st.xwait[(st.cnt[K_XW_HEAD] + e) % st.xwait.shape[0]]
-        if st.rqi[RI_STATUS, i] != ST_INFLIGHT or st.rqi[RI_XDST, i] >= 0 or st.rqi[RI_XSRC, i] < 0:
+        if st.rqi[RI_STATUS, i] != ST_INFLIGHT or st.xqi[XQI_DST, i] >= 0 or st.xqi[XQI_SRC, i] < 0:
             return 17, i
-        s = st.rqi[RI_XSRC, i]
-        src_blocks[s] += (st.rqi[RI_XCTX, i] + B - 1) // B
+        s = st.xqi[XQI_SRC, i]
+        src_blocks[s] += (st.xqi[XQI_CTX, i] + B - 1) // B
         src_count[s] += 1
     i = st.cnt[K_PENDING_ROUTE]
     if i >= 0 and st.cnt[K_ROUTE_PHASE]:  # a decode-phase routing decision: out of the ring, KV at its source
-        s = st.rqi[RI_XSRC, i]
-        if s < 0 or st.rqi[RI_XDST, i] >= 0:
+        s = st.xqi[XQI_SRC, i]
+        if s < 0 or st.xqi[XQI_DST, i] >= 0:
             return 17, i
-        src_blocks[s] += (st.rqi[RI_XCTX, i] + B - 1) // B
+        src_blocks[s] += (st.xqi[XQI_CTX, i] + B - 1) // B
         src_count[s] += 1
     for r in range(n_rep):
         if src_count[r] != st.repi[XI_NXF, r]:
@@ -184,7 +184,7 @@ def audit(st):
                 i = st.slot[SL_REQ, r, k]
                 n_rx += 1
                 n_rdy += 1 if left == RX_READY else 0
-                if left == RX_PENDING and (st.rqi[RI_XDST, i] != r or st.rqi[RI_XSLOT, i] != k):
+                if left == RX_PENDING and (st.xqi[XQI_DST, i] != r or st.xqi[XQI_SLOT, i] != k):
                     return 17, r
                 blocks += (st.slot[SL_CTX, r, k] + B - 1) // B
         if n_rx != nrx or n_rdy != st.repi[XI_NRDY, r]:

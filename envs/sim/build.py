@@ -125,9 +125,6 @@ def request_arrays(
     rqi[S.RI_PFX_LEN] = np.diff(requests.prefix_offsets)
     rqi[S.RI_NEXT] = -1
     rqi[S.RI_HOME] = -1
-    rqi[S.RI_XSRC] = -1
-    rqi[S.RI_XDST] = -1
-    rqi[S.RI_XSLOT] = -1
     if sess is not None:
         rqi[S.RI_NEXT] = sess.next
         rqi[S.RI_STEP] = sess.step
@@ -349,6 +346,8 @@ def build_state(
         xfq=disagg.xfq,
         xwait=disagg.xwait,
         link=disagg.link,
+        xqf=disagg.xqf,
+        xqi=disagg.xqi,
     )
     if any(p.mtbf_s or (p.spot and p.reclaim_mtbr_s) for p in pools):
         arm_initial_faults(st)  # draws only when the feature is on: other runs keep their random stream

@@ -8,7 +8,7 @@ et al. ISCA'24; DistServe, Zhong et al. OSDI'24):
 1. ``hand_off``: the prefill's last chunk produced the first token (its time counts as today). The request
    leaves its slot, but its KV blocks stay on the prefill replica (``XI_NXF``), and it waits in the ring
    ``xwait`` for a decode replica: DistServe's pull model, where prefill memory is the buffer when decode
-   is saturated; the wait is the decode phase's queueing (``RF_XWAIT_S``).
+   is saturated; the wait is the decode phase's queueing (``XQF_XWAIT_S``).
 2. ``start_transfer``: a decode replica with a free sequence slot and room for the KV is chosen; the slot and
    the blocks are reserved there at once, so the KV is held on both sides during the transfer (Splitwise's
    token machine allocates before the transfer). The transfer takes the link's time for the KV bytes
@@ -67,12 +67,7 @@ from servegym.envs.sim.state import (
     PI_MAX_SEQS,
     PI_MODEL,
     PI_ROLE,
-    RF_HANDOFF,
     RF_VISIBLE,
-    RF_XFER_BYTES,
-    RF_XFER_S,
-    RF_XOVL,
-    RF_XWAIT_S,
     RI_EVICT,
     RI_GENERATED,
     RI_MODEL,
@@ -80,11 +75,6 @@ from servegym.envs.sim.state import (
     RI_PROMPT,
     RI_RECOMPUTED,
     RI_REPLICA,
-    RI_XCTX,
-    RI_XDST,
-    RI_XFERS,
-    RI_XSLOT,
-    RI_XSRC,
     ROLE_DECODE,
     ROLE_MIXED,
     ROLE_PREFILL,
@@ -111,6 +101,16 @@ from servegym.envs.sim.state import (
     XI_POOL,
     XI_QN,
     XI_STATE,
+    XQF_BYTES,
+    XQF_HANDOFF,
+    XQF_OVERLAP,
+    XQF_XFER_S,
+    XQF_XWAIT_S,
+    XQI_CTX,
+    XQI_DST,
+    XQI_SLOT,
+    XQI_SRC,
+    XQI_XFERS,
 )
 
 INF = np.inf
@@ -221,7 +221,7 @@ def can_decode(st, d, i):
     limit = kv_limit(st, d)
     if blocks_for(st.rqi[RI_PROMPT, i] + st.rqi[RI_OUTPUT, i]) > limit:
         return False
-    return st.repi[XI_KV_USED, d] + blocks_for(st.rqi[RI_XCTX, i]) <= limit
+    return st.repi[XI_KV_USED, d] + blocks_for(st.xqi[XQI_CTX, i]) <= limit
 
 
 @hot
@@ -286,10 +286,10 @@ def builtin_decode_route(st, i):
 def hand_off(st, r, k, i, ctx, now):
     """Request i's prefill on prefill replica r ended with ``ctx`` tokens of KV in slot k: free the slot,
     keep the KV blocks on r, and queue the request for a decode replica."""
-    st.rqi[RI_XSRC, i] = r
-    st.rqi[RI_XCTX, i] = ctx
-    st.rqf[RF_HANDOFF, i] = now
-    st.rqf[RF_XOVL, i] = st.repf[XF_ITER_DT, r]  # the prefill iteration that just ended
+    st.xqi[XQI_SRC, i] = r
+    st.xqi[XQI_CTX, i] = ctx
+    st.xqf[XQF_HANDOFF, i] = now
+    st.xqf[XQF_OVERLAP, i] = st.repf[XF_ITER_DT, r]  # the prefill iteration that just ended
     st.repi[XI_NXF, r] += 1
     slot_free(st, r, k)
     xwait_push(st, i)
@@ -299,8 +299,8 @@ def hand_off(st, r, k, i, ctx, now):
 @kernel
 def start_transfer(st, i, d, now):
     """Reserve a slot and the KV blocks on decode replica d and start moving request i's KV cache there."""
-    src = st.rqi[RI_XSRC, i]
-    ctx = st.rqi[RI_XCTX, i]
+    src = st.xqi[XQI_SRC, i]
+    ctx = st.xqi[XQI_CTX, i]
     k = slot_alloc(st, d)
     st.slot[SL_REQ, d, k] = i
     st.slot[SL_CTX, d, k] = ctx
@@ -309,18 +309,20 @@ def start_transfer(st, i, d, now):
     st.repi[XI_NRX, d] += 1
     kv_touch(st, d, now)
     st.repi[XI_KV_USED, d] += blocks_for(ctx)
-    st.rqi[RI_XDST, i] = d
-    st.rqi[RI_XSLOT, i] = k
+    st.xqi[XQI_DST, i] = d
+    st.xqi[XQI_SLOT, i] = k
     st.rqi[RI_REPLICA, i] = d
-    waited = now - st.rqf[RF_HANDOFF, i]
-    st.rqf[RF_XWAIT_S, i] += waited
-    st.rqf[RF_HANDOFF, i] = now  # from here: when the transfer started
+    waited = now - st.xqf[XQF_HANDOFF, i]
+    st.xqf[XQF_XWAIT_S, i] += waited
+    st.xqf[XQF_HANDOFF, i] = now  # from here: when the transfer started
     ps = st.repi[XI_POOL, src]
     pd = st.repi[XI_POOL, d]
     # the source's link sends one KV cache at a time, in dispatch order
     begin = max(now, st.repf[XF_LINK_FREE, src])
     # layer-wise overlap only when sent as the prefill ends: a KV cache that waited is complete, sent whole
-    overlap = st.rqf[RF_XOVL, i] if (st.clock[C_LAYERWISE] > 0.0 and waited == 0.0 and begin == now) else 0.0
+    overlap = (
+        st.xqf[XQF_OVERLAP, i] if (st.clock[C_LAYERWISE] > 0.0 and waited == 0.0 and begin == now) else 0.0
+    )
     dt = transfer_time_s(
         ctx,
         st.poolf[PF_KV_TOKEN_BYTES, ps],
@@ -361,7 +363,7 @@ def dispatch_transfers(st, now):
     for _ in range(st.cnt[K_XW_N]):
         i = _xw_pop(st)
         # no replica has a slot and this many free blocks: skip the replica scan (a backlog stays O(waiting))
-        d = builtin_decode_route(st, i) if blocks_for(st.rqi[RI_XCTX, i]) <= room else -1
+        d = builtin_decode_route(st, i) if blocks_for(st.xqi[XQI_CTX, i]) <= room else -1
         if d < 0:
             xwait_push(st, i)
         elif st.cnt[K_CTRL_ROUTE]:
@@ -388,17 +390,17 @@ def _release_source(st, r, blocks, now):
 def complete_transfer(st, now):
     """The earliest transfer in flight is done: free the source's copy and mark the decode slot arrived."""
     i = _xf_delete_at(st, 0)
-    src = st.rqi[RI_XSRC, i]
-    d = st.rqi[RI_XDST, i]
-    k = st.rqi[RI_XSLOT, i]
-    ctx = st.rqi[RI_XCTX, i]
+    src = st.xqi[XQI_SRC, i]
+    d = st.xqi[XQI_DST, i]
+    k = st.xqi[XQI_SLOT, i]
+    ctx = st.xqi[XQI_CTX, i]
     _release_source(st, src, blocks_for(ctx), now)
-    st.rqf[RF_XFER_S, i] += now - st.rqf[RF_HANDOFF, i]
-    st.rqf[RF_XFER_BYTES, i] += ctx * st.poolf[PF_KV_TOKEN_BYTES, st.repi[XI_POOL, src]]
-    st.rqi[RI_XFERS, i] += 1
-    st.rqi[RI_XSRC, i] = -1
-    st.rqi[RI_XDST, i] = -1
-    st.rqi[RI_XSLOT, i] = -1
+    st.xqf[XQF_XFER_S, i] += now - st.xqf[XQF_HANDOFF, i]
+    st.xqf[XQF_BYTES, i] += ctx * st.poolf[PF_KV_TOKEN_BYTES, st.repi[XI_POOL, src]]
+    st.xqi[XQI_XFERS, i] += 1
+    st.xqi[XQI_SRC, i] = -1
+    st.xqi[XQI_DST, i] = -1
+    st.xqi[XQI_SLOT, i] = -1
     st.cnt[K_TRANSFERS] += 1
     st.slot[SL_LEFT, d, k] = RX_READY
     st.repi[XI_NRDY, d] += 1
@@ -426,10 +428,10 @@ def join_arrived(st, r):
 def _evict_for_recompute(st, i, ctx, now):
     """Request i's KV is gone: it goes back to be routed and prefilled again (as faults.evict_request)."""
     st.rqi[RI_RECOMPUTED, i] += ctx
-    st.rqi[RI_XSRC, i] = -1
-    st.rqi[RI_XDST, i] = -1
-    st.rqi[RI_XSLOT, i] = -1
-    st.rqi[RI_XCTX, i] = 0
+    st.xqi[XQI_SRC, i] = -1
+    st.xqi[XQI_DST, i] = -1
+    st.xqi[XQI_SLOT, i] = -1
+    st.xqi[XQI_CTX, i] = 0
     st.rqi[RI_EVICT, i] += 1
     st.cnt[K_EVICTED] += 1
     st.rqf[RF_VISIBLE, i] = now
@@ -455,11 +457,11 @@ def fail_transfers(st, r, now):
                 if int(st.xfq[1, p]) == i:
                     _xf_delete_at(st, p)
                     break
-            st.rqf[RF_XFER_S, i] += now - st.rqf[RF_HANDOFF, i]
-            st.rqf[RF_HANDOFF, i] = now
-            st.rqf[RF_XOVL, i] = 0.0
-            st.rqi[RI_XDST, i] = -1
-            st.rqi[RI_XSLOT, i] = -1
+            st.xqf[XQF_XFER_S, i] += now - st.xqf[XQF_HANDOFF, i]
+            st.xqf[XQF_HANDOFF, i] = now
+            st.xqf[XQF_OVERLAP, i] = 0.0
+            st.xqi[XQI_DST, i] = -1
+            st.xqi[XQI_SLOT, i] = -1
             xwait_push(st, i)
             st.cnt[K_XFER_RETRY] = 1
         else:
@@ -473,28 +475,28 @@ def fail_transfers(st, r, now):
     p = 0
     while p < st.cnt[K_XF_N]:  # in flight from r: release the reserved decode slot
         i = int(st.xfq[1, p])
-        if st.rqi[RI_XSRC, i] != r:
+        if st.xqi[XQI_SRC, i] != r:
             p += 1
             continue
         _xf_delete_at(st, p)  # the entry moved into p is examined next
         st.cnt[K_XFER_FAILED] += 1
-        d = st.rqi[RI_XDST, i]
-        ctx = st.rqi[RI_XCTX, i]
-        slot_free(st, d, st.rqi[RI_XSLOT, i])
+        d = st.xqi[XQI_DST, i]
+        ctx = st.xqi[XQI_CTX, i]
+        slot_free(st, d, st.xqi[XQI_SLOT, i])
         st.repi[XI_NRX, d] -= 1
         kv_touch(st, d, now)
         st.repi[XI_KV_USED, d] -= blocks_for(ctx)
         if st.repi[XI_STATE, d] == RS_DRAINING and st.repi[XI_BUSY, d] == 0 and holds_no_work(st, d):
             turn_off(st, d, now)
-        st.rqf[RF_XFER_S, i] += now - st.rqf[RF_HANDOFF, i]
+        st.xqf[XQF_XFER_S, i] += now - st.xqf[XQF_HANDOFF, i]
         _evict_for_recompute(st, i, ctx, now)
         st.cnt[K_XFER_RETRY] = 1  # the released decode slot may take a waiting KV cache
     for _ in range(st.cnt[K_XW_N]):  # waiting on r for a decode replica
         i = _xw_pop(st)
-        if st.rqi[RI_XSRC, i] == r:
+        if st.xqi[XQI_SRC, i] == r:
             st.cnt[K_XFER_FAILED] += 1
-            st.rqf[RF_XWAIT_S, i] += now - st.rqf[RF_HANDOFF, i]
-            _evict_for_recompute(st, i, st.rqi[RI_XCTX, i], now)
+            st.xqf[XQF_XWAIT_S, i] += now - st.xqf[XQF_HANDOFF, i]
+            _evict_for_recompute(st, i, st.xqi[XQI_CTX, i], now)
         else:
             xwait_push(st, i)
     st.repi[XI_NXF, r] = 0

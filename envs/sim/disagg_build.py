@@ -14,6 +14,7 @@ import numpy as np
 from servegym.envs.perf.interconnect import get_link, kv_bytes_per_token, link_bandwidth
 from servegym.envs.perf.specs import get_model
 from servegym.envs.scenario import POOL_ROLES, Scenario, ScenarioError
+from servegym.envs.sim import state as S
 
 
 class DisaggArrays(NamedTuple):
@@ -24,6 +25,8 @@ class DisaggArrays(NamedTuple):
     link: np.ndarray  # f8[2, P, P] bandwidth (bytes/s) and latency (s) of a transfer between two pools
     xfq: np.ndarray  # f8[2, X] transfer heap
     xwait: np.ndarray  # i4[W] wait ring
+    xqf: np.ndarray  # f8[N_XQF, N or 1] per-request transfer fields (state.py)
+    xqi: np.ndarray  # i4[N_XQI, N or 1]
 
 
 def disaggregation_arrays(
@@ -58,6 +61,9 @@ def disaggregation_arrays(
         n_wait = max(1, min(n_wait, n_requests))
     else:
         n_heap = n_wait = 1
+    n_col = n_requests if on else 1  # colocated runs keep their per-request memory
+    xqi = np.zeros((S.N_XQI, max(n_col, 1)), dtype=np.int32)
+    xqi[S.XQI_SRC] = xqi[S.XQI_DST] = xqi[S.XQI_SLOT] = -1
     return DisaggArrays(
         on=on,
         role=role,
@@ -66,4 +72,6 @@ def disaggregation_arrays(
         link=link,
         xfq=np.stack([np.full(n_heap, np.inf), np.full(n_heap, -1.0)]),
         xwait=np.full(n_wait, -1, dtype=np.int32),
+        xqf=np.zeros((S.N_XQF, max(n_col, 1))),
+        xqi=xqi,
     )

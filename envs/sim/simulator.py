@@ -289,10 +289,10 @@ class Simulator:
             return {}
         return {
             "pool_role": st.pooli[S.PI_ROLE].astype(np.int8),
-            "transfer_s": st.rqf[S.RF_XFER_S].copy(),
-            "transfer_wait_s": st.rqf[S.RF_XWAIT_S].copy(),
-            "transfer_bytes": st.rqf[S.RF_XFER_BYTES].copy(),
-            "transfers": st.rqi[S.RI_XFERS].astype(np.int16),
+            "transfer_s": st.xqf[S.XQF_XFER_S].copy(),
+            "transfer_wait_s": st.xqf[S.XQF_XWAIT_S].copy(),
+            "transfer_bytes": st.xqf[S.XQF_BYTES].copy(),
+            "transfers": st.xqi[S.XQI_XFERS].astype(np.int16),
             "transfer_failures": int(st.cnt[S.K_XFER_FAILED]),
         }
 

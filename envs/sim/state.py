@@ -34,11 +34,7 @@ RX_PENDING, RX_READY = -1, -2
 # rqf[field, request] float64
 RF_ARRIVAL, RF_DEADLINE, RF_TTFT_SLO, RF_TPOT_SLO, RF_VISIBLE, RF_FIRST, RF_FINISH = range(7)
 RF_PAUSE = 7  # session step: tool/think pause after its predecessor finishes (0 for other requests)
-# Disaggregation (envs/sim/disagg.py): when its prefill ended and its KV started waiting for a decode replica;
-# the seconds its transfers took, the seconds it waited for a decode replica, the KV bytes it moved, and
-# the prefill computation its next transfer may overlap layer by layer (its last prefill iteration).
-RF_HANDOFF, RF_XFER_S, RF_XWAIT_S, RF_XFER_BYTES, RF_XOVL = 8, 9, 10, 11, 12
-N_RF = 13
+N_RF = 8
 # rqi[field, request] int32
 (
     RI_PROMPT,
@@ -62,14 +58,25 @@ N_RF = 13
     RI_STEPS_LEFT,  # steps of its session after this one
     RI_HOME,  # replica that served the session's previous step (holds its prefix), -1 when none
     RI_FIRST,  # row of the session's first step (its arrival starts the session's clock), -1 when none
-    # Disaggregation (envs/sim/disagg.py), -1 / 0 outside a transfer:
-    RI_XSRC,  # prefill replica holding its KV cache until the transfer completes
-    RI_XDST,  # decode replica receiving it ...
-    RI_XSLOT,  # ... into this slot
-    RI_XCTX,  # tokens of KV being transferred
-    RI_XFERS,  # KV transfers completed
-) = range(25)
-N_RI = 25
+) = range(20)
+N_RI = 20
+
+# Per-request disaggregation fields (envs/sim/disagg.py) live in their own arrays, xqf/xqi, with one column per
+# request only when some pool has a role (one column otherwise), so colocated runs keep their memory.
+# xqf[field, request] float64: when its prefill ended and its KV started waiting for a decode replica (then:
+# when its transfer started); the seconds its transfers took, the seconds it waited for a decode replica,
+# the KV bytes it moved, and the prefill computation its next transfer may overlap (its last prefill iteration)
+XQF_HANDOFF, XQF_XFER_S, XQF_XWAIT_S, XQF_BYTES, XQF_OVERLAP = range(5)
+N_XQF = 5
+# xqi[field, request] int32, -1 / 0 outside a transfer
+(
+    XQI_SRC,  # prefill replica holding its KV cache until the transfer completes
+    XQI_DST,  # decode replica receiving it ...
+    XQI_SLOT,  # ... into this slot
+    XQI_CTX,  # tokens of KV being transferred
+    XQI_XFERS,  # KV transfers completed
+) = range(5)
+N_XQI = 5
 
 # poolf[field, pool] float64 / pooli[field, pool] int64
 (
@@ -281,6 +288,8 @@ class SimState(NamedTuple):
     xfq: np.ndarray  # f8[2, X] min-heap of KV transfers in flight: (completion time, request id), K_XF_N used
     xwait: np.ndarray  # i4[W] ring of prefilled requests waiting for a decode replica (K_XW_HEAD, K_XW_N)
     link: np.ndarray  # f8[2, P, P] KV link between pools: bytes/s, and latency (s) of one transfer
+    xqf: np.ndarray  # f8[N_XQF, N or 1] per-request transfer times and bytes
+    xqi: np.ndarray  # i4[N_XQI, N or 1] per-request transfer source, destination, slot, tokens, count
 
 
 # trace columns: replica, start time, prefill tokens, decode sequences, KV context tokens of the decodes,
