@@ -39,7 +39,6 @@ import numpy as np
 
 from servegym.baselines.policy import BasePolicy, PolicyError
 from servegym.envs.rules import DECISION_KINDS
-from servegym.envs.sim import state as S
 from servegym.envs.sim.simulator import Simulator
 
 KINDS = DECISION_KINDS
@@ -67,22 +66,14 @@ class Candidate:
 
 
 def pending_kind(sim: Simulator) -> str | None:
-    st = sim.state
-    if st.cnt[S.K_PENDING_ROUTE] >= 0:
-        return "route"
-    if st.cnt[S.K_PENDING_SCALE]:
-        return "scale"
-    if st.cnt[S.K_FORM_REPLICA] >= 0:
-        return "batch"
-    return None
+    return sim.pending_decision()
 
 
 def route_candidates(sim: Simulator, breadth: int, allowed: np.ndarray | None = None) -> list[Candidate]:
     """Replicas that may take the pending request, least loaded first (queued + running), ``breadth`` of them."""
     ok = sim.route_mask() if allowed is None else allowed
     reps = np.flatnonzero(ok)
-    st = sim.state
-    load = st.repi[S.XI_QN, reps] + st.repi[S.XI_ND, reps] + st.repi[S.XI_NPF, reps]
+    load = sim.replica_load()[reps]
     order = reps[np.argsort(load, kind="stable")]
     return [Candidate("route", int(r)) for r in order[:breadth]]
 
@@ -97,17 +88,15 @@ def batch_candidates(sim: Simulator, breadth: int, offered: np.ndarray | None = 
 def scale_candidates(sim: Simulator, breadth: int, step: int) -> list[Candidate]:
     """Hold, then one pool moved by +-1, +-2, ... up to ``step`` (smallest moves first), ``breadth`` in all;
     moves the pool's bounds forbid are left out."""
-    st = sim.state
-    n_pool = st.pooli.shape[1]
-    counts = np.zeros(n_pool, np.int64)
-    live = (st.repi[S.XI_STATE] != S.RS_OFF) & (st.repi[S.XI_STATE] != S.RS_FAILED)
-    np.add.at(counts, st.repi[S.XI_POOL], live.astype(np.int64))
+    counts = sim.pool_live_replicas()
+    lo, hi = sim.pool_bounds()
+    n_pool = counts.shape[0]
     out = [Candidate("scale", deltas=(0,) * n_pool)]
     for mag in range(1, step + 1):
         for sign in (1, -1):
             for p in range(n_pool):
                 target = counts[p] + sign * mag
-                if not st.pooli[S.PI_MIN, p] <= target <= st.pooli[S.PI_MAX, p]:
+                if not lo[p] <= target <= hi[p]:
                     continue
                 d = [0] * n_pool
                 d[p] = sign * mag
@@ -117,13 +106,7 @@ def scale_candidates(sim: Simulator, breadth: int, step: int) -> list[Candidate]
 
 def billed_usd(sim: Simulator, price_per_gpu_hour: np.ndarray) -> float:
     """Dollars billed so far (closed bills plus the open bills of replicas that are on)."""
-    st = sim.state
-    on = st.repi[S.XI_STATE] != S.RS_OFF
-    on &= st.repi[S.XI_STATE] != S.RS_FAILED
-    pool = st.repi[S.XI_POOL]
-    open_s = np.where(on, sim.now - st.repf[S.XF_ON_SINCE], 0.0) * st.pooli[S.PI_TP][pool]
-    gpu_s = st.poolf[S.PF_BILLED_GPU_S] + np.bincount(pool, weights=open_s, minlength=st.pooli.shape[1])
-    return float(np.dot(gpu_s, price_per_gpu_hour) / 3600.0)
+    return float(np.dot(sim.billed_gpu_s(), price_per_gpu_hour) / 3600.0)
 
 
 class Objective:
@@ -137,12 +120,8 @@ class Objective:
         self.price = np.asarray(price, np.float64)
 
     def __call__(self, sim: Simulator) -> float:
-        c = sim.state.cnt
-        v = (
-            self.w_met * c[S.K_SLO_MET]
-            - self.w_missed * c[S.K_SLO_MISSED_FINISHED]
-            - self.w_drop * c[S.K_DROPS]
-        )
+        met, missed, dropped = sim.slo_counts()
+        v = self.w_met * met - self.w_missed * missed - self.w_drop * dropped
         if self.w_cost:
             v -= self.w_cost * billed_usd(sim, self.price)
         return float(v)
@@ -163,26 +142,10 @@ class FutureSampler:
             )
         # A fresh simulator per seed gives the sampled rows exactly as the core derives them (SLOs, model,
         # region, deadline); only its state's rows and prefix hashes are used.
-        self.samples = [Simulator(sim.scenario, seed=s).state for s in seeds]
+        self.samples = [Simulator(sim.scenario, seed=s) for s in seeds]
 
     def into(self, fork: Simulator, k: int) -> None:
-        src = self.samples[k]
-        st = fork.state
-        now = fork.now
-        na, n_open = int(st.cnt[S.K_NEXT_ARRIVAL]), int(st.cnt[S.K_N_OPEN])
-        s_open = int(src.cnt[S.K_N_OPEN])
-        first = int(np.searchsorted(src.rqf[S.RF_ARRIVAL, :s_open], now, side="right"))
-        m = min(n_open - na, s_open - first)
-        dst = slice(na, na + m)
-        rows = slice(first, first + m)
-        st.rqf[:, dst] = src.rqf[:, rows]
-        st.rqi[:, dst] = src.rqi[:, rows]
-        st.rqf[S.RF_ARRIVAL, na + m : n_open] = np.inf  # the sample ran out of rows: nothing more arrives
-        # sampled rows are single calls; their prefix blocks are appended to the fork's hash table
-        for f, v in ((S.RI_NEXT, -1), (S.RI_FIRST, -1), (S.RI_STEP, 0), (S.RI_STEPS_LEFT, 0)):
-            st.rqi[f, dst] = v
-        st.rqi[S.RI_PFX_START, dst] += st.pfx_hash.shape[0]
-        fork.state = st._replace(pfx_hash=np.concatenate([st.pfx_hash, src.pfx_hash]))
+        fork.replace_future_arrivals(self.samples[k])
 
 
 class Planner(BasePolicy):
@@ -248,7 +211,7 @@ class Planner(BasePolicy):
             reward = dict(env.config["reward"])
             if self.cost_weight is not None:
                 reward["cost_usd"] = float(self.cost_weight)
-            self._objective = Objective(reward, env._aux.price[: sim.state.pooli.shape[1]])
+            self._objective = Objective(reward, env.pool_prices)
             if not self.clairvoyant:
                 base = 0 if self._seed is None else int(self._seed)
                 seeds = [
@@ -317,12 +280,12 @@ class Planner(BasePolicy):
         sim = env.sim
         if kind == "route":
             m0 = lay.mask_offsets[0]
-            allowed = mask[m0 : m0 + lay.r_pad][: sim.state.repi.shape[1]]
+            allowed = mask[m0 : m0 + lay.r_pad][: sim.n_replicas]
             return route_candidates(sim, self.breadth, allowed)
         if kind == "batch":
             m0 = lay.mask_offsets[1]
             slots = np.flatnonzero(mask[m0 : m0 + lay.k])
-            return batch_candidates(sim, self.breadth, env._aux.cand[0, slots])
+            return batch_candidates(sim, self.breadth, env.batch_slots[slots])
         return scale_candidates(sim, self.breadth, lay.scale_step)
 
     def _to_env(self, env: Any, cand: Candidate) -> Any:
@@ -333,7 +296,7 @@ class Planner(BasePolicy):
         if cand.kind == "batch":
             if cand.value < 0:
                 return lay.k
-            return int(np.flatnonzero(env._aux.cand[0] == cand.value)[0])
+            return int(np.flatnonzero(env.batch_slots == cand.value)[0])
         out = np.full(lay.p_pad, lay.scale_step, np.int64)
         out[: len(cand.deltas)] += np.asarray(cand.deltas, np.int64)
         return out

@@ -6,8 +6,8 @@ import gymnasium as gym
 import numpy as np
 
 import servegym.envs  # noqa: F401  (registers the ids)
+from servegym.envs.gym import aux_state as F
 from servegym.envs.gym import config as C
-from servegym.envs.gym import features as F
 
 
 def test_a_sentinel_written_at_each_named_position_reads_back_by_name():

@@ -20,7 +20,7 @@ from gymnasium.error import ResetNeeded
 
 from servegym.envs.gym import config as C
 from servegym.envs.gym import kernels as K
-from servegym.envs.gym.features import EnvAux, make_aux
+from servegym.envs.gym.aux_state import EnvAux, make_aux
 from servegym.envs.gym.info import batch_info, reward_components, route_info, scale_info
 from servegym.envs.metrics import compute_metrics
 from servegym.envs.scenario import Scenario, deep_merge, load_scenario, scenario_from_dict
@@ -361,6 +361,16 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
     def sim(self) -> Simulator | None:
         """The running simulator (read it, don't drive it: the env owns its decisions)."""
         return self._sim
+
+    @property
+    def batch_slots(self) -> np.ndarray:
+        """The request id offered in each batch action slot (-1: empty), for the pending batch decision."""
+        return self._aux.cand[0].copy()
+
+    @property
+    def pool_prices(self) -> np.ndarray:
+        """USD per GPU-hour of each pool of the running scenario (what the cost reward bills)."""
+        return self._aux.price[: len(self.scenario.pools)].copy()
 
     def _obs(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         return {g: flat[a:b] for g, (a, b) in self._slices}

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from servegym.envs.gym.aux_state import N_ROUTE_F, N_ROUTE_I, info_sizes
 from servegym.envs.gym.config import REWARD_KEYS, Layout
-from servegym.envs.gym.features import N_ROUTE_F, N_ROUTE_I, info_sizes
 
 
 def _scalar(a: np.ndarray, j: int, batched: bool) -> Any:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from servegym.envs.gym.features import (
+from servegym.envs.gym.aux_state import (
     AF_PREV_COST,
     AF_PREV_GAP,
     AF_W,
@@ -45,10 +45,9 @@ from servegym.envs.gym.features import (
     AI_RPAD,
     AI_SK,
     INF,
-    cost_usd,
-    drained,
-    observe,
 )
+from servegym.envs.gym.decisions import observe
+from servegym.envs.gym.features import cost_usd, drained
 from servegym.envs.sim.core import advance, apply_admit, apply_route, apply_scale, apply_start, finalize
 from servegym.envs.sim.jit import hot, kernel
 from servegym.envs.sim.routing import builtin_pending_route, pending_allowed

@@ -106,3 +106,70 @@ def scheduling_delays(st: SimState) -> np.ndarray:
     delay = first - st.rqf[S.RF_ARRIVAL] - alone - 2.0 * lat
     dropped_unserved = arrived & (st.rqi[S.RI_STATUS] == S.ST_DROPPED) & np.isnan(first)
     return np.concatenate([np.maximum(delay[has_first], 0.0), np.full(int(dropped_unserved.sum()), np.inf)])
+
+
+# ---------------------------------------------------------------- what planners read between rollouts
+
+
+def pending_decision(st: SimState) -> str | None:
+    """The decision the run waits on ('route', 'scale' or 'batch'), None when none."""
+    if st.cnt[S.K_PENDING_ROUTE] >= 0:
+        return "route"
+    if st.cnt[S.K_PENDING_SCALE]:
+        return "scale"
+    if st.cnt[S.K_FORM_REPLICA] >= 0:
+        return "batch"
+    return None
+
+
+def replica_load(st: SimState) -> np.ndarray:
+    """Requests waiting in and running on each replica."""
+    return st.repi[S.XI_QN] + st.repi[S.XI_ND] + st.repi[S.XI_NPF]
+
+
+def pool_live_replicas(st: SimState) -> np.ndarray:
+    """Replicas of each pool that are on and not failed (starting, active or draining)."""
+    live = (st.repi[S.XI_STATE] != S.RS_OFF) & (st.repi[S.XI_STATE] != S.RS_FAILED)
+    counts = np.zeros(st.pooli.shape[1], np.int64)
+    np.add.at(counts, st.repi[S.XI_POOL], live.astype(np.int64))
+    return counts
+
+
+def pool_bounds(st: SimState) -> tuple[np.ndarray, np.ndarray]:
+    """(min replicas, max replicas) of each pool."""
+    return st.pooli[S.PI_MIN].copy(), st.pooli[S.PI_MAX].copy()
+
+
+def billed_gpu_s(st: SimState) -> np.ndarray:
+    """GPU-seconds billed so far per pool: closed bills plus the open bills of replicas that are on."""
+    on = (st.repi[S.XI_STATE] != S.RS_OFF) & (st.repi[S.XI_STATE] != S.RS_FAILED)
+    pool = st.repi[S.XI_POOL]
+    open_s = np.where(on, st.clock[S.C_NOW] - st.repf[S.XF_ON_SINCE], 0.0) * st.pooli[S.PI_TP][pool]
+    return st.poolf[S.PF_BILLED_GPU_S] + np.bincount(pool, weights=open_s, minlength=st.pooli.shape[1])
+
+
+def slo_counts(st: SimState) -> tuple[int, int, int]:
+    """(finished within SLO, finished past it, dropped) so far."""
+    return int(st.cnt[S.K_SLO_MET]), int(st.cnt[S.K_SLO_MISSED_FINISHED]), int(st.cnt[S.K_DROPS])
+
+
+def replace_future_arrivals(st: SimState, src: SimState) -> SimState:
+    """``st`` with its not-yet-arrived open-loop rows replaced by ``src``'s requests arriving after ``st``'s
+    clock (a run of the same scenario with another seed): a model-predictive planner's sampled future, so
+    that a rollout never sees a real future arrival. Rows ``src`` runs out of never arrive. Returns the new
+    state (the prefix-hash table grows by ``src``'s)."""
+    now = st.clock[S.C_NOW]
+    na, n_open = int(st.cnt[S.K_NEXT_ARRIVAL]), int(st.cnt[S.K_N_OPEN])
+    s_open = int(src.cnt[S.K_N_OPEN])
+    first = int(np.searchsorted(src.rqf[S.RF_ARRIVAL, :s_open], now, side="right"))
+    m = min(n_open - na, s_open - first)
+    dst = slice(na, na + m)
+    rows = slice(first, first + m)
+    st.rqf[:, dst] = src.rqf[:, rows]
+    st.rqi[:, dst] = src.rqi[:, rows]
+    st.rqf[S.RF_ARRIVAL, na + m : n_open] = np.inf  # the sample ran out of rows: nothing more arrives
+    # sampled rows are single calls; their prefix blocks are appended to the fork's hash table
+    for f, v in ((S.RI_NEXT, -1), (S.RI_FIRST, -1), (S.RI_STEP, 0), (S.RI_STEPS_LEFT, 0)):
+        st.rqi[f, dst] = v
+    st.rqi[S.RI_PFX_START, dst] += st.pfx_hash.shape[0]
+    return st._replace(pfx_hash=np.concatenate([st.pfx_hash, src.pfx_hash]))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from servegym.envs.scenario import Scenario, load_scenario
-from servegym.envs.sim import core
+from servegym.envs.sim import core, probe
 from servegym.envs.sim import state as S
 from servegym.envs.sim.audit import AUDIT_MESSAGES, audit
 from servegym.envs.sim.build import build_state, pool_price_per_gpu_hour
@@ -207,6 +207,40 @@ class Simulator:
         """Each served request's TTFT less its prefill alone and the network; +inf per request dropped
         before its first token (probe.py)."""
         return scheduling_delays(self.state)
+
+    # what planners read between rollouts (probe.py)
+    @property
+    def n_replicas(self) -> int:
+        return int(self.state.repi.shape[1])
+
+    def pending_decision(self) -> str | None:
+        """'route', 'scale' or 'batch' while the run waits on that decision, else None."""
+        return probe.pending_decision(self.state)
+
+    def replica_load(self) -> np.ndarray:
+        """Requests waiting in and running on each replica."""
+        return probe.replica_load(self.state)
+
+    def pool_live_replicas(self) -> np.ndarray:
+        """Replicas of each pool that are on and not failed."""
+        return probe.pool_live_replicas(self.state)
+
+    def pool_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(min replicas, max replicas) of each pool."""
+        return probe.pool_bounds(self.state)
+
+    def billed_gpu_s(self) -> np.ndarray:
+        """GPU-seconds billed so far per pool, open bills included."""
+        return probe.billed_gpu_s(self.state)
+
+    def slo_counts(self) -> tuple[int, int, int]:
+        """(finished within SLO, finished past it, dropped) so far."""
+        return probe.slo_counts(self.state)
+
+    def replace_future_arrivals(self, sample: Simulator) -> None:
+        """Replace the requests that have not arrived yet by ``sample``'s arriving after now (MPC's sampled
+        future; ``sample`` is a fresh run of the same scenario with another seed)."""
+        self.state = probe.replace_future_arrivals(self.state, sample.state)
 
     def audit(self) -> str:
         """Recompute every incremental aggregate of the core; '' when consistent, else what is wrong."""
