@@ -21,17 +21,22 @@ from servegym.baselines.policy import BasePolicy, PolicyError, feature, info_sec
 from servegym.envs.scenario import PoliciesConfig
 from servegym.envs.sim.policies import (
     ROUTE_COST,
+    ROUTE_MOONCAKE,
     ROUTE_P2C,
     ROUTE_PREFIX,
     ROUTE_RANDOM,
     ROUTE_RR,
     ROUTE_SESSION,
+    ROUTE_SPLITWISE,
     ROUTING_IDS,
     cost_route_score,
+    phase_route_score,
+    prefill_route_score,
     replica_cost,
     route_score,
     session_route_score,
 )
+from servegym.envs.sim.state import PREFIX_BLOCK_TOKENS
 
 _DEFAULTS = PoliciesConfig()
 
@@ -56,6 +61,7 @@ class RoutingRule(BasePolicy):
         max_kv: float = _DEFAULTS.cost_aware_max_kv,
         replica_capacity_rps: float | Sequence[float] | None = None,
         session_max_load: int = _DEFAULTS.session_affinity_max_load,
+        splitwise_overflow: int = _DEFAULTS.splitwise_overflow,
     ) -> None:
         super().__init__()
         if rule not in ROUTING_IDS:
@@ -65,6 +71,7 @@ class RoutingRule(BasePolicy):
         self.max_queue = int(max_queue)
         self.max_kv = float(max_kv)
         self.session_max_load = float(session_max_load)
+        self.splitwise_overflow = int(splitwise_overflow)
         self.capacity = (
             None if replica_capacity_rps is None else np.atleast_1d(np.asarray(replica_capacity_rps, float))
         )
@@ -120,9 +127,24 @@ class RoutingRule(BasePolicy):
                 )
                 cap = np.broadcast_to(cap, (n,))
             price = np.array([replica_cost(float(gpu_price[r]), int(tp[r]), float(cap[r])) for r in range(n)])
+        req = info.get("request") or {}
+        if int(req.get("decode_phase", 0)):  # a KV cache's decode replica: the core's rule for every policy
+            return self._decode_replica(sec, cand, queue, running)
+        if rid == ROUTE_SPLITWISE:
+            role = feature(self.name, sec, "role", "route").astype(np.int64)
+        elif rid == ROUTE_MOONCAKE:
+            hits = feature(self.name, sec, "prefix_hits", "route").astype(np.int64)
+            pending = feature(self.name, sec, "prefill_tokens", "route").astype(np.int64)
+            prompt = int(info_section(self.name, info, "request")["prompt_tokens"])
         best, best_s = -1, np.inf
         for k, r in enumerate(cand):
-            if rid == ROUTE_SESSION:
+            if rid == ROUTE_SPLITWISE:
+                s = phase_route_score(role[r] == 0, int(queue[r] + running[r]), self.splitwise_overflow)
+            elif rid == ROUTE_MOONCAKE:
+                # the core counts a hit only where the pool has a prefix cache, where hits can be nonzero
+                cached = min(int(hits[r]) * PREFIX_BLOCK_TOKENS, prompt - 1)
+                s = prefill_route_score(int(pending[r]), prompt - cached)
+            elif rid == ROUTE_SESSION:
                 s = session_route_score(r == home, int(queue[r] + running[r]), self.session_max_load)
             elif rid == ROUTE_COST:
                 s = cost_route_score(
@@ -136,3 +158,13 @@ class RoutingRule(BasePolicy):
             if best < 0 or s < best_s:
                 best, best_s = int(r), s
         return best
+
+    def _decode_replica(
+        self, sec: Mapping[str, Any], cand: np.ndarray, queue: np.ndarray, running: np.ndarray
+    ) -> int:
+        """The decode phase under disaggregation (envs/sim/disagg.py builtin_decode_route): join the shortest
+        queue over the allowed decode-capable replicas, the mixed pool as overflow under Splitwise's rule."""
+        role = feature(self.name, sec, "role", "route").astype(np.int64)
+        overflow = self.splitwise_overflow if self.rule_id == ROUTE_SPLITWISE else 0
+        scores = [phase_route_score(role[r] == 0, int(queue[r] + running[r]), overflow) for r in cand]
+        return int(cand[int(np.argmin(scores))])

@@ -72,6 +72,17 @@ Context limits (only under timing v1, which enforces each model's context; envs/
     shortened to fit (truncate); ``context/dropped``: arrived requests dropped because they exceed it (drop;
     also in ``dropped`` and SLO misses).
 
+Disaggregation (only when some pool has role prefill or decode; envs/sim/disagg.py)
+    ``disagg/transfers``: KV transfers completed; ``disagg/transfer_bytes``: KV bytes they moved (sums over
+    arrived requests); ``disagg/transfer_failures``: transfers or waits cut by a replica failure.
+    ``disagg/transfer_s/{mean,p50,p99}``: per request that was transferred, the seconds its transfers took
+    (visible time after its prefill, layer-wise overlap taken off). ``disagg/decode_queue_s/{mean,p99}``: per
+    transferred request, the seconds its KV waited for a decode replica with room (the decode phase's
+    queueing; the prefill phase's queueing is in TTFT). Per role R in {mixed, prefill, decode} present:
+    ``util/busy/R`` and ``util/kv/R`` (as util/busy and util/kv over the replicas of R's pools),
+    ``gpus/mean_billed/R``, ``cost/usd/R``, and ``goodput/req_per_s_per_gpu/R`` = slo_met / billed GPU-seconds
+    of R's pools (every SLO-met request used both phases, so the per-role figures add up as 1/sum(1/x_R)).
+
 Values are Python ints/floats, so ``json.dumps`` works; NaN is emitted as the (non-standard) ``NaN``.
 Cost is O(N) time with a handful of N-sized temporaries; the only Python loops are over tenants/pools.
 """
@@ -163,7 +174,45 @@ def compute_metrics(o: SimOutcome) -> dict[str, int | float]:
         _context_metrics(o, m, arrived)
     if o.session is not None:
         _session_metrics(o, m, arrived, finished)
+    if o.pool_role is not None:
+        _disagg_metrics(o, m, arrived)
     return m
+
+
+ROLE_NAMES = ("mixed", "prefill", "decode")
+
+
+def _disagg_metrics(o: SimOutcome, m: dict, arrived: np.ndarray) -> None:
+    """Prefill/decode disaggregation (module docstring, Disaggregation)."""
+    assert o.transfers is not None and o.transfer_s is not None and o.transfer_wait_s is not None
+    assert o.transfer_bytes is not None
+    moved = arrived & (o.transfers > 0)
+    m["disagg/transfers"] = int(o.transfers.sum(where=arrived, dtype=np.int64))
+    m["disagg/transfer_bytes"] = float(o.transfer_bytes.sum(where=arrived))
+    m["disagg/transfer_failures"] = int(o.transfer_failures)
+    t = o.transfer_s[moved]
+    w = o.transfer_wait_s[moved]
+    m["disagg/transfer_s/mean"] = float(t.mean()) if t.size else NAN
+    for p in (50, 99):
+        m[f"disagg/transfer_s/p{p}"] = float(np.percentile(t, p)) if t.size else NAN
+    m["disagg/decode_queue_s/mean"] = float(w.mean()) if w.size else NAN
+    m["disagg/decode_queue_s/p99"] = float(np.percentile(w, 99)) if w.size else NAN
+    rep_role = o.pool_role[o.replica_pool]
+    up = o.replica_up_s
+    usd_pool = o.pool_billed_gpu_s / 3600.0 * o.pool_price_per_gpu_hour
+    for role, name in enumerate(ROLE_NAMES):
+        pools = o.pool_role == role
+        if not pools.any():
+            continue
+        reps = rep_role == role
+        act = reps & (up > 0)
+        m[f"util/busy/{name}"] = float(np.mean(o.replica_busy_s[act] / up[act])) if act.any() else NAN
+        cap_s = float(np.dot(o.replica_kv_capacity[reps].astype(np.float64), up[reps]))
+        m[f"util/kv/{name}"] = _div(float(o.replica_kv_block_s[reps].sum()), cap_s)
+        billed = float(o.pool_billed_gpu_s[pools].sum())
+        m[f"gpus/mean_billed/{name}"] = _div(billed, o.now_s)
+        m[f"cost/usd/{name}"] = float(usd_pool[pools].sum())
+        m[f"goodput/req_per_s_per_gpu/{name}"] = _div(m["slo_met"], billed) if o.now_s > 0 else NAN
 
 
 def _context_metrics(o: SimOutcome, m: dict, arrived: np.ndarray) -> None:

@@ -73,6 +73,16 @@ ROUTING: tuple[Rule, ...] = (
         "an agentic session's home replica (its context's prefix cache) unless overloaded, else LOR",
         sessions=True,
     ),
+    Rule(
+        "splitwise",
+        9,
+        "Splitwise: join the shortest queue among the replicas of each phase's role, mixed pool as overflow",
+    ),
+    Rule(
+        "mooncake",
+        10,
+        "Mooncake: the replica with the fewest prompt tokens left to prefill, counting its prefix-cache hits",
+    ),
 )
 
 SCALING: tuple[Rule, ...] = (

@@ -28,6 +28,20 @@ CONTEXT_POLICIES = ("reject", "truncate", "drop")
 SCALING_POLICIES = rules.names(rules.SCALING)
 # scaling rules that size pools from the arrival rate against a per-replica capacity
 CAPACITY_SCALERS = tuple(r.name for r in rules.SCALING if r.needs_capacity)
+# Prefill/decode disaggregation (docs/disaggregation.md): what a pool's replicas run. "mixed" runs both phases
+# of a request (colocated serving, the default); "prefill" runs prompts only and hands the KV cache to a
+# decode-capable replica; "decode" takes no new requests, only KV caches handed over by prefill replicas.
+POOL_ROLES = ("mixed", "prefill", "decode")
+# Interconnect classes of envs/perf/interconnect.py (the config layer does not import the perf model; a test
+# keeps them equal).
+LINK_CLASSES = (
+    "nvlink-a100",
+    "nvlink-h100",
+    "infiniband-hdr",
+    "infiniband-ndr",
+    "ethernet-100g",
+    "ethernet-25g",
+)
 
 
 class ScenarioError(ValueError):
@@ -138,6 +152,8 @@ class PoolConfig(_Strict):
     # KV-cache size per replica in 16-token blocks, e.g. read off an engine's startup log; None: derived from
     # GPU memory, weights and activations (envs/perf/model.py kv_cache_blocks).
     kv_blocks: Annotated[int, Field(ge=1)] | None = None
+    # ---- disaggregation (docs/disaggregation.md)
+    role: Literal[POOL_ROLES] = "mixed"  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> PoolConfig:
@@ -314,6 +330,23 @@ Source = Annotated[
 ]
 
 
+class KvLinkConfig(_Strict):
+    """The link between two pools (either direction), overriding ``kv_transfer.link`` for that pair."""
+
+    pools: Annotated[list[str], Field(min_length=2, max_length=2)]
+    link: Literal[LINK_CLASSES]  # type: ignore[valid-type]
+
+
+class KvTransferConfig(_Strict):
+    """How a KV cache moves from a prefill replica to a decode replica (envs/perf/interconnect.py)."""
+
+    # Splitwise's and Mooncake's clusters move KV over per-GPU InfiniBand/RDMA NICs; NDR is the H100 fabric.
+    link: Literal[LINK_CLASSES] = "infiniband-ndr"  # type: ignore[valid-type]
+    # Splitwise's layer-wise transfer: layer l's KV is sent while layer l+1 is computed.
+    layerwise: bool = True
+    links: list[KvLinkConfig] = []
+
+
 class PoliciesConfig(_Strict):
     """Built-in rules the core uses for every decision the caller does not control."""
 
@@ -346,6 +379,11 @@ class PoliciesConfig(_Strict):
     # step) when that replica has more than this many outstanding requests (waiting + running). Our default:
     # half of vLLM's default max_num_seqs (256), where the home replica's batch is still far from full.
     session_affinity_max_load: Annotated[int, Field(ge=0)] = 128
+    # splitwise routing (disaggregated pools): a phase goes to the mixed pool only when every replica of its
+    # own role has more than this many requests outstanding (waiting + running + incoming KV) beyond the
+    # least-loaded mixed replica. Splitwise sends work to its mixed pool when a phase's pool is overloaded
+    # and gives no number; 8 is our choice, the order of a few prompt batches.
+    splitwise_overflow: Annotated[int, Field(ge=0)] = 8
 
     @model_validator(mode="after")
     def _consistent(self) -> PoliciesConfig:
@@ -386,6 +424,8 @@ class Scenario(_Strict):
     # the workload, counted), has its prompt truncated to fit (keeping its last tokens, as vLLM's
     # truncate_prompt_tokens does), or is dropped on arrival (an SLO miss, counted as context_dropped).
     context_policy: Literal[CONTEXT_POLICIES] = "reject"  # type: ignore[valid-type]
+    # Prefill/decode disaggregation: the links KV caches take between pools (pools with role prefill/decode).
+    kv_transfer: KvTransferConfig = KvTransferConfig()
 
     @model_validator(mode="after")
     def _cross_references(self) -> Scenario:
@@ -420,6 +460,7 @@ class Scenario(_Strict):
                         "symmetric, give one value (or both equal)"
                     )
         _check_budgets(self)
+        _check_roles(self)
         models = {p.model for p in self.pools}
         regions = {p.region for p in self.pools}
         for i, t in enumerate(self.tenants):
@@ -479,6 +520,29 @@ def _check_budgets(sc: Scenario) -> None:
         raise ValueError(
             f"pools.{i}.prefix_cache_blocks: {blocks} blocks on each of {replicas} replicas need "
             f"~{need / 2**30:.3g} GiB of prefix-cache tables; at most {MAX_PREFIX_CACHE_BYTES / 2**30:g} GiB"
+        )
+
+
+def _check_roles(sc: Scenario) -> None:
+    """Disaggregated pools: every model served by a prefill pool has somewhere to decode, and vice versa."""
+    names = {p.name for p in sc.pools}
+    for i, link in enumerate(sc.kv_transfer.links):
+        unknown = [n for n in link.pools if n not in names]
+        if unknown:
+            raise ValueError(f"kv_transfer.links.{i}.pools: unknown pools {unknown}; pools: {sorted(names)}")
+    for i, p in enumerate(sc.pools):
+        if p.role == "mixed":
+            continue
+        need = "decode" if p.role == "prefill" else "prefill"
+        if not any(q.model == p.model and q.role in (need, "mixed") for q in sc.pools):
+            raise ValueError(
+                f"pools.{i}.role: pool {p.name!r} is a {p.role} pool but no {need} or mixed pool serves "
+                f"{p.model!r}; add one (or make this pool mixed)"
+            )
+    if any(p.role != "mixed" for p in sc.pools) and sc.policies.routing == "session_affinity":
+        raise ValueError(
+            "policies.routing: session_affinity is not defined for disaggregated pools (a session's KV ends on "
+            "its decode replica); use jsq, splitwise or another rule"
         )
 
 

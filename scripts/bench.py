@@ -11,7 +11,10 @@ Two runs, built-in policies only:
   queues longer, which is most of its cost; ``faults_armed_idle``: the same with rates so low that nothing
   fires, the cost of the mechanism alone; ``sessions``: the ``chat`` tenant's traffic, half of the load, as
   agentic sessions in a closed loop of about the same request rate and prompt size, routed by session
-  affinity: the release heap and the routing rule).
+  affinity: the release heap and the routing rule; ``disagg``: each region's 8 replicas split into 3 prefill
+  and 5 decode replicas, Splitwise routing, KV caches over InfiniBand HDR with layer-wise overlap: the hand-off,
+  the transfer heap and wait ring, and the per-phase routing; the phases' capacity differs from the colocated
+  run's, so part of the difference is a different load).
 
 The JIT warm-up (compiling, or loading numba's cache, on a tiny horizon) is timed separately and excluded.
 Peak memory is what numpy allocated for the run (tracemalloc), divided by the request count; the process's
@@ -116,6 +119,21 @@ def with_sessions(raw: dict) -> dict:
     }
 
 
+def with_disagg(raw: dict) -> dict:
+    """``raw`` with each pool split into a prefill pool (3 replicas) and a decode pool (the rest), routed by
+    Splitwise's rule, KV caches over InfiniBand HDR (docs/disaggregation.md)."""
+    pools = []
+    for p in raw["pools"]:
+        pools.append({**p, "name": p["name"] + "-prefill", "role": "prefill", "min_replicas": 3,
+                      "max_replicas": 3, "initial_replicas": 3})  # fmt: skip
+        rest = p["max_replicas"] - 3
+        pools.append({**p, "name": p["name"] + "-decode", "role": "decode", "min_replicas": min(p["min_replicas"], rest),
+                      "max_replicas": rest, "initial_replicas": rest})  # fmt: skip
+    policies = {**raw["policies"], "routing": "splitwise"}
+    return {**raw, "name": raw["name"] + "_disagg", "pools": pools, "policies": policies,
+            "kv_transfer": {"link": "infiniband-hdr"}}  # fmt: skip
+
+
 def synthetic(n_requests: int, replicas: int = 16, rate_per_replica: float = RATE_80) -> dict:
     """``n_requests`` Poisson arrivals of Azure-shaped chat at ~80% load; the horizon follows from the rate."""
     rate = rate_per_replica * replicas
@@ -205,6 +223,8 @@ def main() -> None:
             ("faults_armed_idle", with_faults(cluster16(horizon_s=3600.0), 1e12, 1e12)),
             # half of the traffic as closed-loop agentic sessions (the release heap, session-affinity routing)
             ("sessions", with_sessions(cluster16(horizon_s=3600.0))),
+            # prefill/decode disaggregation: 3 prefill + 5 decode replicas per region, Splitwise routing
+            ("disagg", with_disagg(cluster16(horizon_s=3600.0))),
         ):
             r = measure(raw, args.timing)
             r["slowdown_vs_off"] = round(base["sim_requests_per_s"] / r["sim_requests_per_s"], 3)

@@ -106,6 +106,8 @@ def test_registry_lists_every_rule_by_kind():
         "prefix_affinity",
         "cost_aware",
         "session_affinity",
+        "splitwise",
+        "mooncake",
     ]
     assert list_policies("scale") == [
         "static",

@@ -24,7 +24,10 @@ def check_invariants(sim: Simulator, last_now: float) -> None:
     assert sim.audit() == ""
     c = sim.counts()
     assert c["arrived"] == c["finished"] + c["dropped"] + c["in_flight"], c
-    assert c["in_flight"] == c["queued"] + c["running"] + c["held"] + c["pending_route"], c
+    # KV caches waiting for a decode replica (disaggregation) are in flight too; "running" holds the rest
+    assert (
+        c["in_flight"] == c["queued"] + c["running"] + c["held"] + c["pending_route"] + c["transfer_waiting"]
+    ), c
     assert sim.now >= last_now
 
 

@@ -68,8 +68,9 @@ INF = np.inf
     AI_O_SESS,  # session group offsets (config.SESSION_GROUPS), -1 without session features
     AI_O_SREP,
     AI_O_SCAND,
-) = range(44)
-N_AI = 44
+    AI_O_DISAGG,  # disaggregation group offset (config.DISAGG_FEATURES), -1 without it
+) = range(45)
+N_AI = 45
 
 # ---- af[] float64 fields: norms (config.NORM_KEYS order), reward weights (config.REWARD_KEYS order), misc
 (
@@ -93,8 +94,8 @@ N_AF = 22
 F_REQ, F_POOL, F_CAND = len(C.REQUEST_FEATURES), len(C.POOL_FEATURES), len(C.CANDIDATE_FEATURES)
 F_GLOB0, F_FORM0, F_REP0 = len(C.GLOBAL_FEATURES), len(C.FORMING_FEATURES), len(C.REPLICA_FEATURES)
 F_SREP, F_SCAND = len(C.SESSION_REPLICA_FEATURES), len(C.SESSION_CANDIDATE_FEATURES)
-# Route info: ints (5 per replica + 8 request scalars), floats (2 per replica + 5 request scalars).
-N_ROUTE_I, N_ROUTE_F = 8, 5
+# Route info: ints (7 per replica + 9 request scalars), floats (2 per replica + 5 request scalars).
+N_ROUTE_I, N_ROUTE_F = 9, 5
 # Batch info: ints and floats per candidate slot.
 N_BATCH_I, N_BATCH_F = 5, 5
 
@@ -117,7 +118,7 @@ class EnvAux(NamedTuple):
 
 def info_sizes(r_pad: int, p_pad: int, k: int) -> tuple[int, int, int, int, int, int]:
     """(IB, IS, NI, FB, FS, NF): section offsets and sizes of the info buffers (see docs/envs.md)."""
-    ib = 5 * r_pad + N_ROUTE_I
+    ib = 7 * r_pad + N_ROUTE_I
     i_s = ib + N_BATCH_I * k
     fb = 2 * r_pad + N_ROUTE_F
     f_s = fb + N_BATCH_F * k
@@ -164,6 +165,7 @@ def make_aux(lay: C.Layout, cfg: dict[str, Any], scenario: Scenario, sim: Simula
         (AI_O_SESS, "session"),
         (AI_O_SREP, "session_replicas"),
         (AI_O_SCAND, "session_candidates"),
+        (AI_O_DISAGG, "disagg"),
     ):
         ai[f] = lay.off(g)
     ai[AI_OBS_N] = lay.obs_size

@@ -94,6 +94,7 @@ class ServeEnv(gym.Env[dict[str, np.ndarray], Any]):
             cfg["scale_step"],
             cfg["rate_bins"],
             C.has_sessions(self.scenario) if cfg["session_features"] == "auto" else cfg["session_features"],
+            C.has_disagg(self.scenario) if cfg["disagg_features"] == "auto" else cfg["disagg_features"],
         )
         self._check_fits(self.scenario, name)
         lay = self.layout

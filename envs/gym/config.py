@@ -53,7 +53,15 @@ NORM_KEYS = (
     "tpot_s",
     "session_steps",
 )
-SPACE_KEYS = ("max_replicas", "max_pools", "top_k", "scale_step", "rate_bins", "session_features")
+SPACE_KEYS = (
+    "max_replicas",
+    "max_pools",
+    "top_k",
+    "scale_step",
+    "rate_bins",
+    "session_features",
+    "disagg_features",
+)
 INVALID_MODES = ("raise", "noop_penalty")
 
 
@@ -87,6 +95,9 @@ def base_config() -> dict[str, Any]:
         # Agentic-session observation groups (docs/envs.md): "auto" adds them when the scenario has a sessions
         # source, so the observations of other scenarios (and the agents trained on them) stay as they are.
         "session_features": "auto",
+        # Prefill/decode disaggregation group (docs/disaggregation.md): "auto" adds it when a pool has role
+        # prefill or decode, so the observations of colocated scenarios stay as they are.
+        "disagg_features": "auto",
         # Timing version of the dynamics when the scenario names none (envs/sim/timing.py): the servegym/*-v0 ids
         # pin "v0" (Splitwise-era overheads, no context limit: what suite v0 and its entries replay), the *-v1 ids
         # use "v1" (engine profiles, default vllm, and context limits).
@@ -205,6 +216,7 @@ def check_values(cfg: dict[str, Any], where: str) -> None:
     need(
         cfg["session_features"] in ("auto", True, False), "session_features", "must be 'auto', true or false"
     )
+    need(cfg["disagg_features"] in ("auto", True, False), "disagg_features", "must be 'auto', true or false")
     for sub, x in cfg["reward"].items():
         if not (is_num(x) and np.isfinite(x)):
             raise ConfigError(f"{where}: reward.{sub} must be a finite number, got {x!r}")
@@ -216,6 +228,12 @@ def check_values(cfg: dict[str, Any], where: str) -> None:
 def has_sessions(scenario: Any) -> bool:
     """Whether a scenario has an agentic sessions source (``session_features: "auto"`` turns them on)."""
     return any(getattr(src, "kind", None) == "sessions" for src in scenario.sources)
+
+
+def has_disagg(scenario: Any) -> bool:
+    """Whether a pool of the scenario has role prefill or decode (``disagg_features: "auto"`` turns the
+    disaggregation group on)."""
+    return any(getattr(p, "role", "mixed") != "mixed" for p in scenario.pools)
 
 
 # ---------------------------------------------------------------- observation layout
@@ -297,6 +315,11 @@ SESSION_STEP_FEATURES = ("in_session", "step", "session_slack")  # of one reques
 SESSION_FEATURES = SESSION_STEP_FEATURES + ("has_home", "tools_waiting")
 SESSION_REPLICA_FEATURES = ("home", "tools_waiting")  # per replica: this request's home; sessions homed here
 SESSION_CANDIDATE_FEATURES = SESSION_STEP_FEATURES
+# Prefill/decode disaggregation (only with disagg_features): whether the pending routing decision sends a
+# prefilled request's KV cache to a decode replica, the KV caches waiting for a decode replica (the transfer
+# backlog, held on prefill replicas) and those in transfer (norm.queue); the per-pool features give each
+# role's load and KV headroom.
+DISAGG_FEATURES = ("decode_decision", "transfer_waiting", "transfers_in_flight")
 # Features with range [-1, 1]; everything else is in [0, 1].
 SIGNED = {"slack", "slack_fraction", "session_slack", "time_of_day_sin", "time_of_day_cos"}
 
@@ -316,6 +339,7 @@ FORMING = feature_index("FORMING", FORMING_FEATURES)
 SESSION = feature_index("SESSION", SESSION_FEATURES)
 SESSION_REPLICA = feature_index("SESSION_REPLICA", SESSION_REPLICA_FEATURES)
 SESSION_STEP = feature_index("SESSION_STEP", SESSION_STEP_FEATURES)
+DISAGG = feature_index("DISAGG", DISAGG_FEATURES)
 
 GROUPS = ("decision", "request", "prefix_hits", "candidates", "forming", "replicas", "pools", "global")
 SESSION_GROUPS = ("session", "session_replicas", "session_candidates")
@@ -344,6 +368,7 @@ class Layout:
     scale_step: int
     rate_bins: int
     sessions: bool = False
+    disagg: bool = False
     names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # feature names per obs key
     offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # [start, stop) in the flat buffer
     obs_size: int = 0
@@ -353,7 +378,14 @@ class Layout:
 
     @staticmethod
     def build(
-        mode: int, r_pad: int, p_pad: int, k: int, scale_step: int, rate_bins: int, sessions: bool = False
+        mode: int,
+        r_pad: int,
+        p_pad: int,
+        k: int,
+        scale_step: int,
+        rate_bins: int,
+        sessions: bool = False,
+        disagg: bool = False,
     ) -> Layout:
         pool_onehot = tuple(f"pool_{p}" for p in range(p_pad))
         per = {
@@ -369,11 +401,17 @@ class Layout:
             "session": SESSION_FEATURES,
             "session_replicas": tuple(f"{r}/{f}" for r in range(r_pad) for f in SESSION_REPLICA_FEATURES),
             "session_candidates": tuple(f"{j}/{f}" for j in range(k) for f in SESSION_CANDIDATE_FEATURES),
+            "disagg": DISAGG_FEATURES,
         }
         names: dict[str, tuple[str, ...]] = {}
         offsets: dict[str, tuple[int, int]] = {}
         pos = 0
-        for g in MODE_GROUPS[mode] + (MODE_SESSION_GROUPS[mode] if sessions else ()):
+        groups = (
+            MODE_GROUPS[mode]
+            + (MODE_SESSION_GROUPS[mode] if sessions else ())
+            + (("disagg",) if disagg else ())
+        )
+        for g in groups:
             names[g] = per[g]
             offsets[g] = (pos, pos + len(per[g]))
             pos += len(per[g])
@@ -387,7 +425,20 @@ class Layout:
         else:
             nvec, act, msk = (r_pad, k + 1) + (ns,) * p_pad, (0, 1, 2), (0, r_pad, r_pad + k + 1)
         return Layout(
-            mode, r_pad, p_pad, k, scale_step, rate_bins, sessions, names, offsets, pos, nvec, act, msk
+            mode,
+            r_pad,
+            p_pad,
+            k,
+            scale_step,
+            rate_bins,
+            sessions,
+            disagg,
+            names,
+            offsets,
+            pos,
+            nvec,
+            act,
+            msk,
         )
 
     def low(self, group: str) -> np.ndarray:

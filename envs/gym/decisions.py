@@ -24,6 +24,7 @@ from servegym.envs.gym.aux_state import (
     AI_M_SCALE,
     AI_O_CAND,
     AI_O_DEC,
+    AI_O_DISAGG,
     AI_O_FORM,
     AI_O_PFX,
     AI_O_REP,
@@ -41,6 +42,7 @@ from servegym.envs.gym.aux_state import (
 )
 from servegym.envs.gym.config import (
     CANDIDATE,
+    DISAGG,
     FORMING,
 )
 from servegym.envs.gym.features import (
@@ -56,11 +58,12 @@ from servegym.envs.gym.features import (
     sync_released,
     tenant_counter_rel,
 )
+from servegym.envs.sim.disagg import queued_prefill_tokens
 from servegym.envs.sim.jit import hot, kernel
 from servegym.envs.sim.prefix_cache import prefix_hits
 from servegym.envs.sim.queues import next_deadline, request_batch_score, session_deadline
 from servegym.envs.sim.replica import admit_chunk, budget_left, has_prefill
-from servegym.envs.sim.routing import can_serve
+from servegym.envs.sim.routing import pending_allowed
 from servegym.envs.sim.state import (
     C_NOW,
     EV_BATCH,
@@ -69,8 +72,12 @@ from servegym.envs.sim.state import (
     K_BATCH_POLICY,
     K_FORM_REPLICA,
     K_PENDING_ROUTE,
+    K_ROUTE_PHASE,
+    K_XF_N,
+    K_XW_N,
     PI_MAX_SEQS,
     PI_MAX_TOKENS,
+    PI_ROLE,
     PI_TP,
     RF_ARRIVAL,
     RF_DEADLINE,
@@ -93,6 +100,7 @@ from servegym.envs.sim.state import (
     XI_KV_USED,
     XI_ND,
     XI_NPF,
+    XI_NRX,
     XI_POOL,
     XI_QN,
 )
@@ -109,8 +117,9 @@ def route_decision(st, ax, obs, mask, ii, ff, now):
     mask[m] = 0  # the placeholder set by inert_masks
     o = ai[AI_O_PFX]
     npfx = max(1, st.rqi[RI_PFX_LEN, i])
+    decode = st.cnt[K_ROUTE_PHASE]  # the decode phase of a disaggregated request: where its KV cache goes
     for r in range(ai[AI_R]):
-        if not can_serve(st, r, i):
+        if not pending_allowed(st, r):
             continue
         mask[m + r] = 1
         p = st.repi[XI_POOL, r]
@@ -118,13 +127,16 @@ def route_decision(st, ax, obs, mask, ii, ff, now):
         if o >= 0:
             obs[o + r] = hits / npfx
         ii[r] = st.repi[XI_QN, r]
-        ii[rp + r] = st.repi[XI_ND, r] + st.repi[XI_NPF, r]
+        # running sequences; for a decode decision with the slots holding KV caches arriving (decode load)
+        ii[rp + r] = st.repi[XI_ND, r] + st.repi[XI_NPF, r] + (st.repi[XI_NRX, r] if decode else 0)
         ii[2 * rp + r] = hits
         ii[3 * rp + r] = p
         ii[4 * rp + r] = st.pooli[PI_TP, p]
+        ii[5 * rp + r] = st.pooli[PI_ROLE, p]  # disaggregation: 0 mixed, 1 prefill, 2 decode
+        ii[6 * rp + r] = queued_prefill_tokens(st, r)  # Mooncake's queueing estimate (policies)
         ff[r] = st.repi[XI_KV_USED, r] / st.repi[XI_KV_CAP, r]
         ff[rp + r] = ax.price[p]
-    b = 5 * rp
+    b = 7 * rp
     ii[b + 0] = i
     ii[b + 1] = st.rqi[RI_PROMPT, i]
     ii[b + 2] = st.rqi[RI_OUTPUT, i]
@@ -133,6 +145,7 @@ def route_decision(st, ax, obs, mask, ii, ff, now):
     ii[b + 5] = ai[AI_ROUTES]
     ii[b + 6] = st.rqi[RI_HOME, i]
     ii[b + 7] = st.rqi[RI_STEP, i]
+    ii[b + 8] = decode
     b = 2 * rp
     ff[b + 0] = st.rqf[RF_ARRIVAL, i]
     ff[b + 1] = st.rqf[RF_TTFT_SLO, i]
@@ -273,6 +286,12 @@ def observe(st, ax, obs, mask, ii, ff):
     global_features(st, ax, obs, now)
     if ai[AI_O_SESS] >= 0:
         session_features(st, ax, obs, now, ev == EV_ROUTE)
+    o = ai[AI_O_DISAGG]
+    if o >= 0:  # prefill/decode disaggregation (config.DISAGG_FEATURES)
+        nq = ax.af[AF_N_QUEUE]
+        obs[o + DISAGG.DECODE_DECISION] = 1.0 if (ev == EV_ROUTE and st.cnt[K_ROUTE_PHASE]) else 0.0
+        obs[o + DISAGG.TRANSFER_WAITING] = clip01(st.cnt[K_XW_N] / nq)
+        obs[o + DISAGG.TRANSFERS_IN_FLIGHT] = clip01(st.cnt[K_XF_N] / nq)
     if ev == EV_ROUTE:
         route_decision(st, ax, obs, mask, ii, ff, now)
     elif ev == EV_BATCH:  # 'start now' stays enabled from inert_masks

@@ -23,7 +23,7 @@ def _scalar(a: np.ndarray, j: int, batched: bool) -> Any:
 
 def route_info(lay: Layout, ii: np.ndarray, ff: np.ndarray, batched: bool = False) -> dict[str, Any]:
     r = lay.r_pad
-    b = 5 * r
+    b = 7 * r
     if batched:
         ints = [ii[..., b + j] for j in range(N_ROUTE_I)]
         floats = [ff[..., 2 * r + j] for j in range(N_ROUTE_F)]
@@ -39,6 +39,10 @@ def route_info(lay: Layout, ii: np.ndarray, ff: np.ndarray, batched: bool = Fals
             "pool": ii[..., 3 * r : 4 * r],
             "price_per_gpu_hour": ff[..., r : 2 * r],
             "tp": ii[..., 4 * r : 5 * r],
+            # prefill/decode disaggregation: the pool role (0 mixed, 1 prefill), and the prompt tokens the
+            # replica still has to prefill (waiting and running; Mooncake's queueing estimate)
+            "role": ii[..., 5 * r : 6 * r],
+            "prefill_tokens": ii[..., 6 * r : 7 * r],
             "rr_pointer": ints[5],
         },
         "request": {
@@ -56,6 +60,9 @@ def route_info(lay: Layout, ii: np.ndarray, ff: np.ndarray, batched: bool = Fals
             "home_replica": ints[6],
             "session_step": ints[7],
             "session_deadline_s": floats[4],
+            # 1: the decode phase of a disaggregated request, its KV cache looking for a decode replica
+            # (route.running then counts the slots of KV caches arriving too); 0: a new request
+            "decode_phase": ints[8],
         },
     }
 

@@ -51,7 +51,7 @@ from servegym.envs.gym.decisions import observe
 from servegym.envs.gym.features import cost_usd, drained
 from servegym.envs.sim.core import advance, apply_admit, apply_route, apply_scale, apply_start, finalize
 from servegym.envs.sim.jit import hot, kernel
-from servegym.envs.sim.routing import builtin_route, can_serve
+from servegym.envs.sim.routing import builtin_pending_route, pending_allowed
 from servegym.envs.sim.state import (
     C_MAX_GAP,
     EV_BATCH,
@@ -59,7 +59,7 @@ from servegym.envs.sim.state import (
     EV_ROUTE,
     EV_SCALE,
     K_DROPS,
-    K_PENDING_ROUTE,
+    K_ROUTE_PHASE,
     K_SLO_MET,
     K_SLO_MET_TOKENS,
     K_SLO_MISSED_FINISHED,
@@ -99,7 +99,7 @@ def validate(st, ax, act):
     if ev == EV_ROUTE:
         d = ai[AI_A_ROUTE]
         r = act[d]
-        if r >= ai[AI_R] or not can_serve(st, r, st.cnt[K_PENDING_ROUTE]):
+        if r >= ai[AI_R] or not pending_allowed(st, r):
             return ERR_MASKED, d
     elif ev == EV_BATCH:
         d = ai[AI_A_BATCH]
@@ -131,10 +131,11 @@ def apply_action(st, ax, act, invalid):
     ai = ax.ai
     ev = ai[AI_EV]
     if ev == EV_ROUTE:
-        i = st.cnt[K_PENDING_ROUTE]
-        r = builtin_route(st, i) if invalid else act[ai[AI_A_ROUTE]]
+        new_request = st.cnt[K_ROUTE_PHASE] == 0  # else a KV cache's decode replica (disaggregation)
+        r = builtin_pending_route(st) if invalid else act[ai[AI_A_ROUTE]]
         apply_route(st, r)
-        ai[AI_ROUTES] += 1
+        if new_request:  # the round-robin pointer counts new requests, as the core's
+            ai[AI_ROUTES] += 1
     elif ev == EV_BATCH:
         j = act[ai[AI_A_BATCH]]
         if invalid or j == ai[AI_K]:

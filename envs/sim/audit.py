@@ -25,6 +25,10 @@ from servegym.envs.sim.state import (
     K_PENDING_ROUTE,
     K_REL_N,
     K_RELEASED,
+    K_ROUTE_PHASE,
+    K_XF_N,
+    K_XW_HEAD,
+    K_XW_N,
     KV_BLOCK_TOKENS,
     LS_HEAP_KEY,
     LS_HEAP_SLOT,
@@ -42,6 +46,8 @@ from servegym.envs.sim.state import (
     RS_DRAINING,
     RS_FAILED,
     RS_OFF,
+    RX_PENDING,
+    RX_READY,
     SL_CTX,
     SL_END,
     SL_IT0,
@@ -63,8 +69,15 @@ from servegym.envs.sim.state import (
     XI_NDEC_ITER,
     XI_NFREE,
     XI_NPF,
+    XI_NRDY,
+    XI_NRX,
+    XI_NXF,
     XI_QN,
     XI_STATE,
+    XQI_CTX,
+    XQI_DST,
+    XQI_SLOT,
+    XQI_SRC,
 )
 
 AUDIT_MESSAGES = {
@@ -84,6 +97,7 @@ AUDIT_MESSAGES = {
     14: "a replica that is off or failed holds work, KV blocks or a running iteration",
     15: "fault bookkeeping: next-fault bound, pending fault of an off replica, or fault kind vs state",
     16: "sessions: release heap order or entries, release log order, or released steps != finished steps with a successor",
+    17: "KV transfers: heap order or entries, wait ring entries, or a replica's transfer counts (XI_NRX, XI_NRDY, XI_NXF) are off",
 }
 
 
@@ -96,6 +110,43 @@ def audit(st):
     running = 0
     fault_min = np.inf
     n_failed = 0
+    # KV caches held by prefill replicas as transfer sources: in flight (heap) or waiting (ring)
+    src_blocks = np.zeros(n_rep, dtype=np.int64)
+    src_count = np.zeros(n_rep, dtype=np.int64)
+    for p in range(st.cnt[K_XF_N]):
+        i = int(st.xfq[1, p])
+        if i < 0 or i >= st.rqf.shape[1] or st.rqi[RI_STATUS, i] != ST_INFLIGHT or st.xqi[XQI_DST, i] < 0:
+            return 17, i
+        if p > 0:
+            q = (p - 1) >> 1
+            if st.xfq[0, q] > st.xfq[0, p] or (st.xfq[0, q] == st.xfq[0, p] and st.xfq[1, q] > st.xfq[1, p]):
+                return 17, i
+        d = st.xqi[XQI_DST, i]
+        if (
+            st.slot[SL_REQ, d, st.xqi[XQI_SLOT, i]] != i
+            or st.slot[SL_LEFT, d, st.xqi[XQI_SLOT, i]] != RX_PENDING
+        ):
+            return 17, i
+        s = st.xqi[XQI_SRC, i]
+        src_blocks[s] += (st.xqi[XQI_CTX, i] + B - 1) // B
+        src_count[s] += 1
+    for e in range(st.cnt[K_XW_N]):
+        i = st.xwait[(st.cnt[K_XW_HEAD] + e) % st.xwait.shape[0]]
+        if st.rqi[RI_STATUS, i] != ST_INFLIGHT or st.xqi[XQI_DST, i] >= 0 or st.xqi[XQI_SRC, i] < 0:
+            return 17, i
+        s = st.xqi[XQI_SRC, i]
+        src_blocks[s] += (st.xqi[XQI_CTX, i] + B - 1) // B
+        src_count[s] += 1
+    i = st.cnt[K_PENDING_ROUTE]
+    if i >= 0 and st.cnt[K_ROUTE_PHASE]:  # a decode-phase routing decision: out of the ring, KV at its source
+        s = st.xqi[XQI_SRC, i]
+        if s < 0 or st.xqi[XQI_DST, i] >= 0:
+            return 17, i
+        src_blocks[s] += (st.xqi[XQI_CTX, i] + B - 1) // B
+        src_count[s] += 1
+    for r in range(n_rep):
+        if src_count[r] != st.repi[XI_NXF, r]:
+            return 17, r
     for r in range(n_rep):
         s = st.repi[XI_STATE, r]
         kind = st.repi[XI_FKIND, r]
@@ -103,6 +154,7 @@ def audit(st):
         if s == RS_OFF or s == RS_FAILED:
             if (
                 st.repi[XI_QN, r] + st.repi[XI_ND, r] + st.repi[XI_NPF, r] + st.repi[XI_KV_USED, r] != 0
+                or st.repi[XI_NRX, r] + st.repi[XI_NXF, r] != 0
                 or st.repi[XI_BUSY, r] != 0
             ):
                 return 14, r
@@ -119,9 +171,24 @@ def audit(st):
             return 1, r
         nd = st.repi[XI_ND, r]
         npf = st.repi[XI_NPF, r]
-        if nd + npf + st.repi[XI_NFREE, r] != n_slots:
+        nrx = st.repi[XI_NRX, r]
+        if nd + npf + nrx + st.repi[XI_NFREE, r] != n_slots:
             return 7, r
-        blocks = 0
+        blocks = src_blocks[r]
+        # slots reserved for incoming KV caches hold their blocks (disagg.py)
+        n_rx = 0
+        n_rdy = 0
+        for k in range(n_slots):
+            left = st.slot[SL_LEFT, r, k]
+            if st.slot[SL_REQ, r, k] >= 0 and left < 0:
+                i = st.slot[SL_REQ, r, k]
+                n_rx += 1
+                n_rdy += 1 if left == RX_READY else 0
+                if left == RX_PENDING and (st.xqi[XQI_DST, i] != r or st.xqi[XQI_SLOT, i] != k):
+                    return 17, r
+                blocks += (st.slot[SL_CTX, r, k] + B - 1) // B
+        if n_rx != nrx or n_rdy != st.repi[XI_NRDY, r]:
+            return 17, r
         dsum = 0
         hist = np.zeros(B, dtype=np.int64)
         scheduled = 1 if st.repi[XI_NDEC_ITER, r] > 0 else 0
@@ -155,7 +222,7 @@ def audit(st):
         for u in range(per_tenant.shape[0]):
             if per_tenant[u] != st.repx[r, B + u]:
                 return 5, r
-        running += nd + npf
+        running += nd + npf + nrx
 
     n_open = st.cnt[K_N_OPEN]
     arrived = st.cnt[K_NEXT_ARRIVAL] + st.cnt[K_RELEASED]
@@ -226,6 +293,6 @@ def audit(st):
     for r in range(n_rep):
         queued += st.repi[XI_QN, r]
     pending = 1 if st.cnt[K_PENDING_ROUTE] >= 0 else 0
-    if infl != queued + running + st.cnt[K_HOLD_N] + pending:
+    if infl != queued + running + st.cnt[K_HOLD_N] + pending + st.cnt[K_XW_N]:
         return 9, st.cnt[K_FORM_REPLICA]
     return 0, -1

@@ -13,6 +13,7 @@ from servegym.envs.perf.specs import get_gpu, get_model
 from servegym.envs.rules import DECISION_KINDS
 from servegym.envs.scenario import PoolConfig, Scenario, ScenarioError
 from servegym.envs.sim import state as S
+from servegym.envs.sim.disagg_build import disaggregation_arrays
 from servegym.envs.sim.faults import arm_initial_faults
 from servegym.envs.sim.policies import BATCHING_IDS, ROUTING_IDS, SCALING_IDS
 from servegym.envs.sim.state import SimState
@@ -256,6 +257,8 @@ def clock_array(scenario: Scenario) -> np.ndarray:
     clock[S.C_DOWN_COOLDOWN] = pol.scale_down_cooldown_s
     clock[S.C_NEXT_FAULT] = np.inf
     clock[S.C_SESSION_MAX_LOAD] = pol.session_affinity_max_load
+    clock[S.C_SPLITWISE_OVERFLOW] = pol.splitwise_overflow
+    clock[S.C_LAYERWISE] = 1.0 if scenario.kv_transfer.layerwise else 0.0
     return clock
 
 
@@ -310,10 +313,17 @@ def build_state(
     poolf, pooli = pool_arrays(scenario, models, regions, timing)
     repf, repi, slot, pc = replica_arrays(scenario, kv_blocks)
     n_rep = repi.shape[1]
+    # prefill/decode disaggregation: roles, KV bytes per token, links, transfer heap and wait ring
+    disagg = disaggregation_arrays(scenario, n, slot.shape[2], kv_blocks)
+    pooli[S.PI_ROLE] = disagg.role
+    pooli[S.PI_LAYERS] = disagg.layers
+    poolf[S.PF_KV_TOKEN_BYTES] = disagg.kv_token_bytes
+    cnt = counter_array(scenario, control, n - n_later)
+    cnt[S.K_DISAGG] = int(disagg.on)
     st = SimState(
         clock=clock_array(scenario),
         # later session steps are the table's last rows (RequestTable.validate)
-        cnt=counter_array(scenario, control, n - n_later),
+        cnt=cnt,
         rng=np.array([core_seed | 1], dtype=np.uint64),  # xorshift state must be non-zero
         rqf=rqf,
         rqi=rqi,
@@ -333,6 +343,11 @@ def build_state(
         relq=np.stack([np.full(max(n_later, 1), np.inf), np.full(max(n_later, 1), -1.0)]),
         rlog=np.full(max(n_later, 1), -1, dtype=np.int32),
         trace=np.zeros((max(int(trace_capacity), 0), S.N_TR)),
+        xfq=disagg.xfq,
+        xwait=disagg.xwait,
+        link=disagg.link,
+        xqf=disagg.xqf,
+        xqi=disagg.xqi,
     )
     if any(p.mtbf_s or (p.spot and p.reclaim_mtbr_s) for p in pools):
         arm_initial_faults(st)  # draws only when the feature is on: other runs keep their random stream

@@ -12,6 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from servegym.envs.sim.disagg import (
+    complete_transfer,
+    dispatch_transfers,
+    join_arrived,
+    next_transfer,
+    start_transfer,
+)
 from servegym.envs.sim.faults import handle_fault, next_fault
 from servegym.envs.sim.finish import drop_request
 from servegym.envs.sim.jit import hot, kernel
@@ -36,10 +43,10 @@ from servegym.envs.sim.replica import (
 )
 from servegym.envs.sim.routing import (
     builtin_route,
-    can_serve,
     enqueue,
     fits_any_pool,
     n_candidates,
+    pending_allowed,
     retry_held,
 )
 from servegym.envs.sim.scaling import builtin_scale, roll_pool_stats, scale_pool
@@ -67,9 +74,13 @@ from servegym.envs.sim.state import (
     K_NEXT_ARRIVAL,
     K_PENDING_ROUTE,
     K_PENDING_SCALE,
+    K_ROUTE_PHASE,
     K_TICKS,
+    K_XFER_RETRY,
+    K_XW_N,
     PF_ARR_INTER,
     PF_ARRIVALS,
+    PI_ROLE,
     PI_SCALE_DELTA,
     RF_ARRIVAL,
     RF_VISIBLE,
@@ -77,11 +88,14 @@ from servegym.envs.sim.state import (
     RI_REPLICA,
     RI_STATUS,
     RI_TIER,
+    ROLE_PREFILL,
     RS_STARTING,
     ST_INFLIGHT,
     TIER_INTERACTIVE,
     XF_NEXT,
     XI_BUSY,
+    XI_NRDY,
+    XI_POOL,
     XI_QN,
     XI_STATE,
 )
@@ -133,6 +147,10 @@ def pending_event(st, now):
             return EV_BATCH
         launch(st, fr, now)
         st.cnt[K_FORM_REPLICA] = -1
+    # KV caches waiting for a decode replica (disagg.py): dispatch them when decode capacity may have freed
+    if st.cnt[K_XW_N] > 0 and (st.cnt[K_XFER_RETRY] or st.cnt[K_HOLD_RETRY]):
+        if dispatch_transfers(st, now) == EV_ROUTE:
+            return EV_ROUTE
     if st.cnt[K_HOLD_RETRY]:
         if retry_held(st, now) == EV_ROUTE:
             return EV_ROUTE
@@ -182,6 +200,11 @@ def on_replica_event(st, r, t):
         return
     if st.repi[XI_BUSY, r]:
         complete_iteration(st, r, t)
+    if st.repi[XI_NRDY, r] > 0:  # KV caches that arrived during the iteration join the decode set
+        join_arrived(st, r)
+    # a decode-capable replica's iteration may have freed decode capacity
+    if st.cnt[K_XW_N] > 0 and st.pooli[PI_ROLE, st.repi[XI_POOL, r]] != ROLE_PREFILL:
+        st.cnt[K_XFER_RETRY] = 1
     budget = prepare_running(st, r, t)
     if st.cnt[K_CTRL_BATCH]:
         st.cnt[K_FORM_REPLICA] = r
@@ -253,7 +276,8 @@ def advance(st, t_limit):
         r_min, t_rep = next_replica_event(st, n_rep)
         t_tick = st.clock[C_NEXT_TICK]
         t_fault = st.clock[C_NEXT_FAULT]
-        t = min(t_rep, t_arr, t_tick, t_fault)
+        t_xfer = next_transfer(st)  # KV transfers in flight (disagg.py); inf without disaggregation
+        t = min(t_rep, t_arr, t_tick, t_fault, t_xfer)
         if t > st.clock[C_HORIZON]:
             st.clock[C_NOW] = max(now, min(st.clock[C_HORIZON], t_limit))
             return EV_DONE if t_limit >= st.clock[C_HORIZON] else EV_TIME
@@ -262,10 +286,13 @@ def advance(st, t_limit):
             return EV_TIME
         st.clock[C_NOW] = t
         st.cnt[K_EVENTS] += 1
-        # simultaneous events: faults first (rare: one comparison on the hot path), then replicas by index,
-        # then arrivals, then the control tick
+        # simultaneous events: faults first (rare: one comparison on the hot path), then KV transfers (so a
+        # decode replica due at the same time sees the arrival), then replicas by index, then arrivals, then
+        # the control tick
         if t_fault <= t:
             on_fault(st, t)
+        elif t_xfer <= t:
+            complete_transfer(st, t)
         elif r_min >= 0 and t_rep <= t_arr and t_rep <= t_tick:
             on_replica_event(st, r_min, t)
         elif t_arr <= t_tick:
@@ -282,9 +309,14 @@ def advance(st, t_limit):
 def apply_route(st, r):
     """Route the pending request to replica r; returns False (and leaves it pending) if r cannot serve it."""
     i = st.cnt[K_PENDING_ROUTE]
-    if i < 0 or r < 0 or r >= st.repi.shape[1] or not can_serve(st, r, i):
+    if i < 0 or r < 0 or r >= st.repi.shape[1] or not pending_allowed(st, r):
         return False
     st.cnt[K_PENDING_ROUTE] = -1
+    if st.cnt[K_ROUTE_PHASE]:  # the decode phase: send the KV cache there (disagg.py)
+        st.cnt[K_ROUTE_PHASE] = 0
+        start_transfer(st, i, r, st.clock[C_NOW])
+        st.cnt[K_XFER_RETRY] = 1  # the next waiting KV cache may go too
+        return True
     enqueue(st, i, r, st.clock[C_NOW])
     return True
 
@@ -349,10 +381,11 @@ def finalize(st):
 
 @kernel
 def route_mask(st, out):
-    """out[r] = 1 where the pending request may be routed to replica r."""
+    """out[r] = 1 where the pending request may be routed to replica r (in its decode phase: where its KV
+    cache may go)."""
     i = st.cnt[K_PENDING_ROUTE]
     for r in range(st.repi.shape[1]):
-        out[r] = 1 if (i >= 0 and can_serve(st, r, i)) else 0
+        out[r] = 1 if (i >= 0 and pending_allowed(st, r)) else 0
 
 
 @kernel

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from servegym.envs.sim.disagg import fail_transfers, holds_no_work
 from servegym.envs.sim.jit import hot, kernel
 from servegym.envs.sim.kv import kv_touch
 from servegym.envs.sim.lifecycle import turn_off
@@ -35,6 +36,7 @@ from servegym.envs.sim.state import (
     FK_NONE,
     FK_REPAIR,
     FK_WARN,
+    K_DISAGG,
     K_EVICTED,
     K_FAILURES,
     K_HOLD_RETRY,
@@ -132,6 +134,8 @@ def evict_request(st, i, now):
 @kernel
 def evict_all(st, r, now):
     """Send every request of replica r back for routing and reset the replica to empty (its KV is gone)."""
+    if st.cnt[K_DISAGG]:
+        fail_transfers(st, r, now)  # KV caches it sends or receives (disagg.py), before its slots are reset
     it = st.repi[XI_IT, r]
     n_slots = st.slot.shape[2]
     for k in range(n_slots):
@@ -207,7 +211,7 @@ def handle_fault(st, r, now):
             turn_off(st, r, now)  # reclaimed before it was ready: nothing to drain
         elif s == RS_ACTIVE or s == RS_DRAINING:
             st.repi[XI_STATE, r] = RS_DRAINING
-            if st.repi[XI_BUSY, r] == 0 and st.repi[XI_ND, r] + st.repi[XI_NPF, r] + st.repi[XI_QN, r] == 0:
+            if st.repi[XI_BUSY, r] == 0 and holds_no_work(st, r):
                 turn_off(st, r, now)
             else:
                 set_fault(st, r, now + st.poolf[PF_RECLAIM_WARN, p], FK_KILL)

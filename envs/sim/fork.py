@@ -1,7 +1,7 @@
 """Forking a run: copies of the packed state, and handing pending decisions back to the built-in rules.
 
 A run is a pure function of its ``SimState`` (every random draw comes from the state's own xorshift64*
-word, ``st.rng``), so a copy of the 19 packed arrays is a complete, independent snapshot: continued with
+word, ``st.rng``), so a copy of its packed arrays is a complete, independent snapshot: continued with
 the same decisions, a copy reproduces the original bit for bit (tested in tests/test_fork.py). Planners
 (servegym.baselines.planning) fork a run at a decision, try an action, and let ``release_control`` give
 every later decision to the scenario's built-in rules for a rollout.
@@ -9,6 +9,7 @@ every later decision to the scenario's built-in rules for a rollout.
 
 from __future__ import annotations
 
+from servegym.envs.sim.disagg import builtin_decode_route, start_transfer
 from servegym.envs.sim.jit import kernel
 from servegym.envs.sim.queues import hold_push
 from servegym.envs.sim.replica import admit_builtin, budget_left, launch
@@ -22,6 +23,8 @@ from servegym.envs.sim.state import (
     K_FORM_REPLICA,
     K_PENDING_ROUTE,
     K_PENDING_SCALE,
+    K_ROUTE_PHASE,
+    K_XFER_RETRY,
     SimState,
 )
 
@@ -55,7 +58,12 @@ def release_control(st):
     st.cnt[K_CTRL_SCALE] = 0
     now = st.clock[C_NOW]
     i = st.cnt[K_PENDING_ROUTE]
-    if i >= 0:
+    if i >= 0 and st.cnt[K_ROUTE_PHASE]:  # a KV cache's decode replica (disagg.py)
+        st.cnt[K_PENDING_ROUTE] = -1
+        st.cnt[K_ROUTE_PHASE] = 0
+        start_transfer(st, i, builtin_decode_route(st, i), now)  # it had a candidate when handed out
+        st.cnt[K_XFER_RETRY] = 1
+    elif i >= 0:
         st.cnt[K_PENDING_ROUTE] = -1
         r = builtin_route(st, i)
         if r < 0:

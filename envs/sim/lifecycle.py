@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from servegym.envs.sim.jit import kernel
+from servegym.envs.sim.jit import hot, kernel
 from servegym.envs.sim.kv import kv_touch
 from servegym.envs.sim.state import (
     FK_NONE,
@@ -30,12 +30,24 @@ from servegym.envs.sim.state import (
     XI_FKIND,
     XI_ND,
     XI_NPF,
+    XI_NRX,
+    XI_NXF,
     XI_POOL,
     XI_QN,
     XI_STATE,
 )
 
 INF = np.inf
+
+
+@hot
+def holds_no_work(st, r):
+    """Nothing queued, running, arriving (a KV cache in transfer, disagg.py) or held as a transfer source:
+    a draining replica may turn off."""
+    return (
+        st.repi[XI_ND, r] + st.repi[XI_NPF, r] + st.repi[XI_QN, r] + st.repi[XI_NRX, r] + st.repi[XI_NXF, r]
+        == 0
+    )
 
 
 @kernel
@@ -78,5 +90,5 @@ def start_drain(st, r, now):
         turn_off(st, r, now)
         return
     st.repi[XI_STATE, r] = RS_DRAINING
-    if st.repi[XI_BUSY, r] == 0 and st.repi[XI_ND, r] + st.repi[XI_NPF, r] + st.repi[XI_QN, r] == 0:
+    if st.repi[XI_BUSY, r] == 0 and holds_no_work(st, r):
         turn_off(st, r, now)

@@ -129,6 +129,13 @@ class SimOutcome:
     context_limit: np.ndarray | None = None  # int32 per request: its model's max prompt + output tokens
     context_rejected: int = 0  # requests removed from the workload at load (context_policy reject)
     context_truncated: int = 0  # requests whose prompt was truncated to fit (context_policy truncate)
+    # --- prefill/decode disaggregation (None: every pool mixed, colocated serving; envs/sim/disagg.py)
+    pool_role: np.ndarray | None = None  # int8 per pool: 0 mixed, 1 prefill, 2 decode
+    transfer_s: np.ndarray | None = None  # float64 per request: seconds its KV transfers took
+    transfer_wait_s: np.ndarray | None = None  # float64 per request: seconds its KV waited for a decode slot
+    transfer_bytes: np.ndarray | None = None  # float64 per request: KV bytes it moved
+    transfers: np.ndarray | None = None  # int16 per request: KV transfers completed
+    transfer_failures: int = 0  # transfers (or waits for one) cut by a failure of either replica
 
     @property
     def n_requests(self) -> int:
@@ -148,6 +155,7 @@ class SimOutcome:
             "reclaims",
             "context_rejected",
             "context_truncated",
+            "transfer_failures",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
@@ -176,6 +184,11 @@ class SimOutcome:
             ("session_context_tokens", np.int32, n),
             ("tenant_session_slo_s", np.float64, len(self.tenant_names)),
             ("context_limit", np.int32, n),
+            ("pool_role", np.int8, len(self.pool_names)),
+            ("transfer_s", np.float64, n),
+            ("transfer_wait_s", np.float64, n),
+            ("transfer_bytes", np.float64, n),
+            ("transfers", np.int16, n),
         ):
             arr = getattr(self, name)
             if arr is not None and (
@@ -191,6 +204,8 @@ class SimOutcome:
             _check_range(self, "tenant", 0, n_tenants - 1)
         if self.replica_pool.shape[0] > 0:
             _check_range(self, "replica_pool", 0, n_pools - 1)
+        if self.pool_role is not None and n_pools > 0:
+            _check_range(self, "pool_role", 0, 2)
         w = self.tenant_weights
         if w.size and not (np.all(np.isfinite(w)) and np.all(w > 0)):
             raise ValueError("SimOutcome.tenant_weights: weights must be finite and > 0")
@@ -243,4 +258,5 @@ assert {f.name for f in fields(SimOutcome)} == (
     | {"pool_spot", "evictions", "failures", "reclaims"}
     | {"session", "session_steps_left", "session_context_tokens", "tenant_session_slo_s"}
     | {"context_limit", "context_rejected", "context_truncated"}
+    | {"pool_role", "transfer_s", "transfer_wait_s", "transfer_bytes", "transfers", "transfer_failures"}
 )

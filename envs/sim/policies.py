@@ -35,6 +35,8 @@ ROUTE_P2C = ROUTING_IDS["p2c"]
 ROUTE_PREFIX = ROUTING_IDS["prefix_affinity"]
 ROUTE_COST = ROUTING_IDS["cost_aware"]
 ROUTE_SESSION = ROUTING_IDS["session_affinity"]
+ROUTE_SPLITWISE = ROUTING_IDS["splitwise"]
+ROUTE_MOONCAKE = ROUTING_IDS["mooncake"]
 
 SCALE_STATIC = SCALING_IDS["static"]
 SCALE_REACTIVE = SCALING_IDS["reactive"]
@@ -146,6 +148,35 @@ def session_route_score(is_home: bool, load: int, max_load: float) -> float:
     if is_home and load <= max_load:
         return -1.0
     return float(load)
+
+
+@njit(cache=True, inline="always")
+def phase_route_score(is_mixed: bool, load: int, overflow: int) -> float:
+    """Splitwise's assignment of one phase (Patel et al., ISCA'24, section IV-B), lower wins.
+
+    Each phase joins the shortest queue among the replicas of its own role (prefill replicas for a new
+    request, decode replicas for a prefilled one); ``load`` is the candidate's outstanding requests (waiting,
+    running, and KV caches arriving). A mixed replica is the overflow: it wins only when every replica of
+    the phase's role has more than ``overflow`` requests beyond it. With no role pools (colocated serving)
+    every candidate is mixed and this is plain join-the-shortest-queue.
+    """
+    if is_mixed:
+        return float(load + overflow) + _TIE
+    return float(load)
+
+
+@njit(cache=True, inline="always")
+def prefill_route_score(queued_prompt_tokens: int, uncached_prompt_tokens: int) -> float:
+    """Mooncake's cache-aware prefill selection (Qin et al., FAST'25, section 5: the Conductor), lower wins.
+
+    Mooncake picks the prefill instance with the least estimated time to first token: the queueing time of
+    the prompts already waiting there plus the prefill of this request's tokens that the instance does not
+    hold in its prefix cache. Prefill time is close to linear in tokens at the prompt lengths that matter, so
+    we compare tokens: the prompt tokens still to prefill on the replica (waiting and running) plus this
+    request's uncached prompt tokens. Mooncake also weighs the KV transfer of a remote prefix hit from
+    another instance's cache; our prefix caches are per replica, so a hit elsewhere is a miss here.
+    """
+    return float(queued_prompt_tokens + uncached_prompt_tokens)
 
 
 @njit(cache=True, inline="always")

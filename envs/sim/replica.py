@@ -26,10 +26,11 @@ costs more than most of these bodies.
 from __future__ import annotations
 
 from servegym.envs.perf.model import iteration_time_s
+from servegym.envs.sim.disagg import hand_off
 from servegym.envs.sim.finish import finish_request, return_latency
 from servegym.envs.sim.jit import hot, kernel
 from servegym.envs.sim.kv import blocks_for, kv_limit, kv_touch
-from servegym.envs.sim.lifecycle import turn_off
+from servegym.envs.sim.lifecycle import holds_no_work, turn_off
 from servegym.envs.sim.prefix_cache import prefix_hits, prefix_insert
 from servegym.envs.sim.queues import expire_and_pick, next_visible_time, queue_remove_at
 from servegym.envs.sim.slots import (
@@ -53,6 +54,7 @@ from servegym.envs.sim.state import (
     PI_MAX_SEQS,
     PI_MAX_TOKENS,
     PI_PREFIX,
+    PI_ROLE,
     PREFIX_BLOCK_TOKENS,
     RF_FIRST,
     RI_CACHED,
@@ -61,6 +63,7 @@ from servegym.envs.sim.state import (
     RI_PREEMPT,
     RI_PROMPT,
     RI_TENANT,
+    ROLE_PREFILL,
     RS_DRAINING,
     SL_ADMIT,
     SL_CHUNK,
@@ -77,6 +80,7 @@ from servegym.envs.sim.state import (
     TR_REPLICA,
     TR_START,
     XF_BUSY_S,
+    XF_ITER_DT,
     XF_NEXT,
     XI_BUSY,
     XI_DSUM,
@@ -86,8 +90,8 @@ from servegym.envs.sim.state import (
     XI_ND,
     XI_NDEC_ITER,
     XI_NPF,
+    XI_NRX,
     XI_POOL,
-    XI_QN,
     XI_STATE,
 )
 
@@ -98,7 +102,12 @@ B = KV_BLOCK_TOKENS
 def _most_recent_slot(st, r):
     v = -1
     for k in range(st.slot.shape[2]):
-        if st.slot[SL_REQ, r, k] >= 0 and (v < 0 or st.slot[SL_ADMIT, r, k] > st.slot[SL_ADMIT, r, v]):
+        # a slot reserved for an incoming KV cache (SL_LEFT < 0, disagg.py) is not running: never preempted
+        if (
+            st.slot[SL_REQ, r, k] >= 0
+            and st.slot[SL_LEFT, r, k] >= 0
+            and (v < 0 or st.slot[SL_ADMIT, r, k] > st.slot[SL_ADMIT, r, v])
+        ):
             v = k
     return v
 
@@ -148,7 +157,8 @@ def budget_left(st, r):
 def admit_chunk(st, r, i, budget, prefill_scheduled):
     """Tokens request i would prefill this iteration if admitted now, or 0 if it does not fit."""
     pool = st.repi[XI_POOL, r]
-    if st.repi[XI_ND, r] + st.repi[XI_NPF, r] >= st.pooli[PI_MAX_SEQS, pool] or budget <= 0:
+    running = st.repi[XI_ND, r] + st.repi[XI_NPF, r] + st.repi[XI_NRX, r]
+    if running >= st.pooli[PI_MAX_SEQS, pool] or budget <= 0:
         return 0
     total = st.rqi[RI_PROMPT, i] + st.rqi[RI_GENERATED, i]
     if st.repi[XI_KV_USED, r] + blocks_for(total) > kv_limit(st, r):
@@ -192,7 +202,7 @@ def admit(st, r, i, budget, now):
 @hot
 def admit_builtin(st, r, budget, now):
     pool = st.repi[XI_POOL, r]
-    if st.repi[XI_ND, r] + st.repi[XI_NPF, r] >= st.pooli[PI_MAX_SEQS, pool]:
+    if st.repi[XI_ND, r] + st.repi[XI_NPF, r] + st.repi[XI_NRX, r] >= st.pooli[PI_MAX_SEQS, pool]:
         return  # full: skip the queue scan (expired requests are swept at the next control tick)
     if st.repi[XI_KV_USED, r] >= kv_limit(st, r):
         return
@@ -223,10 +233,7 @@ def launch(st, r, now):
     n_dec = st.repi[XI_NDEC_ITER, r]
     if n_pf + n_dec == 0:
         st.repi[XI_BUSY, r] = 0
-        if (
-            st.repi[XI_STATE, r] == RS_DRAINING
-            and st.repi[XI_ND, r] + st.repi[XI_NPF, r] + st.repi[XI_QN, r] == 0
-        ):
+        if st.repi[XI_STATE, r] == RS_DRAINING and holds_no_work(st, r):
             turn_off(st, r, now)
         else:
             st.repf[XF_NEXT, r] = next_visible_time(st, r, now)
@@ -242,6 +249,7 @@ def launch(st, r, now):
         st.trace[k, TR_DURATION] = dt
         st.cnt[K_TRACE_N] = k + 1
     st.repi[XI_BUSY, r] = 1
+    st.repf[XF_ITER_DT, r] = dt
     st.repf[XF_NEXT, r] = now + dt
     st.repf[XF_BUSY_S, r] += dt
     st.cnt[K_ITERATIONS] += 1
@@ -268,6 +276,7 @@ def complete_iteration(st, r, now):
         finish_request(st, i, now + return_latency(st, r, i))
         slot_free(st, r, k)
     prefix_on = st.pooli[PI_PREFIX, st.repi[XI_POOL, r]]
+    hands_off = st.pooli[PI_ROLE, st.repi[XI_POOL, r]] == ROLE_PREFILL
     j = st.repi[XI_NPF, r] - 1
     while j >= 0:
         k = st.slot[LS_PREFILL, r, j]
@@ -295,6 +304,8 @@ def complete_iteration(st, r, now):
                     st.repi[XI_KV_USED, r] -= blocks_for(st.slot[SL_CTX, r, k])
                     finish_request(st, i, now + back)
                     slot_free(st, r, k)
+                elif hands_off:
+                    hand_off(st, r, k, i, st.slot[SL_CTX, r, k], now)
                 else:
                     join_decode(st, r, k, st.slot[SL_CTX, r, k], it)
         j -= 1

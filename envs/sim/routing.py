@@ -8,17 +8,28 @@ from __future__ import annotations
 
 import numpy as np
 
+from servegym.envs.sim.disagg import (
+    builtin_decode_route,
+    can_decode,
+    decode_fits,
+    queued_prefill_tokens,
+    takes_new_requests,
+)
 from servegym.envs.sim.finish import drop_request
 from servegym.envs.sim.jit import hot, kernel
 from servegym.envs.sim.kv import blocks_for, kv_limit
 from servegym.envs.sim.policies import (
     ROUTE_COST,
+    ROUTE_MOONCAKE,
     ROUTE_P2C,
     ROUTE_PREFIX,
     ROUTE_RANDOM,
     ROUTE_RR,
     ROUTE_SESSION,
+    ROUTE_SPLITWISE,
     cost_route_score,
+    phase_route_score,
+    prefill_route_score,
     replica_cost,
     route_score,
     session_route_score,
@@ -31,6 +42,7 @@ from servegym.envs.sim.state import (
     C_COST_MAX_QUEUE,
     C_MAX_WAIT,
     C_SESSION_MAX_LOAD,
+    C_SPLITWISE_OVERFLOW,
     EV_DONE,
     EV_ROUTE,
     K_CTRL_ROUTE,
@@ -38,6 +50,7 @@ from servegym.envs.sim.state import (
     K_HOLD_N,
     K_HOLD_RETRY,
     K_PENDING_ROUTE,
+    K_ROUTE_PHASE,
     K_ROUTE_POLICY,
     K_RR,
     PF_CAPACITY,
@@ -46,8 +59,11 @@ from servegym.envs.sim.state import (
     PI_FIRST_REP,
     PI_MAX_CTX,
     PI_MODEL,
+    PI_PREFIX,
     PI_REGION,
+    PI_ROLE,
     PI_TP,
+    PREFIX_BLOCK_TOKENS,
     RF_VISIBLE,
     RI_HOME,
     RI_MODEL,
@@ -55,6 +71,9 @@ from servegym.envs.sim.state import (
     RI_PROMPT,
     RI_REGION,
     RI_REPLICA,
+    ROLE_DECODE,
+    ROLE_MIXED,
+    ROLE_PREFILL,
     RS_ACTIVE,
     XF_NEXT,
     XI_BUSY,
@@ -77,7 +96,28 @@ def can_serve(st, r, i):
         return False
     if st.pooli[PI_MODEL, st.repi[XI_POOL, r]] != st.rqi[RI_MODEL, i]:
         return False
+    if not takes_new_requests(st, r):  # a decode replica takes only KV caches (disagg.py)
+        return False
     return blocks_for(st.rqi[RI_PROMPT, i] + st.rqi[RI_OUTPUT, i]) <= kv_limit(st, r)
+
+
+@hot
+def pending_allowed(st, r):
+    """Replica r may take the pending routing decision: the new request (can_serve) or, in the decode phase
+    of a disaggregated request, its KV cache (disagg.can_decode)."""
+    i = st.cnt[K_PENDING_ROUTE]
+    if st.cnt[K_ROUTE_PHASE]:
+        return can_decode(st, r, i)
+    return can_serve(st, r, i)
+
+
+@kernel
+def builtin_pending_route(st):
+    """The built-in rule's answer to the pending routing decision, either phase (-1: none can take it)."""
+    i = st.cnt[K_PENDING_ROUTE]
+    if st.cnt[K_ROUTE_PHASE]:
+        return builtin_decode_route(st, i)
+    return builtin_route(st, i)
 
 
 @hot
@@ -89,8 +129,10 @@ def fits_any_pool(st, i):
     for p in range(st.pooli.shape[1]):
         if (
             st.pooli[PI_MODEL, p] == st.rqi[RI_MODEL, i]
+            and st.pooli[PI_ROLE, p] != ROLE_DECODE  # where it can be prefilled (decode_fits: decoded)
             and need <= kv_limit(st, st.pooli[PI_FIRST_REP, p])
             and ctx <= st.pooli[PI_MAX_CTX, p]  # the model's context (timing v1; no limit in v0)
+            and (st.pooli[PI_ROLE, p] != ROLE_PREFILL or decode_fits(st, i))
         ):
             return True
     return False
@@ -144,7 +186,19 @@ def builtin_route(st, i):
             hits = prefix_hits(st, r, i, False)
         kv_frac = st.repi[XI_KV_USED, r] / st.repi[XI_KV_CAP, r]
         running = st.repi[XI_ND, r] + st.repi[XI_NPF, r]
-        if policy == ROUTE_SESSION:
+        if policy == ROUTE_SPLITWISE:
+            s = phase_route_score(
+                st.pooli[PI_ROLE, st.repi[XI_POOL, r]] == ROLE_MIXED,
+                st.repi[XI_QN, r] + running,
+                int(st.clock[C_SPLITWISE_OVERFLOW]),
+            )
+        elif policy == ROUTE_MOONCAKE:
+            p = st.repi[XI_POOL, r]
+            cached = prefix_hits(st, r, i, False) * PREFIX_BLOCK_TOKENS if st.pooli[PI_PREFIX, p] else 0
+            s = prefill_route_score(
+                queued_prefill_tokens(st, r), st.rqi[RI_PROMPT, i] - min(cached, st.rqi[RI_PROMPT, i] - 1)
+            )
+        elif policy == ROUTE_SESSION:
             s = session_route_score(
                 r == st.rqi[RI_HOME, i], st.repi[XI_QN, r] + running, st.clock[C_SESSION_MAX_LOAD]
             )

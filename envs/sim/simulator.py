@@ -123,7 +123,8 @@ class Simulator:
         core.apply_scale(self.state)
 
     def route_mask(self) -> np.ndarray:
-        """Replicas the pending request may go to (active, serving its model, with room for its context)."""
+        """Replicas the pending request may go to (active, serving its model, with room for its context); in
+        its decode phase (``pending_phase``), the decode replicas that can take its KV cache now."""
         out = np.zeros(self.state.repi.shape[1], dtype=np.int8)
         core.route_mask(self.state, out)
         return out.astype(bool)
@@ -138,6 +139,12 @@ class Simulator:
     @property
     def pending_request(self) -> int:
         return int(self.state.cnt[S.K_PENDING_ROUTE])
+
+    @property
+    def pending_phase(self) -> str:
+        """Which phase the pending routing decision routes: "prefill" (a new request; colocated serving
+        routes only these) or "decode" (a prefilled request's KV cache, disaggregation)."""
+        return "decode" if self.state.cnt[S.K_ROUTE_PHASE] else "prefill"
 
     @property
     def forming_replica(self) -> int:
@@ -177,7 +184,8 @@ class Simulator:
             "dropped": int(np.count_nonzero(status == S.ST_DROPPED)),
             "in_flight": int(np.count_nonzero(status == S.ST_INFLIGHT)),
             "queued": int(st.repi[S.XI_QN].sum()),
-            "running": int(st.repi[S.XI_ND].sum() + st.repi[S.XI_NPF].sum()),
+            # decoding, prefilling, and decode slots holding KV caches in transfer or arrived (disagg.py)
+            "running": int(st.repi[S.XI_ND].sum() + st.repi[S.XI_NPF].sum() + st.repi[S.XI_NRX].sum()),
             "held": int(st.cnt[S.K_HOLD_N]),
             "pending_route": int(st.cnt[S.K_PENDING_ROUTE] >= 0),
             "events": int(st.cnt[S.K_EVENTS]),
@@ -189,6 +197,10 @@ class Simulator:
             "failed_replicas": int(np.count_nonzero(st.repi[S.XI_STATE] == S.RS_FAILED)),
             "session_steps_released": int(st.cnt[S.K_RELEASED]),
             "session_steps_pending": int(st.cnt[S.K_REL_N]),
+            "transfers_in_flight": int(st.cnt[S.K_XF_N]),
+            "transfer_waiting": int(st.cnt[S.K_XW_N]),
+            "transfers_done": int(st.cnt[S.K_TRANSFERS]),
+            "transfer_failures": int(st.cnt[S.K_XFER_FAILED]),
         }
 
     def sample(self) -> ClusterSample:
@@ -299,6 +311,7 @@ class Simulator:
             failures=int(st.cnt[S.K_FAILURES]),
             reclaims=int(st.cnt[S.K_RECLAIMS]),
             **self._session_fields(),
+            **self._disagg_fields(),
             **context_fields(self.context_limit, self.context_counts, st.rqi[S.RI_TENANT]),
         )
 
@@ -318,6 +331,20 @@ class Simulator:
         """The recorded iterations (``trace`` > 0): replica, start_s, prefill_tokens, decode_seqs,
         kv_context_tokens, duration_s (predicted), in start order per replica; at most ``trace`` rows."""
         return iteration_trace(self.state)
+
+    def _disagg_fields(self) -> dict[str, Any]:
+        """SimOutcome's disaggregation fields (none when every pool is mixed)."""
+        st = self.state
+        if not st.cnt[S.K_DISAGG]:
+            return {}
+        return {
+            "pool_role": st.pooli[S.PI_ROLE].astype(np.int8),
+            "transfer_s": st.xqf[S.XQF_XFER_S].copy(),
+            "transfer_wait_s": st.xqf[S.XQF_XWAIT_S].copy(),
+            "transfer_bytes": st.xqf[S.XQF_BYTES].copy(),
+            "transfers": st.xqi[S.XQI_XFERS].astype(np.int16),
+            "transfer_failures": int(st.cnt[S.K_XFER_FAILED]),
+        }
 
     def _session_fields(self) -> dict[str, Any]:
         """SimOutcome's session fields (none without sessions); static per run, so computed once."""

@@ -25,6 +25,11 @@ RS_OFF, RS_STARTING, RS_ACTIVE, RS_DRAINING, RS_FAILED = 0, 1, 2, 3, 4
 FK_NONE, FK_FAIL, FK_WARN, FK_KILL, FK_REPAIR = 0, 1, 2, 3, 4
 # Tiers.
 TIER_INTERACTIVE, TIER_BATCH = 0, 1
+# Pool roles (prefill/decode disaggregation, envs/sim/disagg.py); mixed runs both phases (colocated serving).
+ROLE_MIXED, ROLE_PREFILL, ROLE_DECODE = 0, 1, 2
+# SL_LEFT of a slot reserved on a decode replica for a KV cache in transfer (RX_PENDING) or arrived and
+# waiting for the replica's next iteration boundary to join its decode set (RX_READY).
+RX_PENDING, RX_READY = -1, -2
 
 # rqf[field, request] float64
 RF_ARRIVAL, RF_DEADLINE, RF_TTFT_SLO, RF_TPOT_SLO, RF_VISIBLE, RF_FIRST, RF_FINISH = range(7)
@@ -56,6 +61,23 @@ N_RF = 8
 ) = range(20)
 N_RI = 20
 
+# Per-request disaggregation fields (envs/sim/disagg.py) live in their own arrays, xqf/xqi, with one column per
+# request only when some pool has a role (one column otherwise), so colocated runs keep their memory.
+# xqf[field, request] float64: when its prefill ended and its KV started waiting for a decode replica (then:
+# when its transfer started); the seconds its transfers took, the seconds it waited for a decode replica,
+# the KV bytes it moved, and the prefill computation its next transfer may overlap (its last prefill iteration)
+XQF_HANDOFF, XQF_XFER_S, XQF_XWAIT_S, XQF_BYTES, XQF_OVERLAP = range(5)
+N_XQF = 5
+# xqi[field, request] int32, -1 / 0 outside a transfer
+(
+    XQI_SRC,  # prefill replica holding its KV cache until the transfer completes
+    XQI_DST,  # decode replica receiving it ...
+    XQI_SLOT,  # ... into this slot
+    XQI_CTX,  # tokens of KV being transferred
+    XQI_XFERS,  # KV transfers completed
+) = range(5)
+N_XQI = 5
+
 # poolf[field, pool] float64 / pooli[field, pool] int64
 (
     PF_COLD_START,
@@ -81,8 +103,9 @@ N_RI = 20
     # PF_ARRIVALS: the demand the on-demand floor of the spot-mix scaler covers.
     PF_ARR_INTER,
     PF_ARR_INTER_LAST,
-) = range(19)
-N_PF = 19
+    PF_KV_TOKEN_BYTES,  # KV bytes one token occupies on a replica of the pool (what a transfer moves)
+) = range(20)
+N_PF = 20
 (
     PI_MODEL,
     PI_REGION,
@@ -99,13 +122,17 @@ N_PF = 19
 ) = range(12)
 # prompt + output tokens one sequence may hold (the model's context under timing v1; NO_CONTEXT_LIMIT in v0)
 PI_MAX_CTX = 12
-N_PI = 13
+PI_ROLE = 13  # ROLE_*
+PI_LAYERS = 14  # the model's layers (layer-wise KV transfer)
+N_PI = 15
 NO_CONTEXT_LIMIT = 2**62
 
 # repf[field, replica] float64
 XF_READY, XF_NEXT, XF_ON_SINCE, XF_UP_SINCE, XF_BUSY_S, XF_UP_S, XF_KV_BLOCK_S, XF_KV_T = range(8)
 XF_FAULT = 8  # time of the replica's pending fault (XI_FKIND), inf when none
-N_XF = 9
+XF_ITER_DT = 9  # duration of its latest iteration (the prefill a layer-wise KV transfer overlaps)
+XF_LINK_FREE = 10  # when its outgoing KV link is free: a replica sends one KV cache at a time (disagg.py)
+N_XF = 11
 # repi[field, replica] int64
 (
     XI_POOL,
@@ -122,8 +149,12 @@ N_XF = 9
     XI_NFREE,  # free slots
     XI_NDEC_ITER,  # decoding sequences in the running iteration
     XI_FKIND,  # FK_* kind of the pending fault at XF_FAULT
-) = range(14)
-N_XI = 14
+    # Disaggregation (envs/sim/disagg.py):
+    XI_NRX,  # slots reserved for incoming KV caches (in transfer or arrived; SL_LEFT RX_PENDING/RX_READY)
+    XI_NRDY,  # ... of which arrived, to join the decode set at the next iteration boundary
+    XI_NXF,  # KV caches of finished prefills it still holds as the source of a transfer (waiting or in flight)
+) = range(17)
+N_XI = 17
 
 # slot[field, replica, k] int64: running sequences, and per-replica lists stored beside them
 (
@@ -163,7 +194,9 @@ C_REACTIVE_UP, C_REACTIVE_DOWN = 7, 8
 # when it comes due (a replica turned off early leaves it stale, and then nothing happens at that time).
 C_NEXT_FAULT = 15
 C_SESSION_MAX_LOAD = 16  # session-affinity routing: leave the home replica above this load (policies)
-N_CLOCK = 17
+C_SPLITWISE_OVERFLOW = 17  # splitwise routing: load margin before a phase overflows to the mixed pool
+C_LAYERWISE = 18  # 1.0: KV transfers overlap the prefill layer by layer (Splitwise); 0.0: serialized
+N_CLOCK = 19
 
 # cnt[] int64 scalars
 (
@@ -203,7 +236,20 @@ N_CLOCK = 17
     K_REL_N,
 ) = range(32)
 K_TRACE_N = 32  # iterations written to the per-iteration trace (its capacity is trace.shape[0]; 0 = off)
-N_CNT = 33
+# Disaggregation (envs/sim/disagg.py); all 0 when every pool is mixed.
+(
+    K_DISAGG,  # 1: some pool has role prefill or decode
+    K_XF_N,  # KV transfers in flight (entries of the xfq heap)
+    K_XW_HEAD,  # ring buffer (xwait) of prefilled requests waiting for a decode replica
+    K_XW_N,
+    K_XFER_RETRY,  # decode capacity may have freed: dispatch the waiting KV caches again
+    K_TRANSFERS,  # KV transfers completed
+    K_XFER_FAILED,  # KV transfers (or waits) cut by a failure of their source or destination replica
+    # 1 while the pending routing decision (K_PENDING_ROUTE) is the decode phase of a prefilled request:
+    # which decode replica takes its KV cache (the caller routes both phases when it controls routing)
+    K_ROUTE_PHASE,
+) = range(33, 41)
+N_CNT = 41
 
 # Event codes returned by advance().
 EV_DONE, EV_ROUTE, EV_BATCH, EV_SCALE, EV_TIME = 0, 1, 2, 3, 4
@@ -238,6 +284,12 @@ class SimState(NamedTuple):
     # f8[cap, N_TR] per-iteration trace (Simulator(trace=...)); shape (0, N_TR) when off, which costs one
     # comparison per iteration
     trace: np.ndarray
+    # Disaggregation (envs/sim/disagg.py); minimal sizes when every pool is mixed.
+    xfq: np.ndarray  # f8[2, X] min-heap of KV transfers in flight: (completion time, request id), K_XF_N used
+    xwait: np.ndarray  # i4[W] ring of prefilled requests waiting for a decode replica (K_XW_HEAD, K_XW_N)
+    link: np.ndarray  # f8[2, P, P] KV link between pools: bytes/s, and latency (s) of one transfer
+    xqf: np.ndarray  # f8[N_XQF, N or 1] per-request transfer times and bytes
+    xqi: np.ndarray  # i4[N_XQI, N or 1] per-request transfer source, destination, slot, tokens, count
 
 
 # trace columns: replica, start time, prefill tokens, decode sequences, KV context tokens of the decodes,
