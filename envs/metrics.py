@@ -207,7 +207,7 @@ def _disagg_metrics(o: SimOutcome, m: dict, arrived: np.ndarray) -> None:
         reps = rep_role == role
         act = reps & (up > 0)
         m[f"util/busy/{name}"] = float(np.mean(o.replica_busy_s[act] / up[act])) if act.any() else NAN
-        cap_s = float(np.dot(o.replica_kv_capacity[reps].astype(np.float64), up[reps]))
+        cap_s = _dot(o.replica_kv_capacity[reps].astype(np.float64), up[reps])
         m[f"util/kv/{name}"] = _div(float(o.replica_kv_block_s[reps].sum()), cap_s)
         billed = float(o.pool_billed_gpu_s[pools].sum())
         m[f"gpus/mean_billed/{name}"] = _div(billed, o.now_s)
