@@ -112,6 +112,7 @@ from servegym.envs.sim.state import (
     XQI_SRC,
     XQI_XFERS,
 )
+from servegym.envs.sim.time_heap import heap_delete_at, heap_push
 
 INF = np.inf
 
@@ -119,60 +120,17 @@ INF = np.inf
 # ---------------------------------------------------------------- the transfer heap and the wait ring
 
 
-@hot
-def _xf_less(st, a, b):
-    ta = st.xfq[0, a]
-    tb = st.xfq[0, b]
-    return ta < tb or (ta == tb and st.xfq[1, a] < st.xfq[1, b])
-
-
-@hot
-def _xf_swap(st, a, b):
-    for f in range(2):
-        x = st.xfq[f, a]
-        st.xfq[f, a] = st.xfq[f, b]
-        st.xfq[f, b] = x
-
-
-@kernel
-def _xf_fix(st, p):
-    n = st.cnt[K_XF_N]
-    while p > 0 and _xf_less(st, p, (p - 1) >> 1):
-        _xf_swap(st, p, (p - 1) >> 1)
-        p = (p - 1) >> 1
-    while True:
-        c = 2 * p + 1
-        if c >= n:
-            break
-        if c + 1 < n and _xf_less(st, c + 1, c):
-            c += 1
-        if not _xf_less(st, c, p):
-            break
-        _xf_swap(st, p, c)
-        p = c
-
-
 @kernel
 def _xf_push(st, t, i):
-    n = st.cnt[K_XF_N]
-    st.xfq[0, n] = t
-    st.xfq[1, n] = i
-    st.cnt[K_XF_N] = n + 1
-    _xf_fix(st, n)
+    heap_push(st.xfq, st.cnt[K_XF_N], t, i)
+    st.cnt[K_XF_N] += 1
 
 
 @kernel
 def _xf_delete_at(st, p):
     """Remove heap entry p; return its request id."""
-    i = int(st.xfq[1, p])
-    n = st.cnt[K_XF_N] - 1
-    st.cnt[K_XF_N] = n
-    st.xfq[0, p] = st.xfq[0, n]
-    st.xfq[1, p] = st.xfq[1, n]
-    st.xfq[0, n] = INF
-    st.xfq[1, n] = -1.0
-    if p < n:
-        _xf_fix(st, p)
+    i = heap_delete_at(st.xfq, p, st.cnt[K_XF_N])
+    st.cnt[K_XF_N] -= 1
     return i
 
 

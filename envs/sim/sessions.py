@@ -32,63 +32,23 @@ from servegym.envs.sim.state import (
     RI_NEXT,
     RI_REPLICA,
 )
+from servegym.envs.sim.time_heap import heap_delete_at, heap_push
 
 INF = np.inf
-
-
-@hot
-def _rel_less(st, a, b):
-    """Heap order: release time, then request id."""
-    ta = st.relq[0, a]
-    tb = st.relq[0, b]
-    return ta < tb or (ta == tb and st.relq[1, a] < st.relq[1, b])
-
-
-@hot
-def _rel_swap(st, a, b):
-    for f in range(2):
-        x = st.relq[f, a]
-        st.relq[f, a] = st.relq[f, b]
-        st.relq[f, b] = x
 
 
 @kernel
 def release_push(st, j, t):
     """Schedule session step j to arrive at time t."""
-    n = st.cnt[K_REL_N]
-    st.relq[0, n] = t
-    st.relq[1, n] = j
-    st.cnt[K_REL_N] = n + 1
-    while n > 0:
-        p = (n - 1) >> 1
-        if not _rel_less(st, n, p):
-            break
-        _rel_swap(st, n, p)
-        n = p
+    heap_push(st.relq, st.cnt[K_REL_N], t, j)
+    st.cnt[K_REL_N] += 1
 
 
 @kernel
 def release_pop(st):
     """Remove and return the request id of the earliest pending step (the heap must not be empty)."""
-    j = int(st.relq[1, 0])
-    n = st.cnt[K_REL_N] - 1
-    st.cnt[K_REL_N] = n
-    st.relq[0, 0] = st.relq[0, n]
-    st.relq[1, 0] = st.relq[1, n]
-    st.relq[0, n] = INF
-    st.relq[1, n] = -1.0
-    p = 0
-    while True:
-        a = 2 * p + 1
-        if a >= n:
-            break
-        c = a
-        if a + 1 < n and _rel_less(st, a + 1, a):
-            c = a + 1
-        if not _rel_less(st, c, p):
-            break
-        _rel_swap(st, c, p)
-        p = c
+    j = heap_delete_at(st.relq, 0, st.cnt[K_REL_N])
+    st.cnt[K_REL_N] -= 1
     return j
 
 
