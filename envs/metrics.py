@@ -355,19 +355,29 @@ def _tenant_sum(tenant: np.ndarray, values: np.ndarray, n_tenants: int) -> np.nd
     return np.bincount(tenant, weights=values, minlength=n_tenants).astype(np.float64, copy=False)
 
 
+_FLOAT_MAX = Fraction(np.finfo(np.float64).max)
+
+
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
     """sum(a * b) as fused multiply-adds left to right, each step rounded once to float64.
 
     Not np.dot: BLAS picks its kernel, and with it the order and rounding of the additions, by CPU, so the
     last digit of a metric depended on the machine that computed it, and leaderboard entries made on one CPU
     did not replay bit for bit on another. This is the order and rounding the v0 entries were computed with
-    (OpenBLAS's FMA loop for the short vectors metrics take: pools, replicas, tenants), now fixed in code.
+    (OpenBLAS's FMA loop, which its x86 kernels use below 16 elements: the pools, replicas and tenants of the
+    v0 scenarios), now fixed in code for every length.
     Exact rational arithmetic gives the single rounding of an FMA (math.fma needs Python 3.13); the vectors
     are short, so its cost does not matter.
     """
+    xs, ys = np.asarray(a, np.float64), np.asarray(b, np.float64)
     total = 0.0
-    for x, y in zip(np.asarray(a, np.float64).tolist(), np.asarray(b, np.float64).tolist(), strict=True):
-        total = float(Fraction(x) * Fraction(y) + Fraction(total))
+    if not (np.isfinite(xs).all() and np.isfinite(ys).all()):  # inf/nan: no exact value; float semantics
+        for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
+            total = x * y + total
+        return total
+    for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
+        exact = Fraction(x) * Fraction(y) + Fraction(total)
+        total = float(exact) if abs(exact) <= _FLOAT_MAX else (math.inf if exact > 0 else -math.inf)
     return total
 
 

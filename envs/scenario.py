@@ -524,7 +524,9 @@ def _check_budgets(sc: Scenario) -> None:
 
 
 def _check_roles(sc: Scenario) -> None:
-    """Disaggregated pools: every model served by a prefill pool has somewhere to decode, and vice versa."""
+    """Disaggregated pools: a prefill pool's model has somewhere to decode (a decode or mixed pool), and a
+    decode pool's model has a prefill pool to hand it work (mixed replicas decode what they prefill, so a decode
+    pool beside mixed pools only would be billed and never used)."""
     names = {p.name for p in sc.pools}
     for i, link in enumerate(sc.kv_transfer.links):
         unknown = [n for n in link.pools if n not in names]
@@ -533,10 +535,10 @@ def _check_roles(sc: Scenario) -> None:
     for i, p in enumerate(sc.pools):
         if p.role == "mixed":
             continue
-        need = "decode" if p.role == "prefill" else "prefill"
-        if not any(q.model == p.model and q.role in (need, "mixed") for q in sc.pools):
+        need = ("decode", "mixed") if p.role == "prefill" else ("prefill",)
+        if not any(q.model == p.model and q.role in need for q in sc.pools):
             raise ValueError(
-                f"pools.{i}.role: pool {p.name!r} is a {p.role} pool but no {need} or mixed pool serves "
+                f"pools.{i}.role: pool {p.name!r} is a {p.role} pool but no {' or '.join(need)} pool serves "
                 f"{p.model!r}; add one (or make this pool mixed)"
             )
     if any(p.role != "mixed" for p in sc.pools) and sc.policies.routing == "session_affinity":

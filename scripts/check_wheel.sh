@@ -20,7 +20,9 @@ tops = {n.split("/")[0] for n in names}
 bad = [t for t in tops if t != "servegym" and not t.endswith(".dist-info")]
 assert not bad, f"the wheel installs top-level {bad}; everything must live under servegym/"
 for need in ("servegym/configs/scenarios/chat_azure.yaml", "servegym/configs/suite/v0.yaml",
-             "servegym/agents/pretrained/route_chat_azure/model.zip", "servegym/envs/perf/perf_coefficients.json"):
+             "servegym/agents/pretrained/route_chat_azure/model.zip", "servegym/envs/perf/perf_coefficients.json",
+             "servegym/configs/suite/v1/families/hetero_route.yaml", "servegym/envs/perf/validation/nemo_llama2_7b.csv",
+             "servegym/configs/scenarios/disagg_splitwise_ha.yaml"):
     assert need in names, f"the wheel lacks {need}"
 print(f"check_wheel: {len(names)} files, all under servegym/")
 EOF

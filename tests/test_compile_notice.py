@@ -59,3 +59,16 @@ def test_a_quick_compile_is_not_announced(capsys, monkeypatch):
     n.on_start(outer)
     n.on_end(outer)
     assert capsys.readouterr().err == ""
+
+
+def test_a_function_without_a_module_and_a_failed_compile_are_handled(notice, capsys):
+    nameless = _event("servegym.x")
+    nameless.data["dispatcher"].py_func.__module__ = None  # what exec() without __name__ gives
+    _compile(notice, nameless)
+    assert capsys.readouterr().err == "" and notice.depth == 0
+    outer = _event("servegym.envs.sim.core", "advance")
+    notice.on_start(outer)
+    notice.timer.join()
+    outer.is_failed = True
+    notice.on_end(outer)
+    assert capsys.readouterr().err.splitlines()[-1].startswith("servegym: failed after ")

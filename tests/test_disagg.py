@@ -45,8 +45,10 @@ def test_link_classes_match_the_interconnect_table():
 def test_a_prefill_pool_needs_somewhere_to_decode():
     with pytest.raises(ScenarioError, match=r"pools\.0\.role: .*no decode or mixed pool"):
         tiny_scenario(pools=[pool("p", "prefill")])
-    with pytest.raises(ScenarioError, match=r"pools\.0\.role: .*no prefill or mixed pool"):
+    with pytest.raises(ScenarioError, match=r"pools\.0\.role: .*no prefill pool"):
         tiny_scenario(pools=[pool("d", "decode")])
+    with pytest.raises(ScenarioError, match=r"pools\.0\.role: .*no prefill pool"):  # mixed hands nothing over
+        tiny_scenario(pools=[pool("d", "decode"), pool("m", "mixed")])
     with pytest.raises(ScenarioError, match=r"kv_transfer\.links\.0\.pools: unknown pools \['x'\]"):
         tiny_scenario(
             pools=[pool("p", "prefill"), pool("d", "decode")],

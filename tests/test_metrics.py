@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -443,3 +444,17 @@ def test_property_attainment_bounds_and_accounting(o: SimOutcome):
             assert math.isnan(v) or 0.0 <= v <= 1.0, k
     assert math.isnan(m["slo_attainment"]) == (m["judged"] == 0)
     assert 0.0 < m["fairness/jain"] <= 1.0 + 1e-12 and 0.0 < m["fairness/jain_maxmin"] <= 1.0 + 1e-12
+
+
+def test_dot_products_are_cpu_independent_and_keep_float_semantics_off_the_finite_range():
+    from servegym.envs.metrics import _dot, jain_index
+
+    a = np.array([0.1, 0.2, 0.3, 1e-17])
+    b = np.array([3.0, 7.0, 11.0, 1.0])
+    expected = 0.0
+    for x, y in zip(a.tolist(), b.tolist(), strict=True):  # fused multiply-add, one rounding per step
+        expected = float(Fraction(x) * Fraction(y) + Fraction(expected))
+    assert _dot(a, b) == expected
+    assert _dot(np.array([np.inf]), np.array([2.0])) == np.inf
+    assert _dot(np.array([1e300]), np.array([1e300])) == np.inf
+    assert np.isnan(jain_index(np.array([np.nan, 1.0])))

@@ -5,10 +5,12 @@ over ``numba.typed.List``s of the simulators' ``SimState`` tuples and the envs' 
 per step stays at unpacking the result. Both paths run the same ``env_core``, so sub-env i of the vector env
 is bit-identical to a single env.
 
-Compilation follows the core (envs/sim/jit.py): helpers are ``hot`` (inlined). numba optimises and emits the
-code of every compiled function again in each library that calls it, so the event loop and the observation
-are inlined once into each entry point rather than compiled as kernels of their own; the vector env's entry
-points share one kernel copy (``env_core_kernel``). The entry points that allocate fresh arrays are plain njit.
+Compilation follows the core (envs/sim/jit.py): helpers are ``hot`` (inlined); ``advance`` and ``observe``
+are kernels. numba optimises and emits a kernel's code again in every library that calls it, so reset and
+step share one body (``env_core``) with one call of each: the single env inlines it into its entry point
+``env_call``, and the vector env's entry points share one kernel copy (``env_core_kernel``). Before, separate
+reset and step kernels and their wrappers emitted the event loop five times on a first reset() and step().
+The entry points that allocate fresh arrays are plain njit.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ shared by the replica's GPUs.
 - ``infiniband-hdr``: 200 Gb/s HDR per GPU = 25 GB/s (DGX A100: eight ConnectX-6 200 Gb/s compute-fabric
   ports, one per GPU). Splitwise's A100 machines transfer KV over this fabric.
 - ``infiniband-ndr``: 400 Gb/s NDR per GPU = 50 GB/s (DGX H100: eight ConnectX-7 400 Gb/s ports, one per
-  GPU). Splitwise's H100 machines; Mooncake's nodes have 8 x 400 Gb/s RDMA NICs as well.
+  GPU). Splitwise's H100 machines.
 - ``ethernet-100g``: one 100 Gb/s Ethernet NIC per node = 12.5 GB/s, shared (a common cloud VM network).
 - ``ethernet-25g``: one 25 Gb/s link per node = 3.125 GB/s, shared: DistServe's testbed's cross-node
   bandwidth (4 nodes x 8 A100, NVLink inside a node, 25 Gbps between nodes).
