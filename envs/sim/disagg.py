@@ -318,7 +318,8 @@ def dispatch_transfers(st, now):
     """
     st.cnt[K_XFER_RETRY] = 0
     room = decode_room(st)
-    for _ in range(st.cnt[K_XW_N]):
+    n = st.cnt[K_XW_N]
+    for k in range(n):
         i = _xw_pop(st)
         # no replica has a slot and this many free blocks: skip the replica scan (a backlog stays O(waiting))
         d = builtin_decode_route(st, i) if blocks_for(st.xqi[XQI_CTX, i]) <= room else -1
@@ -327,6 +328,10 @@ def dispatch_transfers(st, now):
         elif st.cnt[K_CTRL_ROUTE]:
             st.cnt[K_PENDING_ROUTE] = i
             st.cnt[K_ROUTE_PHASE] = 1
+            # the ring now holds the unvisited caches ahead of the skipped ones: rotate them behind, so the
+            # ring is in hand-off order again for the next dispatch
+            for _ in range(n - k - 1):
+                xwait_push(st, _xw_pop(st))
             return EV_ROUTE
         else:
             start_transfer(st, i, d, now)
