@@ -54,6 +54,7 @@ from servegym.envs.gym.features import cost_usd, drained
 from servegym.envs.sim.core import advance, apply_admit, apply_route, apply_scale, apply_start, finalize
 from servegym.envs.sim.jit import hot, kernel
 from servegym.envs.sim.routing import builtin_pending_route, pending_allowed
+from servegym.envs.sim.scaling import pool_counts
 from servegym.envs.sim.state import (
     C_MAX_GAP,
     EV_BATCH,
@@ -65,13 +66,9 @@ from servegym.envs.sim.state import (
     K_SLO_MET,
     K_SLO_MET_TOKENS,
     K_SLO_MISSED_FINISHED,
-    PI_FIRST_REP,
     PI_MAX,
     PI_MIN,
     PI_SCALE_DELTA,
-    RS_ACTIVE,
-    RS_STARTING,
-    XI_STATE,
 )
 
 N_RC = 8  # 7 raw reward components, then the weighted reward
@@ -116,12 +113,7 @@ def validate(st, ax, act):
                 continue
             if p >= ai[AI_P]:
                 return ERR_MASKED, d
-            n_up = 0
-            first = st.pooli[PI_FIRST_REP, p]
-            for r in range(first, first + st.pooli[PI_MAX, p]):
-                s = st.repi[XI_STATE, r]
-                if s == RS_STARTING or s == RS_ACTIVE:
-                    n_up += 1
+            n_up, _ = pool_counts(st, p)
             if not st.pooli[PI_MIN, p] <= n_up + delta <= st.pooli[PI_MAX, p]:
                 return ERR_MASKED, d
     return 0, -1
