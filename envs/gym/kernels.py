@@ -7,9 +7,9 @@ is bit-identical to a single env.
 
 Compilation follows the core (envs/sim/jit.py): helpers are ``hot`` (inlined); ``advance`` and ``observe``
 are kernels. numba optimises and emits a kernel's code again in every library that calls it, so reset and
-step share one body (``env_core``) with one call of each: the single env inlines it into its entry point
-``env_call``, and the vector env's entry points share one kernel copy (``env_core_kernel``). Before, separate
-reset and step kernels and their wrappers emitted the event loop five times on a first reset() and step().
+step share one kernel (``env_core``) with one call of each, and the single env's entry point ``env_call`` and
+the vector env's entry points all call that one compiled copy. Before, separate reset and step kernels and
+their wrappers emitted the event loop five times on a first reset() and step().
 The entry points that allocate fresh arrays are plain njit.
 """
 
@@ -174,7 +174,7 @@ def rewards(st, ax, rc, invalid):
     rc[7] = total
 
 
-@hot
+@kernel
 def env_core(st, ax, act, obs, mask, ii, ff, rc, reset):
     """A reset (advance a fresh simulator to its first decision) or one step, observed into zeroed buffers.
 
@@ -215,10 +215,6 @@ def env_core(st, ax, act, obs, mask, ii, ff, rc, reset):
     return status, dim
 
 
-# The vector env's entry points share one compiled copy.
-env_core_kernel = kernel(env_core.py_func)
-
-
 # ---------------------------------------------------------------- allocating entry points
 
 
@@ -253,7 +249,7 @@ def vec_reset(states, auxs, envs):
     act = np.zeros(auxs[0].ai[AI_NACT], np.int64)  # unread by a reset
     rc = np.zeros(N_RC)
     for j in envs:
-        evs[j], _ = env_core_kernel(states[j], auxs[j], act, obs[j], mask[j], ii[j], ff[j], rc, True)
+        evs[j], _ = env_core(states[j], auxs[j], act, obs[j], mask[j], ii[j], ff[j], rc, True)
     return evs, obs, mask, ii, ff
 
 
@@ -266,7 +262,7 @@ def vec_reset_into(states, auxs, j, obs, mask, ii, ff):
     ff[j] = 0
     act = np.zeros(auxs[j].ai[AI_NACT], np.int64)  # unread by a reset
     rc = np.zeros(N_RC)
-    ev, _ = env_core_kernel(states[j], auxs[j], act, obs[j], mask[j], ii[j], ff[j], rc, True)
+    ev, _ = env_core(states[j], auxs[j], act, obs[j], mask[j], ii[j], ff[j], rc, True)
     return ev
 
 
@@ -325,7 +321,7 @@ def _step_buffers(auxs, n):
 def _step_sub(states, auxs, acts, j, obs, mask, ii, ff, rc, status, evs):
     """Step sub-env j into row j of the batch buffers (shared by the serial and the threaded loop)."""
     ax = auxs[j]
-    s, _ = env_core_kernel(states[j], ax, acts[j], obs[j], mask[j], ii[j], ff[j], rc[j], False)
+    s, _ = env_core(states[j], ax, acts[j], obs[j], mask[j], ii[j], ff[j], rc[j], False)
     status[j] = s
     evs[j] = ax.ai[AI_EV]
 

@@ -17,7 +17,7 @@ which are slower but compute the same results.
 What a cold compile costs (scripts/bench_coldstart.py): numba types and lowers every inlined copy of a
 ``hot`` body again, and optimises and emits a kernel's code again in every library that calls it. So a
 ``hot`` function called from several places on a path that runs once per request (not per iteration) is
-better a ``kernel`` (``builtin_route``), and an entry point should call the event loop once (``env_call``).
+better a ``kernel`` (``builtin_route``), and an entry point should call the event loop once (``env_core``).
 
 One signature per kernel: numba compiles a separate specialisation for every distinct argument type at a
 jitted call site, and a literal constant (``-1`` for the hold ring, ``0``, ``True``) or an ``int32`` read
