@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from servegym.baselines.policy import BasePolicy, PolicyError
-from servegym.envs.rules import DECISION_KINDS
+from servegym.envs.rules import BATCHING, DECISION_KINDS, ROUTING, SCALING, names
 from servegym.envs.sim.simulator import Simulator
 
 KINDS = DECISION_KINDS
@@ -63,6 +63,27 @@ class Candidate:
             ok = True
         if not ok:  # candidates come from the simulator's own masks: this is a bug, not bad input
             raise RuntimeError(f"planning: the simulator refused candidate {self}")
+
+
+_RULE_KIND = {
+    n: k for k, table in (("batch", BATCHING), ("route", ROUTING), ("scale", SCALING)) for n in names(table)
+}
+
+
+def base_rules(base: str | None) -> dict[str, str]:
+    """``{kind: rule}`` of a base heuristic: one rule name or a ``batching+routing+scaling`` combination."""
+    if base is None:
+        return {}
+    out: dict[str, str] = {}
+    for part in str(base).split("+"):
+        kind = _RULE_KIND.get(part)
+        if kind is None or kind in out:
+            raise PolicyError(
+                f"planner: base {base!r}: {part!r} is not a rule name (or names a decision kind twice); "
+                f"rules: {sorted(_RULE_KIND)}"
+            )
+        out[kind] = part
+    return out
 
 
 def pending_kind(sim: Simulator) -> str | None:
@@ -163,6 +184,7 @@ class Planner(BasePolicy):
         samples: int = 1,
         z: float = 2.0,
         cost_weight: float | None = None,
+        base: str | None = None,
         **_: Any,
     ) -> None:
         super().__init__()
@@ -186,6 +208,12 @@ class Planner(BasePolicy):
         # reward per USD in the objective; None: the env's reward weight. A budget constraint is met by
         # searching this weight on train seeds (scripts/headroom.py), as a Lagrange multiplier would be.
         self.cost_weight = cost_weight
+        # The rollouts' base policy (Bertsekas' rollout algorithm): later decisions in a fork are taken by
+        # these rules instead of the scenario's `policies`, and the base rule's own choice is always a
+        # first-level candidate, so that a long enough lookahead can only improve on the base heuristic.
+        # The headroom measurement uses the scenario's best heuristic on train seeds as the base.
+        self.base = base
+        self._base = base_rules(base)
         self.env: Any = None
         self._sampler: FutureSampler | None = None
         self._objective: Objective | None = None
@@ -220,6 +248,8 @@ class Planner(BasePolicy):
                 ]
                 self._sampler = FutureSampler(sim, seeds)
         cands = self._first_candidates(env, kind)
+        if self._base:
+            cands = self._with_base_choice(env, kind, cands)
         if len(cands) == 1:
             return self._to_env(env, cands[0])
         t_end = sim.now + self.horizon_s
@@ -230,6 +260,33 @@ class Planner(BasePolicy):
         if not self.clairvoyant and best != 0 and not self._significant(per_sample[best] - per_sample[0]):
             best = 0
         return self._to_env(env, cands[best])
+
+    def _follow_base(self, fork: Simulator) -> Simulator:
+        for kind, rule in self._base.items():
+            fork.use_rule(kind, rule)
+        return fork
+
+    def _with_base_choice(self, env: Any, kind: str, cands: list[Candidate]) -> list[Candidate]:
+        """Put the base rule's own choice first (the default MPC keeps without a significant gain). Batch:
+        the env's offered slot order already ranks the candidates."""
+        if kind not in self._base or kind == "batch":
+            return cands
+        sim = env.sim
+        fork = self._follow_base(sim.fork())
+        if kind == "route":
+            i = fork.pending_request
+            fork.release_control()
+            r = fork.request_replica(i)
+            if r < 0 or not self._route_allowed(env)[r]:
+                return cands  # held, or not a replica the env offers
+            choice = Candidate("route", r)
+        else:
+            before = sim.pool_live_replicas()
+            fork.release_control()
+            step = env.layout.scale_step
+            deltas = np.clip(fork.pool_live_replicas() - before, -step, step)
+            choice = Candidate("scale", deltas=tuple(int(d) for d in deltas))
+        return [choice] + [c for c in cands if c != choice][: max(self.breadth - 1, 0)]
 
     def _significant(self, gains: np.ndarray) -> bool:
         """MPC leaves the default candidate only for a gain the sampled futures agree on: their mean gain
@@ -245,7 +302,7 @@ class Planner(BasePolicy):
     def _values(self, sim: Simulator, cand: Candidate, t_end: float, depth: int) -> list[float]:
         out = []
         for k in range(self.samples):
-            fork = sim.fork()
+            fork = self._follow_base(sim.fork())
             if self._sampler is not None:
                 self._sampler.into(fork, k)
             out.append(self._rollout(fork, cand, t_end, depth))
@@ -279,14 +336,18 @@ class Planner(BasePolicy):
         mask = env.action_masks()
         sim = env.sim
         if kind == "route":
-            m0 = lay.mask_offsets[0]
-            allowed = mask[m0 : m0 + lay.r_pad][: sim.n_replicas]
-            return route_candidates(sim, self.breadth, allowed)
+            return route_candidates(sim, self.breadth, self._route_allowed(env))
         if kind == "batch":
             m0 = lay.mask_offsets[1]
             slots = np.flatnonzero(mask[m0 : m0 + lay.k])
             return batch_candidates(sim, self.breadth, env.batch_slots[slots])
         return scale_candidates(sim, self.breadth, lay.scale_step)
+
+    @staticmethod
+    def _route_allowed(env: Any) -> np.ndarray:
+        lay = env.layout
+        m0 = lay.mask_offsets[0]
+        return env.action_masks()[m0 : m0 + lay.r_pad][: env.sim.n_replicas]
 
     def _to_env(self, env: Any, cand: Candidate) -> Any:
         """The env action of a first-level candidate (Cluster: the pending decision's part only)."""
@@ -322,6 +383,7 @@ def make_planner(kind: str, clairvoyant: bool):
         samples: int = 4,
         z: float = 2.0,
         cost_weight: float | None = None,
+        base: str | None = None,
     ) -> Planner:
         h = DEFAULT_HORIZON_S[kind] if horizon_s is None else horizon_s
         return Planner(
@@ -333,6 +395,7 @@ def make_planner(kind: str, clairvoyant: bool):
             samples=samples,
             z=z,
             cost_weight=cost_weight,
+            base=base,
         )
 
     return factory

@@ -68,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mpc-samples", type=int, default=4, help="sampled futures per MPC candidate")
     ap.add_argument("--threshold", type=float, default=0.10, help="headroom a scenario needs for admission")
     ap.add_argument("--out", default=None, help="folder for headroom.md and headroom.json")
+    ap.add_argument(
+        "--base",
+        choices=["best", "scenario"],
+        default="best",
+        help="the rollouts' base policy: the best heuristic on these seeds (default), or the scenario's rules",
+    )
     args = ap.parse_args(argv)
     suite = load_suite(args.suite)
     names = args.scenario or [s.name for s in suite.scenarios]
@@ -85,7 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         if any(c.metric == "cost/usd" for c in sc.constraints):
             grid_here = [Search(s.horizon_s, s.breadth, s.depth, c) for s in grid_here for c in costs]
         rows.append(
-            measure(suite, sc, seeds, grid_here, args.mpc_samples, log=lambda m: print(m, flush=True))
+            measure(
+                suite,
+                sc,
+                seeds,
+                grid_here,
+                args.mpc_samples,
+                log=lambda m: print(m, flush=True),
+                base_best=args.base == "best",
+            )
         )
         print(f"# {name} done at {time.perf_counter() - t0:.0f}s", flush=True)
         if out is not None:  # after every scenario: a long run that stops keeps what it measured

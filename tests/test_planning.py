@@ -137,3 +137,34 @@ def test_headroom_script_reports_oracle_heuristics_and_mpc_on_train_seeds(tmp_pa
     suite = load_suite(path)
     with pytest.raises(ValueError, match="measured on train seeds"):
         measure(suite, suite.scenarios[0], [1000], [])
+
+
+def test_oracle_with_one_candidate_plays_its_base_heuristic_exactly():
+    """breadth 1 leaves only the base rule's own choice (the core's rule, via ``Simulator.use_rule``): the
+    oracle then routes exactly like that heuristic, so the base choice is found and applied correctly."""
+    sc = tiny_scenario(horizon_s=40.0)
+    for rule in ("jsq", "lor"):
+        planned, _ = run_env_episode(
+            make_policy("oracle_route", breadth=1, base=rule), "servegym/Route-v1", sc, seed=2
+        )
+        heuristic, _ = run_env_episode(rule, "servegym/Route-v1", sc, seed=2)
+        assert planned == heuristic
+    # a wider search may leave the base, and must still replay (its actions are what is logged)
+    wide, actions = run_env_episode(
+        make_policy("oracle_route", breadth=3, base="jsq"), "servegym/Route-v1", sc, seed=2, record=True
+    )
+    assert replay_actions(actions, "servegym/Route-v1", sc, 2) == wide
+
+
+def test_base_rules_are_checked():
+    with pytest.raises(PolicyError, match="not a rule name"):
+        make_policy("oracle_route", base="fastest")
+    with pytest.raises(PolicyError, match="twice"):
+        make_policy("oracle_route", base="jsq+lor")
+    from servegym.envs.sim.simulator import Simulator
+
+    sim = Simulator(tiny_scenario(horizon_s=10.0), seed=0)
+    with pytest.raises(ValueError, match="no route rule 'fcfs'"):
+        sim.use_rule("route", "fcfs")
+    with pytest.raises(ValueError, match="replica_capacity_rps"):
+        sim.use_rule("scale", "target_util")

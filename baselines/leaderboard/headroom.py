@@ -13,6 +13,7 @@ from a workload model, which a replayed trace does not have.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,15 +52,21 @@ class Search:
     breadth: int = 4
     depth: int = 1
     cost_weight: float | None = None  # reward per USD in the planners' objective (None: the env's)
+    base: str | None = (
+        None  # the rollouts' base heuristic (baselines/planning.py); None: the scenario's rules
+    )
 
     def label(self) -> str:
         c = "" if self.cost_weight is None else f"/c{self.cost_weight:g}"
-        return f"h{self.horizon_s:g}/b{self.breadth}/d{self.depth}{c}"
+        b = "" if self.base is None else f"/base={self.base}"
+        return f"h{self.horizon_s:g}/b{self.breadth}/d{self.depth}{c}{b}"
 
     def kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"horizon_s": self.horizon_s, "breadth": self.breadth, "depth": self.depth}
         if self.cost_weight is not None:
             kw["cost_weight"] = self.cost_weight
+        if self.base is not None:
+            kw["base"] = self.base
         return kw
 
 
@@ -136,8 +143,13 @@ def measure(
     searches: Sequence[Search],
     mpc_samples: int = 4,
     log: Callable[[str], None] = lambda _: None,
+    base_best: bool = False,
 ) -> Headroom:
-    """Run the heuristics, the oracle at every search setting and the MPC planner on ``seeds``."""
+    """Run the heuristics, the oracle at every search setting and the MPC planner on ``seeds``.
+
+    ``base_best``: every search's rollouts follow the best heuristic just measured on these seeds (the
+    rollout algorithm's base policy), so the oracle improves on that heuristic rather than on the
+    scenario's default rules."""
     bad = set(seeds) - set(sc.train_seeds)
     if bad:
         raise ValueError(f"scenario {sc.name!r}: headroom is measured on train seeds; {sorted(bad)} are not")
@@ -156,6 +168,8 @@ def measure(
         out.feasible[h] = feasible(ms)
         log(f"{sc.name} {h}: {np.mean(out.heuristics[h]):.4f}{note(ms)}")
     oracle = planner_name(sc.env_id, "oracle")
+    if base_best:
+        searches = [dataclasses.replace(s, base=out.best_heuristic) for s in searches]
     for search in searches:
         ms = [_episode(oracle, sc, s, **search.kwargs()) for s in seeds]
         out.oracle[search.label()] = [float(m[metric]) for m in ms]

@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from servegym.envs.scenario import Scenario, load_scenario
+from servegym.envs.scenario import CAPACITY_SCALERS, Scenario, load_scenario
 from servegym.envs.sim import core, probe
 from servegym.envs.sim import state as S
 from servegym.envs.sim.audit import AUDIT_MESSAGES, audit
-from servegym.envs.sim.build import build_state, pool_price_per_gpu_hour
+from servegym.envs.sim.build import build_state, pool_capacities, pool_price_per_gpu_hour
 from servegym.envs.sim.fork import copy_into, copy_state, release_control
 from servegym.envs.sim.outcome import SimOutcome
+from servegym.envs.sim.policies import BATCHING_IDS, ROUTING_IDS, SCALING_IDS
 from servegym.envs.sim.probe import ClusterSample, sample, scheduling_delays
 from servegym.envs.sim.replica import sync_generated
 from servegym.envs.sim.state import EV_DONE, EV_TIME, SimState, state_nbytes
@@ -146,6 +147,10 @@ class Simulator:
         routes only these) or "decode" (a prefilled request's KV cache, disaggregation)."""
         return "decode" if self.state.cnt[S.K_ROUTE_PHASE] else "prefill"
 
+    def request_replica(self, request: int) -> int:
+        """The replica request ``request`` was routed to (-1 while unrouted or held)."""
+        return int(self.state.rqi[S.RI_REPLICA, int(request)])
+
     @property
     def forming_replica(self) -> int:
         return int(self.state.cnt[S.K_FORM_REPLICA])
@@ -172,6 +177,24 @@ class Simulator:
         """Settle the pending decision with the scenario's built-in rule and take every later one by the
         rules too (a planner's rollout); the caller controls nothing in this run afterwards."""
         release_control(self.state)
+
+    def use_rule(self, kind: str, name: str) -> None:
+        """Take this decision kind's built-in decisions by rule ``name`` from now on, instead of the
+        scenario's ``policies`` rule: a planner's rollouts follow a base heuristic this way (the rollout
+        algorithm's base policy). Only the built-in decisions change; the caller's controls stay as they are."""
+        table = {"batch": (BATCHING_IDS, S.K_BATCH_POLICY), "route": (ROUTING_IDS, S.K_ROUTE_POLICY)}
+        table["scale"] = (SCALING_IDS, S.K_SCALE_POLICY)
+        if kind not in table:
+            raise ValueError(f"use_rule: kind must be one of {sorted(table)}, got {kind!r}")
+        ids, slot = table[kind]
+        if name not in ids:
+            raise ValueError(f"use_rule: no {kind} rule {name!r}; known: {sorted(ids)}")
+        if kind == "scale" and name in CAPACITY_SCALERS and np.isnan(pool_capacities(self.scenario)).any():
+            raise ValueError(
+                f"use_rule: scaling rule {name!r} sizes pools from policies.replica_capacity_rps, which "
+                f"scenario {self.scenario.name!r} does not give for every pool"
+            )
+        self.state.cnt[slot] = ids[name]
 
     # ------------------------------------------------------------------ observation of the state
     def counts(self) -> dict[str, int]:
