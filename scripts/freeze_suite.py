@@ -7,7 +7,8 @@ Checks, then writes: every scenario of the suite has a row in the headroom file 
 measured on train seeds) with headroom >= ``--min-headroom`` (default 10%), every env id is registered, and
 the suite covers every decision kind with at least ``--min-scenarios`` scenarios. On success it writes
 ``<suite>.lock.json`` beside the suite file (the sha256 of the suite file and of every scenario file, each
-scenario's measured headroom, the git commit) and replaces the ``CANDIDATE`` header line with ``FROZEN``.
+scenario's measured headroom, the git commit), pins each scenario's planner settings (the oracle's best
+search setting, which the leaderboard's oracle and MPC rows then use) and replaces the ``CANDIDATE`` header line with ``FROZEN``.
 ``--drop`` leaves out the scenarios below the bar (listing them) instead of failing. Nothing is written when
 a check fails. After freezing, any change to those files is a new suite version (docs/leaderboard.md).
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from servegym.baselines.leaderboard.headroom import Headroom
+from servegym.baselines.leaderboard.headroom import Headroom, Search
 from servegym.baselines.leaderboard.suite import load_suite, suite_path
 
 KINDS = ("Route", "Batch", "Scale", "Cluster")
@@ -31,6 +32,14 @@ KINDS = ("Route", "Batch", "Scale", "Cluster")
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def planner_pin(row: Headroom) -> dict:
+    """The oracle's best search setting on train seeds, and the MPC planner's sample count."""
+    pin = Search.from_label(row.best_oracle).kwargs()
+    if row.mpc_search:
+        pin["samples"] = int(row.mpc_search.rsplit("/s", 1)[1])
+    return pin
 
 
 def freeze(suite_name: str, headroom_file: Path, min_headroom: float, min_scenarios: int, drop: bool) -> int:
@@ -70,11 +79,13 @@ def freeze(suite_name: str, headroom_file: Path, min_headroom: float, min_scenar
         print(f"{path}: not frozen:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
     raw_text = path.read_text()
+    raw = yaml.safe_load(raw_text)
+    raw["scenarios"] = [s for s in raw["scenarios"] if s["name"] in {k.name for k in keep}]
+    for s in raw["scenarios"]:  # the leaderboard's oracle and MPC rows run at the setting that set the bound
+        s["planner"] = planner_pin(rows[s["name"]])
+    header = "".join(line for line in raw_text.splitlines(keepends=True) if line.startswith("#"))
+    raw_text = header + yaml.safe_dump(raw, sort_keys=False)
     if drop and below:
-        raw = yaml.safe_load(raw_text)
-        raw["scenarios"] = [s for s in raw["scenarios"] if s["name"] in {k.name for k in keep}]
-        header = "".join(line for line in raw_text.splitlines(keepends=True) if line.startswith("#"))
-        raw_text = header + yaml.safe_dump(raw, sort_keys=False)
         print("left out:\n  " + "\n  ".join(below))
     raw_text = raw_text.replace("-- CANDIDATE, not frozen yet.", "-- FROZEN.", 1)
     path.write_text(raw_text)

@@ -53,9 +53,9 @@ def headroom_file(tmp_path: Path, gains: dict[str, float], seeds=(0, 1)) -> Path
             "seeds": list(seeds),
             "heuristics": {"h": [1.0] * len(seeds)},
             "feasible": {"h": True},
-            "oracle": {"h30/b4/d1": [1.0 + g] * len(seeds)},
-            "mpc": [],
-            "mpc_search": "",
+            "oracle": {"h30/b4/d1/base=h": [1.0 + g] * len(seeds), "h10/b4/d1/base=h": [1.0] * len(seeds)},
+            "mpc": [1.0] * len(seeds),
+            "mpc_search": "h30/b4/d1/base=h/s4",
         }
         for name, g in gains.items()
     ]
@@ -102,4 +102,7 @@ def test_freeze_with_drop_pins_the_admitted_scenarios(tmp_path):
     assert len(lock["scenarios"]["chat_bursty"]["files"]) == 2  # the twin and the trace scenario
     frozen = load_suite(suite)
     assert [s.name for s in frozen.scenarios] == [n for n in PICK if n != "multi_region"]
+    # the leaderboard's oracle and MPC rows run at the search setting that set the bound
+    pin = {"horizon_s": 30.0, "breadth": 4, "depth": 1, "base": "h", "samples": 4}
+    assert all(s.planner == pin for s in frozen.scenarios)
     assert lock["suite_sha256"] == hashlib.sha256(suite.read_bytes()).hexdigest()

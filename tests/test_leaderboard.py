@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -330,3 +331,33 @@ def test_planner_rows_oracle_unranked_mpc_ranked_both_replay(tmp_path):
         for e in sorted((out / "cells" / "hetero_route" / name).glob("seed*.json")):
             v = validate_entry(e, suite)
             assert v.ok, v
+
+
+def test_suite_planner_settings_are_checked_and_reach_only_planner_cells(tmp_path):
+    from servegym.baselines.leaderboard.cells import Cell, cell_key, planner_settings
+    from servegym.baselines.leaderboard.suite import SuiteError
+
+    raw = yaml.safe_load((SUITE_DIR / "v1.yaml").read_text())
+    for d in ("v0", "v1"):
+        shutil.copytree(SUITE_DIR / d, tmp_path / d)
+    raw["scenarios"] = [s for s in raw["scenarios"] if s["name"] == "multi_region"]
+    path = tmp_path / "s.yaml"
+    raw["scenarios"][0]["planner"] = {"horizon": 10}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SuiteError, match=r"scenarios\.0\.planner: must be a mapping of"):
+        load_suite(path)
+    raw["scenarios"][0]["planner"] = {"horizon_s": 10.0, "base": "jsq"}
+    path.write_text(yaml.safe_dump(raw))
+    suite = load_suite(path)
+    oracle = Cell(
+        "oracle_route", "oracle_route", "reference", "multi_region", 1000, "servegym/Route-v1", "twin"
+    )
+    rr = Cell("round_robin", "round_robin", "heuristic", "multi_region", 1000, "servegym/Route-v1", "twin")
+    assert planner_settings(suite, oracle) == {"horizon_s": 10.0, "base": "jsq"}
+    assert planner_settings(suite, rr) == {}
+    # a heuristic's cache key does not depend on the planners' settings; the oracle's does
+    raw["scenarios"][0]["planner"] = {"horizon_s": 30.0}
+    path.write_text(yaml.safe_dump(raw))
+    other = load_suite(path)
+    assert cell_key(suite, rr) == cell_key(other, rr)
+    assert cell_key(suite, oracle) != cell_key(other, oracle)

@@ -39,6 +39,7 @@ import numpy as np
 from servegym import envs
 from servegym.baselines.env_runner import ReplayError, replay_actions, run_env_episode
 from servegym.baselines.harness import versions as harness_versions
+from servegym.baselines.leaderboard.headroom import planner_policy
 from servegym.baselines.leaderboard.suite import (
     Suite,
     SuiteError,
@@ -175,12 +176,24 @@ def code_sha256() -> str:
     return envs.source_sha256(files, root)
 
 
+PLANNER_KINDS = ("reference", "planner")  # the oracle's and the MPC planner's cells
+
+
+def planner_settings(suite: Suite, cell: Cell) -> dict[str, Any]:
+    """The suite's pinned search settings for a planner cell ({} for any other cell)."""
+    if cell.kind not in PLANNER_KINDS:
+        return {}
+    return dict(suite.scenario(cell.scenario).planner)
+
+
 def cell_key(suite: Suite, cell: Cell) -> str:
     """A hash of everything that determines the episode: when it matches, the cached entry is current."""
 
     path, window = cell_scenario(suite, cell)
+    planner = planner_settings(suite, cell)
     blob = json.dumps(
         {
+            **({"planner": planner} if planner else {}),  # only planner cells: other keys stay as they were
             "suite": suite.version,
             "scenario_sha256": file_sha256(str(path)),
             "window": window,
@@ -201,8 +214,10 @@ def run_cell(suite_file: str, cell: Cell) -> tuple[dict[str, Any], bytes]:
     suite = load_suite(suite_file)
     path, window = cell_scenario(suite, cell)
     t0 = time.perf_counter()
+    planner = planner_settings(suite, cell)
+    policy = planner_policy(cell.policy, **planner) if planner else cell.policy
     metrics, actions = run_env_episode(
-        cell.policy, cell.env_id, path, cell.seed, cell.env_config, record=True, window_start_s=window
+        policy, cell.env_id, path, cell.seed, cell.env_config, record=True, window_start_s=window
     )
     wall = time.perf_counter() - t0
     assert actions is not None

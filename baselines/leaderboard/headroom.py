@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,15 @@ class Search:
         c = "" if self.cost_weight is None else f"/c{self.cost_weight:g}"
         b = "" if self.base is None else f"/base={self.base}"
         return f"h{self.horizon_s:g}/b{self.breadth}/d{self.depth}{c}{b}"
+
+    @classmethod
+    def from_label(cls, label: str) -> Search:
+        """The setting a ``label()`` names (headroom rows store labels; the frozen suite pins the setting)."""
+        m = re.fullmatch(r"h([0-9.e+-]+)/b(\d+)/d(\d+)(?:/c([0-9.e+-]+))?(?:/base=([A-Za-z0-9_+]+))?", label)
+        if m is None:
+            raise ValueError(f"not a search label: {label!r}")
+        h, b, d, c, base = m.groups()
+        return cls(float(h), int(b), int(d), None if c is None else float(c), base)
 
     def kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"horizon_s": self.horizon_s, "breadth": self.breadth, "depth": self.depth}
@@ -119,17 +129,24 @@ class Headroom:
         return paired_ci([a - b for a, b in zip(scores, base, strict=True)])
 
 
-def _episode(policy: str, sc: SuiteScenario, seed: int, **policy_kw: Any) -> dict[str, Any]:
+def planner_policy(policy: str, **policy_kw: Any) -> Any:
+    """A planner (or a Cluster combination of planners) with these search settings. On Cluster, the
+    setting's horizon is for routing and admission; the scaling planner keeps its default lookahead past a
+    cold start (a 10 s rollout cannot see a new replica)."""
     parts = policy.split("+")
-    if len(parts) > 1 and all(p.startswith(("oracle_", "mpc_")) for p in parts):
-        # Cluster planners: the search setting's horizon is for routing and admission; the scaling planner
-        # keeps its default lookahead past a cold start (a 10 s rollout cannot see a new replica)
-        subs = {}
-        for p in parts:
-            kind = p.split("_", 1)[1]
-            kw = {k: v for k, v in policy_kw.items() if not (kind == "scale" and k == "horizon_s")}
-            subs[kind] = make_policy(p, **kw)
-        pol = ClusterPolicy(policy, subs)
+    if len(parts) == 1:
+        return make_policy(policy, **policy_kw)
+    subs = {}
+    for p in parts:
+        kind = p.split("_", 1)[1]
+        kw = {k: v for k, v in policy_kw.items() if not (kind == "scale" and k == "horizon_s")}
+        subs[kind] = make_policy(p, **kw)
+    return ClusterPolicy(policy, subs)
+
+
+def _episode(policy: str, sc: SuiteScenario, seed: int, **policy_kw: Any) -> dict[str, Any]:
+    if all(p.startswith(("oracle_", "mpc_")) for p in policy.split("+")):
+        pol = planner_policy(policy, **policy_kw)
     else:
         pol = resolve_policy(policy, sc.path("twin"), **policy_kw)
     metrics, _ = run_env_episode(pol, sc.env_id, sc.path("twin"), seed, sc.env_config)

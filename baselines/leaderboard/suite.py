@@ -68,6 +68,9 @@ class SuiteScenario:
     env_config: dict[str, Any] = field(default_factory=dict)  # for every policy on this scenario
     base: Path = SUITE_DIR  # scenario files are relative to the suite file's folder
     validation_seeds: tuple[int, ...] = ()  # for choices (hyperparameters, search settings); never reported
+    # the planners' settings on this scenario (horizon_s, breadth, depth, cost_weight, base, samples), chosen
+    # on train seeds by scripts/headroom.py and pinned by scripts/freeze_suite.py; {}: the planners' defaults
+    planner: dict[str, Any] = field(default_factory=dict)
 
     def path(self, workload: str = "twin") -> Path:
         if workload == "trace":
@@ -158,6 +161,7 @@ def load_suite(name_or_path: str | Path = DEFAULT_SUITE) -> Suite:
                 validation_seeds=_seeds(seeds["validation"], f"{w}.seeds.validation")
                 if "validation" in seeds
                 else (),
+                planner=_planner_settings(s.get("planner"), f"{w}.planner"),
             )
             splits = {"train": sc.train_seeds, "validation": sc.validation_seeds, "test": sc.test_seeds}
             for (a, sa), (b, sb) in itertools.combinations(splits.items(), 2):
@@ -180,6 +184,17 @@ def load_suite(name_or_path: str | Path = DEFAULT_SUITE) -> Suite:
         )
     except (KeyError, TypeError) as e:
         raise SuiteError(f"{where}: missing or malformed key {e}") from None
+
+
+PLANNER_KEYS = ("horizon_s", "breadth", "depth", "cost_weight", "base", "samples")
+
+
+def _planner_settings(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or set(raw) - set(PLANNER_KEYS):
+        raise SuiteError(f"{where}: must be a mapping of {PLANNER_KEYS}, got {raw!r}")
+    return dict(raw)
 
 
 @functools.cache
