@@ -32,6 +32,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from servegym.baselines.policy import BasePolicy, PolicyError, feature, info_section
 from servegym.baselines.scaling import choose_actions
+from servegym.envs.gym.aux_state import pool_prices
 from servegym.envs.scenario import PoliciesConfig, Scenario
 
 _DEFAULTS = PoliciesConfig()
@@ -196,16 +197,11 @@ def fleet_from_scenario(
         if unknown:
             raise PolicyError(f"sageserve: region_gpus names unknown regions {unknown}; regions: {regions}")
         budget.update({k: int(v) for k, v in region_gpus.items()})
-    prices = []
-    for p in sc.pools:
-        if p.price_per_gpu_hour is None:
-            raise PolicyError(f"sageserve: pool {p.name!r} needs price_per_gpu_hour in the scenario")
-        prices.append(p.price_per_gpu_hour)
     fleet = FleetModel(
         model=np.array([models.index(p.model) for p in sc.pools]),
         region=np.array([regions.index(p.region) for p in sc.pools]),
         tp=tp,
-        price=np.array(prices, dtype=np.float64),
+        price=pool_prices(sc),  # the scenario's price, else the GPU's default (as the env bills)
         capacity=cap,
         cold_start_s=np.array([p.cold_start_s for p in sc.pools], dtype=np.float64),
         n_min=np.array([p.min_replicas for p in sc.pools], dtype=np.float64),

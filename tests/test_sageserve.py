@@ -137,3 +137,50 @@ def test_forecast_ilp_spends_fewer_gpu_hours_than_reactive_at_better_iw_attainme
     assert g_ilp < 0.75 * g_st and a_ilp >= a_st - 0.005
     assert acc["donated_gpu_hours"] == pytest.approx(g_st - g_ilp)
     assert ilp.plans and ilp.plans[0][0] == pytest.approx(kw["control_interval_s"])
+
+
+class _FutureScrambled(SageServeScaler):
+    """The controller with every not-yet-arrived request relabelled and delayed before each decision."""
+
+    def decide(self, obs, info, st):
+        if not st["ready"]:
+            self._setup(st)
+        if "true" not in st:
+            st["true"] = (st["arrival"].copy(), st["series"].copy(), st["niw_model"].copy())
+        arrival, series, niw_model = (a.copy() for a in st["true"])
+        now = float(st["sim"].now)
+        hi = int(np.searchsorted(arrival, now, side="right"))
+        series[hi:] = (series[hi:] + 1) % (st["n_model"] * st["n_region"])  # wrong (model, region)
+        niw_model[hi:] = -1
+        arrival[hi:] += 7.0  # later, still sorted, still in the future
+        st["arrival"], st["series"], st["niw_model"] = arrival, series, niw_model
+        return super().decide(obs, info, st)
+
+
+def test_controller_reads_no_future_arrival():
+    sc = _compressed_day(3600.0)
+    kw = scenario_policy_kwargs(sc)
+    args = dict(replica_capacity_rps=kw["replica_capacity_rps"], plan_interval_s=150.0, season_s=3600.0)
+    honest, scrambled = SageServeScaler(**args), _FutureScrambled(**args)
+    m1, a1 = run_env_episode(honest, "servegym/Scale-v0", sc, 3, record=True)
+    m2, a2 = run_env_episode(scrambled, "servegym/Scale-v0", sc, 3, record=True)
+    assert len(honest.plans) == len(scrambled.plans) >= 20
+    for (t1, p1), (t2, p2) in zip(honest.plans, scrambled.plans, strict=True):
+        assert t1 == t2 and p1.tolist() == p2.tolist()
+    assert np.array_equal(a1, a2) and m1["cost/gpu_hours"] == m2["cost/gpu_hours"]
+    # and the plans do follow the load: they are not all the same
+    assert len({tuple(p.tolist()) for _, p in honest.plans}) > 1
+
+
+def test_harness_runs_it_and_bad_input_is_named():
+    from servegym.baselines.harness import evaluate
+    from servegym.baselines.policy import PolicyError
+
+    res = evaluate("sageserve", "sageserve_global_day", seeds=[1], overrides={"horizon_s": 300})
+    assert res.records[0]["slo_attainment/interactive"] > 0.9
+    with pytest.raises(PolicyError, match="replica_capacity_rps"):
+        run_env_episode("sageserve", "servegym/Scale-v0", "chat_azure", 0, {"horizon_s": 120})
+    sc = load_scenario("sageserve_global_day", overrides={"horizon_s": 120})
+    bad = SageServeScaler(replica_capacity_rps=3.4, region_gpus={"mars": 8})
+    with pytest.raises(PolicyError, match="unknown regions \\['mars'\\]"):
+        run_env_episode(bad, "servegym/Scale-v0", sc, 0)
