@@ -269,6 +269,11 @@ class SageServeScaler(BasePolicy):
         self.env = getattr(env, "unwrapped", env)
 
     def init_state(self, st: dict[str, Any]) -> None:
+        if st["env"] != 0:  # the counts come from one bound simulator, so one env only
+            raise PolicyError(
+                "policy 'sageserve' reads the bound env's simulator (bind_env) and drives one env; "
+                "run it on a single env, not a vector env"
+            )
         st["ready"] = False
         self.plans = []
 

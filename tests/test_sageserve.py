@@ -184,3 +184,5 @@ def test_harness_runs_it_and_bad_input_is_named():
     bad = SageServeScaler(replica_capacity_rps=3.4, region_gpus={"mars": 8})
     with pytest.raises(PolicyError, match="unknown regions \\['mars'\\]"):
         run_env_episode(bad, "servegym/Scale-v0", sc, 0)
+    with pytest.raises(PolicyError, match="not a vector env"):
+        SageServeScaler(replica_capacity_rps=3.4).state(1)  # a second sub-env
