@@ -35,7 +35,6 @@ from servegym.envs.gym.aux_state import pool_prices
 from servegym.envs.scenario import PoliciesConfig, Scenario
 
 _DEFAULTS = PoliciesConfig()
-TIERS = ("interactive", "batch")
 # Unmet forecast demand is allowed (a region's budget may not cover it) at this price per req/s, far above
 # any GPU's hourly price, so the program meets the demand whenever the budget allows.
 _UNMET_PENALTY = 1e4
