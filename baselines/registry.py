@@ -28,6 +28,7 @@ from servegym.baselines.planning import DESCRIPTIONS as PLANNER_DESCRIPTIONS
 from servegym.baselines.planning import make_planner
 from servegym.baselines.policy import BasePolicy, Policy, PolicyError, unbatch_infos
 from servegym.baselines.routing import RoutingRule
+from servegym.baselines.sageserve import SageServeScaler
 from servegym.baselines.scaling import ScalingRule
 from servegym.envs.rules import DECISION_KINDS, POLICY_KEY, RULES
 
@@ -42,6 +43,8 @@ class PolicySpec:
     description: str = ""
     builtin: bool = False  # also a rule of the simulator core (runs exactly via scenario overrides)
     planner: bool = False  # a search over simulator forks (baselines/planning.py), not a heuristic
+    # a scenario-specific controller that binds the env (baselines/sageserve.py): run on purpose, never swept
+    controller: bool = False
 
 
 _REGISTRY: dict[str, PolicySpec] = {}
@@ -58,6 +61,7 @@ def register(
     builtin: bool = False,
     overwrite: bool = False,
     planner: bool = False,
+    controller: bool = False,
 ) -> None:
     """Register a policy factory under ``name`` for decisions of ``kind``."""
     if kind not in KIND_TO_POLICY_KEY:
@@ -66,7 +70,7 @@ def register(
         raise ValueError(f"register({name!r}): '+' joins names of a combination and cannot be in a name")
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"register({name!r}): already registered (pass overwrite=True to replace it)")
-    _REGISTRY[name] = PolicySpec(name, kind, factory, description, builtin, planner)
+    _REGISTRY[name] = PolicySpec(name, kind, factory, description, builtin, planner, controller)
 
 
 def register_checkpoint_loader(suffix: str, loader: Callable[..., Policy]) -> None:
@@ -77,11 +81,14 @@ def register_checkpoint_loader(suffix: str, loader: Callable[..., Policy]) -> No
 def list_policies(kind: str | None = None, planners: bool = False) -> list[str]:
     """Registered single-rule names (combine them with ``+``), optionally only those answering ``kind``.
 
-    The heuristics only, unless ``planners``: the planning baselines (``oracle_*``, ``mpc_*``) are run on
-    purpose (scripts/headroom.py, the leaderboard's reference rows), never swept as heuristics.
+    The heuristics only, unless ``planners``: the planning baselines (``oracle_*``, ``mpc_*``) and the
+    scenario-specific controllers (``sageserve``) are run on purpose (scripts/headroom.py, the leaderboard's
+    reference rows, scripts/sageserve.py), never swept as heuristics.
     """
     return [
-        n for n, s in _REGISTRY.items() if (kind is None or s.kind == kind) and (planners or not s.planner)
+        n
+        for n, s in _REGISTRY.items()
+        if (kind is None or s.kind == kind) and (planners or not (s.planner or s.controller))
     ]
 
 
@@ -221,6 +228,14 @@ def _register_builtins() -> None:
                 PLANNER_DESCRIPTIONS[prefix].format(kind=kind),
                 planner=True,
             )
+    register(
+        "sageserve",
+        "scale",
+        SageServeScaler,
+        "SageServe (Jaiswal et al. 2025): hourly seasonal forecast + integer program of instances per model "
+        "and region (scipy milp / HiGHS) + reactive adjustments guided by the plan",
+        controller=True,
+    )
 
 
 class SB3Policy:
