@@ -16,6 +16,7 @@ DEFERRABLE = (
     "matplotlib",
     "ray",
     "tqdm",
+    "scipy",  # ~0.4 s to import; only the SageServe controller plans with it
     "fcntl",  # POSIX only: the leaderboard's cache lock
     "servegym.agents.ppo",  # torch
     "servegym.agents.train",  # torch, SB3
