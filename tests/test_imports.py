@@ -15,6 +15,7 @@ DEFERRABLE = (
     "sb3_contrib",
     "matplotlib",
     "ray",
+    "minari",  # the offline extra (agents/demos.py)
     "tqdm",
     "fcntl",  # POSIX only: the leaderboard's cache lock
     "servegym.agents.ppo",  # torch
