@@ -67,6 +67,22 @@ def test_dataset_round_trips_with_masks_and_replays(tmp_path):
         replayed = replay_actions(ep.actions[:, None], src.env_id, src.scenario, int(seed), src.env_config)
         assert replayed["goodput/req_per_s"] == m["goodput"]["req_per_s"]
 
+    # what the native PPO sees: the vector env, fed the recorded actions, shows the recorded observations
+    from servegym.baselines.vec_runner import make_vec_env
+
+    ep, seed = again[0], int(seeds[0])
+    venv = make_vec_env(src.env_id, src.scenario, 1, {**src.env_config, "info_features": False})
+    obs, infos = venv.reset(seed=[seed], options={"seed": [seed]})
+    for t, a in enumerate(ep.actions):
+        for key in obs:
+            np.testing.assert_array_equal(obs[key][0], ep.observations[key][t], err_msg=f"{key} at step {t}")
+        np.testing.assert_array_equal(infos["action_mask"][0], ep.infos["action_mask"][t])
+        obs, r, term, trunc, infos = venv.step(np.array([a]))
+        assert r[0] == ep.rewards[t] and trunc[0] == ep.truncations[t]
+    for key in obs:  # the episode's last observation, before the autoreset
+        np.testing.assert_array_equal(infos["final_obs"][0][key], ep.observations[key][-1])
+    venv.close()
+
     # deterministic: the same arguments write the same data
     other = demos.write_dataset("jsq", src, seeds, tmp_path / "b")
     for x, y in zip(arrays(ds), arrays(other), strict=True):
