@@ -292,12 +292,16 @@ def run_env_episode(
     record: bool = False,
     window_start_s: float | None = None,
     env: Any = None,
+    observer: Any = None,
 ) -> tuple[dict[str, Any], np.ndarray | None]:
     """Play one episode of ``policy`` on ``env_id`` / ``scenario`` with workload seed ``seed``.
 
     Returns ``(metrics, actions)``; ``actions`` is None unless ``record``. ``window_start_s`` replays a
     trace scenario from that point (the env's reset option). ``env`` reuses an env built by ``make_env``
     with the same arguments (it must match ``env_id``/``scenario``/``env_config``; it is not checked).
+    ``observer`` sees the episode as the env gives it: ``observer.reset(obs, info)`` once, then
+    ``observer.step(action, obs, reward, terminated, truncated, info)`` after each step, with the env's
+    whole action and info (demonstration datasets, agents/demos.py); it must copy what it keeps.
     """
     pol = resolve_policy(policy, scenario)
     cfg = dict(env_config or {})
@@ -317,6 +321,8 @@ def run_env_episode(
     if window_start_s is not None:
         options["window_start_s"] = float(window_start_s)
     obs, info = env.reset(seed=int(seed), options=options)
+    if observer is not None:
+        observer.reset(obs, info)
     rows: list[Any] = []
     act = pol.act
     step = env.step
@@ -325,7 +331,9 @@ def run_env_episode(
         action = flat(act(obs, flat.policy_info(info) if slice_mask else info), info["decision"])
         if record:
             rows.append(action)
-        obs, _, terminated, truncated, info = step(action)
+        obs, reward, terminated, truncated, info = step(action)
+        if observer is not None:
+            observer.step(action, obs, reward, terminated, truncated, info)
         if terminated or truncated:
             break
     actions = None

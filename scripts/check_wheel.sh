@@ -77,5 +77,8 @@ assert "site-packages" in str(model), model
 metrics, actions = run_env_episode(make_policy(model), "servegym/Route-v0", "chat_azure", seed=0,
                                    env_config={"horizon_s": 60.0}, record=True)
 print(f"check_wheel: pretrained router ran {len(actions)} decisions, SLO attainment {metrics['slo_attainment']:.3f}")
+import minari  # the offline extra comes with train (demonstration datasets, agents/demos.py)
+from servegym.agents.demos import dataset_id
+print(f"check_wheel: minari {minari.__version__}, datasets like {dataset_id('chat_bursty', 'jsq')}")
 EOF
 echo "check_wheel: passed"

@@ -15,6 +15,7 @@ DEFERRABLE = (
     "sb3_contrib",
     "matplotlib",
     "ray",
+    "minari",  # the offline extra (agents/demos.py)
     "tqdm",
     "scipy",  # ~0.4 s to import; only the SageServe controller plans with it
     "fcntl",  # POSIX only: the leaderboard's cache lock

@@ -207,10 +207,10 @@ def test_pool_workers_exit_when_the_leaderboard_is_killed(tmp_path):
             """
             import os, sys, time
             from concurrent.futures import ProcessPoolExecutor
-            from servegym.baselines.leaderboard.cells import SPAWN, _exit_with_parent
+            from servegym.baselines.tasks import SPAWN, exit_with_parent
 
             if __name__ == "__main__":
-                pool = ProcessPoolExecutor(1, mp_context=SPAWN, initializer=_exit_with_parent,
+                pool = ProcessPoolExecutor(1, mp_context=SPAWN, initializer=exit_with_parent,
                                            initargs=(os.getpid(),))
                 print(pool.submit(os.getpid).result(), flush=True)
                 time.sleep(300)

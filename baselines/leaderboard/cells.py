@@ -22,14 +22,11 @@ import hashlib
 import io
 import json
 import math
-import multiprocessing
 import os
 import re
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +46,8 @@ from servegym.baselines.leaderboard.suite import (
     load_suite,
     workload_for,
 )
+from servegym.baselines.tasks import run_tasks
 from servegym.envs.gym.config import base_config
-
-# Workers start fresh rather than forked: a fork after torch or numba's threading layer has started
-# can deadlock the child (seen with pretrained agents on the leaderboard).
-SPAWN = multiprocessing.get_context("spawn")
 
 ENTRY_FORMAT = 1
 
@@ -313,18 +307,6 @@ def output_lock(out: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Pool worker initializer: exit as soon as the leaderboard process is gone. A parent killed with
-    ``kill -9`` cannot stop its pool, and spawned workers would otherwise live on as orphans."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.2)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
 # ---------------------------------------------------------------- backends
 
 
@@ -363,81 +345,16 @@ def run_cells(
         failures.append((cells[i], f"{type(err).__name__}: {err}"))
 
     suite_file = str(suite.path)
-    if not todo:
-        pass
-    elif backend == "local":
-        if workers <= 1 or len(todo) == 1:
-            for i in todo:
-                try:
-                    result = run_cell(suite_file, cells[i])
-                except Exception as e:
-                    failed(i, e)
-                    continue
-                finish(i, *result)
-        else:
-            with ProcessPoolExecutor(
-                max_workers=min(workers, len(todo)),
-                mp_context=SPAWN,
-                initializer=_exit_with_parent,
-                initargs=(os.getpid(),),
-            ) as pool:
-                futs = {pool.submit(run_cell, suite_file, cells[i]): i for i in todo}
-                for fut in as_completed(futs):
-                    try:
-                        result = fut.result()
-                    except Exception as e:
-                        failed(futs[fut], e)
-                        continue
-                    finish(futs[fut], *result)
-    elif backend == "ray":
-        _run_ray(suite_file, cells, todo, finish, failed, workers, address)
-    else:
-        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+    run_tasks(
+        run_cell,
+        [(suite_file, cells[i]) for i in todo],
+        on_done=lambda k, result: finish(todo[k], *result),
+        on_error=lambda k, err: failed(todo[k], err),
+        backend=backend,
+        workers=workers,
+        address=address,
+    )
     return [e for e in entries if e is not None]
-
-
-def _run_ray(
-    suite_file: str,
-    cells: Sequence[Cell],
-    todo: Sequence[int],
-    finish: Callable[[int, dict[str, Any], bytes], None],
-    failed: Callable[[int, Exception], None],
-    workers: int,
-    address: str | None,
-) -> None:
-    """Each cell a Ray task. Ray is an optional extra (``pip install -e .[ray]``), imported only here."""
-    try:
-        import ray
-    except ImportError:
-        raise SystemExit("--backend ray needs Ray: pip install -e '.[ray]'") from None
-    started = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        else:
-            # local workers run this interpreter, so they import the installed servegym as the process pool does
-            ray.init(
-                num_cpus=workers,
-                include_dashboard=False,
-                log_to_driver=False,
-            )
-        started = True
-    try:
-        task = ray.remote(num_cpus=1)(run_cell)
-        pending = {task.remote(suite_file, cells[i]): i for i in todo}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                i = pending.pop(ref)
-                try:
-                    entry, blob = ray.get(ref)
-                except Exception as e:  # as the local pool: the cell fails alone
-                    failed(i, e)
-                    continue
-                finish(i, entry, blob)
-    finally:
-        if started and not address:
-            ray.shutdown()
 
 
 # ---------------------------------------------------------------- validation (replay)
