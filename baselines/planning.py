@@ -267,13 +267,21 @@ class Planner(BasePolicy):
         return fork
 
     def _with_base_choice(self, env: Any, kind: str, cands: list[Candidate]) -> list[Candidate]:
-        """Put the base rule's own choice first (the default MPC keeps without a significant gain). Batch:
-        the env's offered slot order already ranks the candidates."""
-        if kind not in self._base or kind == "batch":
+        """Put the base rule's own choice first (the default MPC keeps without a significant gain)."""
+        if kind not in self._base:
             return cands
         sim = env.sim
         fork = self._follow_base(sim.fork())
-        if kind == "route":
+        if kind == "batch":
+            # the base rule forms the whole batch on a fork; any request it admits is a base-consistent first
+            # admission (the rollout admits the rest), so the first such request among the offered slots
+            r = sim.forming_replica
+            offered = self._offered_requests(env)
+            fork.release_control()
+            left = set(fork.queued_requests(r).tolist())
+            taken = [int(i) for i in offered if int(i) not in left and not fork.request_dropped(int(i))]
+            choice = Candidate("batch", taken[0] if taken else -1)
+        elif kind == "route":
             i = fork.pending_request
             fork.release_control()
             r = fork.request_replica(i)
@@ -333,15 +341,19 @@ class Planner(BasePolicy):
     def _first_candidates(self, env: Any, kind: str) -> list[Candidate]:
         """Candidates among the actions the env offers (its mask; Batch's ranked slots)."""
         lay = env.layout
-        mask = env.action_masks()
         sim = env.sim
         if kind == "route":
             return route_candidates(sim, self.breadth, self._route_allowed(env))
         if kind == "batch":
-            m0 = lay.mask_offsets[1]
-            slots = np.flatnonzero(mask[m0 : m0 + lay.k])
-            return batch_candidates(sim, self.breadth, env.batch_slots[slots])
+            return batch_candidates(sim, self.breadth, self._offered_requests(env))
         return scale_candidates(sim, self.breadth, lay.scale_step)
+
+    @staticmethod
+    def _offered_requests(env: Any) -> np.ndarray:
+        """The request ids of the batch slots the env's mask allows, in the env's slot order."""
+        m0 = env.layout.mask_offsets[1]
+        slots = np.flatnonzero(env.action_masks()[m0 : m0 + env.layout.k])
+        return env.batch_slots[slots]
 
     @staticmethod
     def _route_allowed(env: Any) -> np.ndarray:

@@ -128,9 +128,12 @@ def test_headroom_script_reports_oracle_heuristics_and_mpc_on_train_seeds(tmp_pa
     ]
     assert mod.main([*args, "--out", str(out)]) == 0
     (row,) = json.loads((out / "headroom.json").read_text())
-    assert row["seeds"] == [0] and set(row["oracle"]) == {"h5/b2/d1", "h10/b2/d1"}
     assert set(row["heuristics"]) == set(list_policies("route")) and len(row["mpc"]) == 1
-    best = max(v[0] for h, v in row["heuristics"].items() if row["feasible"][h])
+    feasible = [h for h in row["heuristics"] if row["feasible"][h]]
+    best_h = max(feasible, key=lambda h: row["heuristics"][h][0])
+    best = row["heuristics"][best_h][0]
+    # the oracle's rollouts follow the best heuristic on these seeds (the rollout algorithm's base policy)
+    assert row["seeds"] == [0] and set(row["oracle"]) == {f"h{h}/b2/d1/base={best_h}" for h in (5, 10)}
     oracle = max(v[0] for v in row["oracle"].values())
     md = (out / "headroom.md").read_text()
     assert f"{(oracle - best) / best:+.1%}" in md and "h10/b2/d1" in md
@@ -139,7 +142,7 @@ def test_headroom_script_reports_oracle_heuristics_and_mpc_on_train_seeds(tmp_pa
         measure(suite, suite.scenarios[0], [1000], [])
 
 
-def test_oracle_with_one_candidate_plays_its_base_heuristic_exactly():
+def test_oracle_with_one_candidate_plays_its_base_heuristic_exactly():  # route and batch
     """breadth 1 leaves only the base rule's own choice (the core's rule, via ``Simulator.use_rule``): the
     oracle then routes exactly like that heuristic, so the base choice is found and applied correctly."""
     sc = tiny_scenario(horizon_s=40.0)
@@ -149,6 +152,11 @@ def test_oracle_with_one_candidate_plays_its_base_heuristic_exactly():
         )
         heuristic, _ = run_env_episode(rule, "servegym/Route-v1", sc, seed=2)
         assert planned == heuristic
+    for rule in ("sjf", "edf"):  # batch: the base forms the batch on a fork; its first admission is played
+        planned, _ = run_env_episode(
+            make_policy("oracle_batch", breadth=1, base=rule), "servegym/Batch-v1", sc, seed=2
+        )
+        assert planned == run_env_episode(rule, "servegym/Batch-v1", sc, seed=2)[0]
     # a wider search may leave the base, and must still replay (its actions are what is logged)
     wide, actions = run_env_episode(
         make_policy("oracle_route", breadth=3, base="jsq"), "servegym/Route-v1", sc, seed=2, record=True

@@ -151,6 +151,14 @@ class Simulator:
         """The replica request ``request`` was routed to (-1 while unrouted or held)."""
         return int(self.state.rqi[S.RI_REPLICA, int(request)])
 
+    def queued_requests(self, replica: int) -> np.ndarray:
+        """Ids of the requests waiting in ``replica``'s queue, in queue order."""
+        r = int(replica)
+        return self.state.queue[r, : self.state.repi[S.XI_QN, r]].copy()
+
+    def request_dropped(self, request: int) -> bool:
+        return bool(self.state.rqi[S.RI_STATUS, int(request)] == S.ST_DROPPED)
+
     @property
     def forming_replica(self) -> int:
         return int(self.state.cnt[S.K_FORM_REPLICA])
