@@ -266,3 +266,16 @@ def test_runs_are_deterministic():
     _, a = run(ABUSE, 3, FAIRSERVE, horizon_s=100.0)
     _, b = run(ABUSE, 3, copy.deepcopy(FAIRSERVE), horizon_s=100.0)
     assert a.keys() == b.keys() and all(a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a)
+
+
+def test_wsc_from_the_batch_env_info_reproduces_the_builtin_rule():
+    """The registry's wsc agent reads the tenant weights the env exposes, which are FairServe's weights."""
+    from servegym.envs.sim.policies import BATCHING_IDS
+    from tests.test_envs_contract import assert_same_metrics, head_of_line, run_env
+
+    overrides = {"horizon_s": 45.0, "policies": {"batching": "wsc", "admission": "admit_all"}}
+    env = gym.make("servegym/Batch-v1", scenario=OFFPEAK, sim_seed=3, scenario_overrides=overrides)
+    got = run_env(env, head_of_line(BATCHING_IDS["wsc"]))
+    ref = compute_metrics(Simulator(OFFPEAK, seed=3, overrides=overrides, timing="v1").run())
+    assert ref["dropped"] == 0 and ref["finished"] > 50
+    assert_same_metrics(got, ref)
