@@ -167,18 +167,24 @@ def _throttling_metrics(o: SimOutcome, m: dict, abusive: np.ndarray, present: np
     m["app/throttle/request_precision"] = (
         int(np.count_nonzero(rej_abusive)) / int(np.count_nonzero(rejected)) if rejected.any() else NAN
     )
-    m["app/throttle/deferrals"] = int((o.admission >> 1).sum(dtype=np.int64))
-    m["app/throttle/overthrottle_gpu_s"] = wasted_capacity_gpu_s(o, rejected & ~abusive[t])
+    m["app/throttle/deferrals"] = int((o.admission >> 2).sum(dtype=np.int64))
+    # over-throttling: benign requests turned away (rejected, or deferred) while the fleet was not overloaded
+    spare = ((o.admission >> 1) & 1) == 1
+    over = spare & ~abusive[t]
+    m["app/throttle/overthrottled_benign"] = int(np.count_nonzero(over))
+    m["app/throttle/overthrottle_gpu_s"] = wasted_capacity_gpu_s(o, over)
 
 
 def wasted_capacity_gpu_s(o: SimOutcome, turned_away: np.ndarray) -> float:
-    """Capacity wasted by over-throttling: GPU-seconds the turned-away benign requests would have used, up to
-    the GPU-seconds the fleet sat idle (up but not running an iteration) in the episode.
+    """Capacity wasted by over-throttling: GPU-seconds the requests ``turned_away`` (benign requests rejected
+    or deferred while the fleet was not overloaded) would have used, capped at the GPU-seconds the fleet sat
+    idle (up but not running an iteration) in the episode.
 
-    A request's GPU-seconds are its VTC service (prompt + 2 x output tokens) times the run's measured busy
-    GPU-seconds per unit of service served, so the number is in the fleet's own currency. It is 0 when
-    nothing benign was turned away or nothing sat idle; it is an episode-level bound, not time-resolved:
-    idle time before a rejection counts as if the rejected request could have used it.
+    "Not overloaded" is judged by the core at the moment of each rejection or deferral, with FairServe's
+    signal (admission.overloaded: at most ``overload_load_per_replica`` requests outstanding per active
+    replica), so a request turned away at the peak is never counted. A request's GPU-seconds are its VTC
+    demand (prompt + 2 x output tokens) times the run's busy GPU-seconds per unit of service served, the
+    fleet's own exchange rate. 0 when no such request exists.
     """
     if not turned_away.any():
         return 0.0

@@ -223,6 +223,8 @@ def test_throttling_precision_recall_and_application_fairness():
     assert m["app/throttle/recall"] == 1.0 and m["app/throttle/precision"] >= 0.5
     assert m["app/throttle/request_precision"] > 0.99
     assert m["app/throttle/rejected_benign"] <= 3
+    # FairServe throttles only under overload, so it never over-throttles by construction
+    assert m["app/throttle/overthrottled_benign"] == 0 and m["app/throttle/overthrottle_gpu_s"] == 0.0
     for k in ("jain_users", "jain_benign_users", "jain_apps"):
         assert 0.0 < m[f"app/fairness/{k}"] <= 1.0
     # the abuser's service dwarfs the benign users': fairness over all users is worse than over benign ones
@@ -256,6 +258,8 @@ def test_fixed_rpm_limits_leave_capacity_idle_off_peak(seed):
     _, rpm = run(OFFPEAK, seed, {"admission": "rpm"})
     _, fair = run(OFFPEAK, seed, {"admission": "fairserve"})
     assert rpm["app/throttle/rejected_benign"] >= 5
+    # off-peak every one of them is turned away with spare capacity
+    assert rpm["app/throttle/overthrottled_benign"] == rpm["app/throttle/rejected_benign"]
     assert rpm["app/throttle/overthrottle_gpu_s"] > 5.0
     assert rpm["util/busy"] < 0.97  # the fleet was not saturated
     assert fair["app/throttle/rejected"] == 0 and fair["app/throttle/overthrottle_gpu_s"] == 0.0

@@ -214,7 +214,7 @@ class AdmitEnv(gym.Env[dict[str, np.ndarray], int]):
         self._rate[u] *= decay
         self._rate_t[u] = now
         step = int(st.rqi[S.RI_STEP, i])
-        times_deferred = int(st.rqi[S.RI_ADMIT, i]) >> 1
+        times_deferred = int(st.rqi[S.RI_ADMIT, i]) >> 2
         if step == 0 and times_deferred == 0:
             self._rate[u] += 1.0
         ratio = self._rate[u] / RATE_TAU_S / self._app_rate[u] if self._app_rate[u] < np.inf else 0.0

@@ -106,7 +106,15 @@ def builtin_verdict(st, i, now):
 
 
 @hot
+def mark_spare(st, i):
+    """Note that request i is turned away while the fleet is not overloaded (the over-throttling metric)."""
+    if not overloaded(st):
+        st.rqi[RI_ADMIT, i] |= 2
+
+
+@hot
 def reject(st, i, now):
+    mark_spare(st, i)
     st.rqi[RI_ADMIT, i] |= 1
     st.cnt[K_REJECTED] += 1
     drop_request(st, i, now)
@@ -116,7 +124,8 @@ def reject(st, i, now):
 def defer(st, i, now):
     """Present request i again C_DEFER_S from now, or drop it if it would then have waited past max_wait."""
     t = now + st.clock[C_DEFER_S]
-    st.rqi[RI_ADMIT, i] += 2
+    mark_spare(st, i)
+    st.rqi[RI_ADMIT, i] += 4
     st.cnt[K_DEFERRALS] += 1
     if t - st.rqf[RF_ARRIVAL, i] > st.clock[C_MAX_WAIT]:
         drop_request(st, i, st.rqf[RF_ARRIVAL, i] + st.clock[C_MAX_WAIT])

@@ -141,7 +141,8 @@ class SimOutcome:
     tenant_application: np.ndarray | None = None
     application_names: tuple[str, ...] = ()
     tenant_abusive: np.ndarray | None = None  # int8 per tenant: the workload's ground truth (1 abusive)
-    # int16 per request: 2 * times deferred + 1 if rejected at admission
+    # int16 per request: 4 * times deferred + 2 if turned away (rejected or deferred) while the fleet was not
+    # overloaded + 1 if rejected at admission
     admission: np.ndarray | None = None
 
     @property

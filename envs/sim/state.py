@@ -59,7 +59,8 @@ N_RF = 8
     RI_HOME,  # replica that served the session's previous step (holds its prefix), -1 when none
     RI_FIRST,  # row of the session's first step (its arrival starts the session's clock), -1 when none
 ) = range(20)
-# Admission (envs/sim/admission.py): 2 * times deferred + 1 if rejected (0: admitted at its arrival)
+# Admission (envs/sim/admission.py): 4 * times deferred + 2 if it was ever turned away (rejected or deferred)
+# while the fleet was not overloaded + 1 if rejected (0: admitted at its arrival)
 RI_ADMIT = 20
 N_RI = 21
 
