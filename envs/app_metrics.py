@@ -99,9 +99,10 @@ def user_service(o: SimOutcome) -> np.ndarray:
     arrived = o.status != STATUS_NOT_ARRIVED
     prefilled = arrived & ~np.isnan(o.first_token_s)
     t = o.tenant.astype(np.intp)
-    s = np.bincount(t[prefilled], weights=o.prompt_tokens[prefilled], minlength=n_t)
+    # astype: numpy returns int64 for a weighted bincount of nothing
+    s = np.bincount(t[prefilled], weights=o.prompt_tokens[prefilled], minlength=n_t).astype(np.float64)
     s += 2.0 * np.bincount(t[arrived], weights=o.generated_tokens[arrived], minlength=n_t)
-    return s.astype(np.float64)
+    return s
 
 
 def application_metrics(o: SimOutcome) -> dict[str, int | float]:

@@ -283,3 +283,19 @@ def test_wsc_from_the_batch_env_info_reproduces_the_builtin_rule():
     ref = compute_metrics(Simulator(OFFPEAK, seed=3, overrides=overrides, timing="v1").run())
     assert ref["dropped"] == 0 and ref["finished"] > 50
     assert_same_metrics(got, ref)
+
+
+def test_deferring_past_the_horizon_does_not_hide_misses_from_the_reward():
+    """Rewards summed over an episode equal met - missed of its final metrics (unit weights), whatever the
+    policy; a policy that always defers would otherwise be paid for postponing its misses."""
+    for act in (0, 1, 2):
+        env = gym.make("servegym/Admit-v1", horizon_s=40.0).unwrapped
+        _, info = env.reset(seed=4)
+        total, done = 0.0, False
+        while not done:
+            a = act if env.action_masks()[act] else 0
+            _, r, term, trunc, info = env.step(a)
+            total += r
+            done = term or trunc
+        m = info["metrics"]
+        assert total == pytest.approx(m["slo_met"] - m["slo_missed"])

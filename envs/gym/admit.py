@@ -16,7 +16,9 @@ Unlike Route/Batch/Scale/Cluster, whose observations the numba env kernels pack,
 ``Simulator`` API in Python: one decision per arrival is cheap next to the simulation between two arrivals.
 It has no native vector env (wrap it in Gymnasium's SyncVectorEnv). Reward per step: SLO-met requests finished
 since the last step, minus requests that finished past their SLO or were dropped (rejections included),
-times ``reward_weights``.
+times ``reward_weights``; the last step also subtracts (weight ``slo_missed``) every request the metrics judge
+missed that no step counted yet -- in flight past its deadline at the end, deferred ones included, or dropped
+by the end of the episode -- so deferring a request past the horizon does not hide its miss.
 """
 
 from __future__ import annotations
@@ -334,13 +336,21 @@ class AdmitEnv(gym.Env[dict[str, np.ndarray], int]):
             - w.get("slo_missed", 1.0) * delta[1]
             - w.get("drops", 1.0) * delta[2]
         )
-        info["reward_components"] = dict(zip(REWARD_KEYS, delta.tolist(), strict=True))
-        info["invalid_action"] = float(invalid)
         limit = self.config["max_episode_steps"]
         truncated = bool(not done and limit is not None and self._steps >= limit)
+        overdue = 0.0
         if done or truncated:
             self._done = True
-            info["metrics"] = self.episode_metrics()
+            m = self.episode_metrics()
+            info["metrics"] = m
+            # settle the episode's books: requests the end left in flight past their deadline (deferred ones
+            # included) and those the end dropped count as missed, so deferring past the end is no way out
+            overdue = float(m["slo_missed"] - (self._last[1] + self._last[2]))
+            reward -= w.get("slo_missed", 1.0) * overdue
+        components = dict(zip(REWARD_KEYS, delta.tolist(), strict=True))
+        components["overdue_at_end"] = overdue
+        info["reward_components"] = components
+        info["invalid_action"] = float(invalid)
         return obs, float(reward), done, truncated, info
 
     def episode_metrics(self) -> dict[str, Any]:
