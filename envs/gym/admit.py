@@ -61,7 +61,7 @@ USER_FEATURES = (
     "app_service",  # its application's expected service per application request / the largest
 )
 GLOBAL_FEATURES = ("load", "overloaded", "kv_util", "time")
-REWARD_KEYS = ("slo_met", "slo_missed", "drops")
+REWARD_KEYS = ("slo_met", "slo_missed", "drops", "invalid_action")
 # The user's arrival-rate estimate: an exponentially decaying count of its application requests, 60 s scale.
 RATE_TAU_S = 60.0
 
@@ -98,7 +98,8 @@ class AdmitEnv(gym.Env[dict[str, np.ndarray], int]):
             # as the other envs: "noop_penalty" replaces a masked or out-of-range action by admit and reports
             # invalid_action in info; "raise" raises ValueError naming the action
             "invalid_action": "noop_penalty",
-            "reward_weights": {"slo_met": 1.0, "slo_missed": 1.0, "drops": 1.0},
+            # as the other envs: a masked or out-of-range action (replaced by admit) costs invalid_action
+            "reward_weights": {"slo_met": 1.0, "slo_missed": 1.0, "drops": 1.0, "invalid_action": 1.0},
             "max_episode_steps": None,
         }
 
@@ -335,6 +336,7 @@ class AdmitEnv(gym.Env[dict[str, np.ndarray], int]):
             w.get("slo_met", 1.0) * delta[0]
             - w.get("slo_missed", 1.0) * delta[1]
             - w.get("drops", 1.0) * delta[2]
+            - w.get("invalid_action", 1.0) * float(invalid)
         )
         limit = self.config["max_episode_steps"]
         truncated = bool(not done and limit is not None and self._steps >= limit)
@@ -347,7 +349,7 @@ class AdmitEnv(gym.Env[dict[str, np.ndarray], int]):
             # included) and those the end dropped count as missed, so deferring past the end is no way out
             overdue = float(m["slo_missed"] - (self._last[1] + self._last[2]))
             reward -= w.get("slo_missed", 1.0) * overdue
-        components = dict(zip(REWARD_KEYS, delta.tolist(), strict=True))
+        components = dict(zip(REWARD_KEYS, [*delta.tolist(), float(invalid)], strict=True))
         components["overdue_at_end"] = overdue
         info["reward_components"] = components
         info["invalid_action"] = float(invalid)
