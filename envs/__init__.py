@@ -102,6 +102,11 @@ def register_envs() -> None:
                     "timing": version,
                 },
             )
+    # Admission (envs/gym/admit.py): a -v1 id only, since it came after suite v0; no native vector env.
+    if "servegym/Admit-v1" not in registry:
+        register(
+            id="servegym/Admit-v1", entry_point="servegym.envs.gym.admit:AdmitEnv", kwargs={"timing": "v1"}
+        )
 
 
 register_envs()

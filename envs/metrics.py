@@ -94,6 +94,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from servegym.envs.app_metrics import application_metrics
 from servegym.envs.sim.outcome import (
     STATUS_DROPPED,
     STATUS_FINISHED,
@@ -176,6 +177,8 @@ def compute_metrics(o: SimOutcome) -> dict[str, int | float]:
         _session_metrics(o, m, arrived, finished)
     if o.pool_role is not None:
         _disagg_metrics(o, m, arrived)
+    if o.tenant_application is not None:
+        m.update(application_metrics(o))
     return m
 
 

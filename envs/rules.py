@@ -56,6 +56,12 @@ BATCHING: tuple[Rule, ...] = (
         "Autellix's least attained service: the session with the fewest calls made, then FCFS",
         sessions=True,
     ),
+    Rule(
+        "wsc",
+        8,
+        "FairServe's weighted service counter (Khan et al., 2024): a user's VTC service over all LLM calls of "
+        "its application requests, per application request its application is expected to need",
+    ),
 )
 
 ROUTING: tuple[Rule, ...] = (
@@ -113,8 +119,29 @@ SCALING: tuple[Rule, ...] = (
     ),
 )
 
+# Admission of an arriving request (envs/sim/admission.py): admit it, defer it, or reject it. Kept out of
+# DECISION_KINDS on purpose: those index the core's EV_* codes below EV_TIME and size Cluster-v0's action
+# layout, which suite v0 replays; admission has its own event code (EV_ADMIT), scenario key
+# (``policies.admission``) and env (servegym/Admit-v1). Every rule but admit_all rejects (HTTP 429 in a real
+# service) and never defers; deferral is the agent's extra choice.
+ADMISSION_KIND = "admit"
+ADMISSION_POLICY_KEY = "admission"
+ADMISSION: tuple[Rule, ...] = (
+    Rule("admit_all", 0, "admit every request (no throttling)"),
+    Rule("rpm", 1, "fixed per-user limit of LLM calls per minute (token bucket), applied at all loads"),
+    Rule("tpm", 2, "fixed per-user limit of prompt + output tokens per minute (token bucket), at all loads"),
+    Rule(
+        "fairserve",
+        3,
+        "FairServe's application-characteristic-aware throttling (Khan et al., 2024): per-user limit of "
+        "application requests from its application's expected rate, applied only under overload",
+    ),
+)
+
 # decision kind -> its rule table (the kinds a scenario's ``policies`` names)
 RULES: dict[str, tuple[Rule, ...]] = {"batch": BATCHING, "route": ROUTING, "scale": SCALING}
+# every rule table, admission's included (the id checks below cover all of them)
+ALL_RULES: dict[str, tuple[Rule, ...]] = {**RULES, ADMISSION_KIND: ADMISSION}
 
 
 def names(table: tuple[Rule, ...]) -> tuple[str, ...]:
@@ -142,5 +169,5 @@ def _check(kind: str, table: tuple[Rule, ...]) -> None:
         raise AssertionError(f"envs/rules.py: duplicate {kind} rule names")
 
 
-for _kind, _table in RULES.items():
+for _kind, _table in ALL_RULES.items():
     _check(_kind, _table)

@@ -26,6 +26,7 @@ ENGINE_PROFILES = ("splitwise", "vidur", "none", "vllm", "vllm-eager")
 TIMING_VERSIONS = ("v0", "v1")
 CONTEXT_POLICIES = ("reject", "truncate", "drop")
 SCALING_POLICIES = rules.names(rules.SCALING)
+ADMISSION_POLICIES = rules.names(rules.ADMISSION)
 # scaling rules that size pools from the arrival rate against a per-replica capacity
 CAPACITY_SCALERS = tuple(r.name for r in rules.SCALING if r.needs_capacity)
 # Prefill/decode disaggregation (docs/disaggregation.md): what a pool's replicas run. "mixed" runs both phases
@@ -190,6 +191,11 @@ class TenantConfig(_Strict):
     # Agentic sessions of this tenant: end-to-end target from the first step's arrival to the last step's
     # finish (envs/metrics.py, session/slo_attainment); None: its sessions are not judged.
     session_slo_s: Annotated[float, Field(gt=0)] | None = None
+    # A user of an application (``applications``, envs/workloads/applications.py): the tenants the schema makes
+    # for an application's users name it here; ``abusive`` is the workload's ground truth for the throttling
+    # metrics (envs/metrics.py), never read by the core.
+    application: str | None = None
+    abusive: bool = False
 
     @model_validator(mode="after")
     def _slo_matches_tier(self) -> TenantConfig:
@@ -315,6 +321,17 @@ class SessionSource(_Strict):
     max_context_tokens: Annotated[int, Field(ge=2, le=2048 * 512)] = 32768
 
 
+class AppTraceSource(_Strict):
+    """A CSV trace with user and application columns (envs/workloads/applications.py: load_app_trace):
+    ``arrival_s,application,user,prompt_tokens,output_tokens``; ``user`` is the user's index within its
+    application (0 .. users-1), each row one single-call application request."""
+
+    kind: Literal["app_trace"]
+    file: str  # relative to the data directory (SERVEGYM_DATA_DIR), or absolute
+    time_scale: Annotated[float, Field(gt=0)] = 1.0
+    tenant: None = None  # rows name their user; kept for the sources' common interface
+
+
 def _source_kind(v: Any) -> str | None:
     """``kind`` may be left out: a source naming a trace ``format`` or ``file`` is a trace, else synthetic."""
     if isinstance(v, dict):
@@ -325,9 +342,85 @@ def _source_kind(v: Any) -> str | None:
 Source = Annotated[
     Annotated[SyntheticSource, Tag("synthetic")]
     | Annotated[TraceSource, Tag("trace")]
-    | Annotated[SessionSource, Tag("sessions")],
+    | Annotated[SessionSource, Tag("sessions")]
+    | Annotated[AppTraceSource, Tag("app_trace")],
     Discriminator(_source_kind),
 ]
+
+
+class AbuseSpec(_Strict):
+    """The abusive users of an application: the first ``users`` of them send ``rate_multiplier`` times its
+    normal rate of application requests."""
+
+    users: Annotated[int, Field(ge=0)] = 1
+    rate_multiplier: Annotated[float, Field(gt=1)] = 20.0
+
+
+class ApplicationConfig(_Strict):
+    """An application on a multi-tenant platform (FairServe, Khan et al. 2024; envs/workloads/applications.py).
+
+    ``users`` users each send application requests by a Poisson process at ``rate_per_user_s`` (abusive users
+    faster). One application request fans out into ``calls`` LLM calls made one after another (an agentic
+    app), shaped like a session's steps: the first call's prompt is ``first_prompt`` tokens, each later call's
+    prompt adds the previous output and ``step_input`` tokens, a ``pause`` apart. Every user is a tenant named
+    ``<application>/<k>`` with the application's tier and SLOs, so the core's per-tenant machinery (VTC
+    counters, buckets) works per user. ``session_slo_s`` judges a whole application request end to end.
+    """
+
+    name: str
+    users: Annotated[int, Field(ge=1, le=10_000)]
+    rate_per_user_s: Annotated[float, Field(gt=0)]
+    calls: StepsSpec = StepsSpec(mean=1, max=1)
+    first_prompt: TokenDistSpec
+    step_input: TokenDistSpec = TokenDistSpec(mean=200)
+    output: TokenDistSpec
+    pause: PauseSpec = PauseSpec(mean_s=0.0)
+    max_context_tokens: Annotated[int, Field(ge=2, le=2048 * 512)] = 32768
+    tier: Literal["interactive", "batch"] = "interactive"
+    weight: Annotated[float, Field(gt=0)] = 1.0
+    ttft_slo_s: Annotated[float, Field(gt=0)] | None = None
+    tpot_slo_s: Annotated[float, Field(gt=0)] | None = None
+    deadline_s: Annotated[float, Field(gt=0)] | None = None
+    session_slo_s: Annotated[float, Field(gt=0)] | None = None
+    abuse: AbuseSpec | None = None
+    # False: users send no synthetic requests (their requests come from an ``app_trace`` source)
+    synthetic: bool = True
+
+    @model_validator(mode="after")
+    def _abusers_fit(self) -> ApplicationConfig:
+        if self.abuse is not None and self.abuse.users > self.users:
+            raise ValueError(f"abuse.users ({self.abuse.users}) exceeds users ({self.users})")
+        return self
+
+    def user_tenant(self, k: int) -> str:
+        return f"{self.name}/{k}"
+
+
+def _expand_applications(data: Any) -> Any:
+    """Make one tenant per user of every application (before validation, so the tenants are checked like any
+    other). Idempotent: a tenant already present by name is kept, so a dumped scenario validates again."""
+    if not isinstance(data, dict) or not data.get("applications"):
+        return data
+    data = dict(data)
+    tenants = list(data.get("tenants") or [])
+    have = {t.get("name") if isinstance(t, dict) else getattr(t, "name", None) for t in tenants}
+    for a in data["applications"]:
+        if not isinstance(a, dict) or not isinstance(a.get("users"), int) or "name" not in a:
+            continue  # the application's own validation reports it
+        abuse = a.get("abuse") or {}
+        n_abusive = abuse.get("users", 1) if isinstance(abuse, dict) else 0
+        for k in range(max(a["users"], 0)):
+            name = f"{a['name']}/{k}"
+            if name in have:
+                continue
+            t = {"name": name, "application": a["name"], "abusive": bool(a.get("abuse")) and k < n_abusive}
+            for key in ("tier", "ttft_slo_s", "tpot_slo_s", "deadline_s", "session_slo_s", "weight"):
+                if a.get(key) is not None:
+                    t[key] = a[key]
+            tenants.append(t)
+    data["tenants"] = tenants
+    data.setdefault("sources", [])
+    return data
 
 
 class KvLinkConfig(_Strict):
@@ -384,6 +477,21 @@ class PoliciesConfig(_Strict):
     # least-loaded mixed replica. Splitwise sends work to its mixed pool when a phase's pool is overloaded
     # and gives no number; 8 is our choice, the order of a few prompt batches.
     splitwise_overflow: Annotated[int, Field(ge=0)] = 8
+    # ---- admission of arriving requests (envs/sim/admission.py, docs/fairserve.md); admit_all: off
+    admission: Literal[ADMISSION_POLICIES] = "admit_all"  # type: ignore[valid-type]
+    # rpm / tpm: the fixed per-user limits (LLM calls, or prompt + output tokens, per minute)
+    admission_rpm: Annotated[float, Field(gt=0)] = 60.0
+    admission_tpm: Annotated[float, Field(gt=0)] = 60_000.0
+    # every token bucket holds this many seconds of its limit (a burst allowance)
+    admission_burst_s: Annotated[float, Field(gt=0)] = 60.0
+    # fairserve: a user may send this many times its application's expected rate of application requests
+    fairserve_headroom: Annotated[float, Field(ge=1)] = 2.0
+    # fairserve throttles only under overload: more than this many requests outstanding (waiting or running)
+    # per active replica. Our choice (FairServe gives no number): a 7B model on an A100 still decodes 32
+    # sequences well within a 0.1 s TPOT, and a fuller batch is what slows everyone's decode.
+    overload_load_per_replica: Annotated[float, Field(ge=0)] = 32.0
+    # a deferred request is presented to admission again this many seconds later
+    defer_s: Annotated[float, Field(gt=0)] = 5.0
 
     @model_validator(mode="after")
     def _consistent(self) -> PoliciesConfig:
@@ -413,8 +521,11 @@ class Scenario(_Strict):
     region_latency_ms: dict[str, dict[str, Annotated[float, Field(ge=0)]]] = {}
     pools: Annotated[list[PoolConfig], Field(min_length=1)]
     tenants: Annotated[list[TenantConfig], Field(min_length=1)]
-    sources: Annotated[list[Source], Field(min_length=1)]
+    # may be empty when ``applications`` generates the workload
+    sources: list[Source]
     policies: PoliciesConfig = PoliciesConfig()
+    # Applications with users inside them (envs/workloads/applications.py); each user becomes a tenant.
+    applications: list[ApplicationConfig] = []
     # ---- timing version and context limits (docs/perf_model.md "Timing versions")
     # "v0": Splitwise-era overheads and no context limit (what suite v0 and the -v0 env ids replay); "v1":
     # engine profiles per pool (default vllm) and each model's context limit. None: the caller decides
@@ -427,8 +538,25 @@ class Scenario(_Strict):
     # Prefill/decode disaggregation: the links KV caches take between pools (pools with role prefill/decode).
     kv_transfer: KvTransferConfig = KvTransferConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _users_as_tenants(cls, data: Any) -> Any:
+        return _expand_applications(data)
+
     @model_validator(mode="after")
     def _cross_references(self) -> Scenario:
+        if not self.sources and not any(a.synthetic for a in self.applications):
+            raise ValueError(
+                "sources: at least one source (or an application with synthetic users) is needed"
+            )
+        _unique([a.name for a in self.applications], "applications")
+        apps = {a.name for a in self.applications}
+        for i, t in enumerate(self.tenants):
+            if t.application is not None and t.application not in apps:
+                raise ValueError(f"tenants.{i}.application: unknown application {t.application!r}")
+        for i, src in enumerate(self.sources):
+            if src.kind == "app_trace" and not apps:
+                raise ValueError(f"sources.{i}: an app_trace source needs the scenario's applications")
         _unique([p.name for p in self.pools], "pools")
         _unique([t.name for t in self.tenants], "tenants")
         tenants = {t.name for t in self.tenants}
@@ -497,8 +625,17 @@ def _check_budgets(sc: Scenario) -> None:
             "raise control_interval_s"
         )
     total = 0.0
+    for a in sc.applications:  # the users' expected LLM calls (the mean steps bound the capped mean)
+        if a.synthetic:
+            abusers = a.abuse.users * (a.abuse.rate_multiplier - 1) if a.abuse is not None else 0.0
+            total += (a.users + abusers) * a.rate_per_user_s * a.calls.mean * sc.horizon_s
+    if total > MAX_EXPECTED_REQUESTS:
+        raise ValueError(
+            f"applications: the users' rates over horizon_s {sc.horizon_s:g} s bring the expected requests to "
+            f"{total:.3g}; at most {MAX_EXPECTED_REQUESTS:g}: lower the rates, the users or the horizon"
+        )
     for i, src in enumerate(sc.sources):
-        if src.kind == "trace":
+        if src.kind in ("trace", "app_trace"):
             continue  # its size is the file's
         n = src.arrival.rate_per_s * sc.horizon_s
         key = f"sources.{i}.arrival.rate_per_s"
@@ -720,13 +857,13 @@ def with_window(scenario: Scenario, window_start_s: float) -> Scenario:
 def scaled_sources(scenario: Scenario, factor: float) -> list[dict[str, Any]]:
     """The scenario's sources with the offered load times ``factor``: every synthetic rate, every agentic
     session start rate, and every trace's replay speed (for ``sources`` overrides: goodput sweeps, load
-    curricula)."""
+    curricula). Applications' user rates are not scaled: override ``applications`` for them."""
     if not factor > 0:
         raise ValueError(f"rate factor must be > 0, got {factor}")
     out = []
     for src in scenario.sources:
         d = src.model_dump(mode="json")
-        if d["kind"] == "trace":
+        if d["kind"] in ("trace", "app_trace"):
             d["time_scale"] = d["time_scale"] * factor
         else:  # synthetic requests or agentic session starts
             d["arrival"]["rate_per_s"] = d["arrival"]["rate_per_s"] * factor

@@ -95,6 +95,7 @@ def test_registry_lists_every_rule_by_kind():
         "tier_priority",
         "session_edf",
         "session_las",
+        "wsc",
     ]
     assert list_policies("route") == [
         "round_robin",

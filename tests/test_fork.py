@@ -18,8 +18,8 @@ from tests.conftest import tiny_scenario
 
 ENV_IDS = sorted(k for k in gym.registry if k.startswith("servegym/"))
 # Short horizons on each id's default scenario: a few hundred decisions, every decision kind of the id
-HORIZON = {"Route": 40.0, "Batch": 20.0, "Scale": 900.0, "Cluster": 120.0}
-FORK_AT = {"Route": 25, "Batch": 25, "Scale": 5, "Cluster": 25}
+HORIZON = {"Route": 40.0, "Batch": 20.0, "Scale": 900.0, "Cluster": 120.0, "Admit": 20.0}
+FORK_AT = {"Route": 25, "Batch": 25, "Scale": 5, "Cluster": 25, "Admit": 25}
 
 
 def _same(a, b) -> bool:

@@ -15,6 +15,7 @@ from servegym.envs.sim.state import (
     FK_KILL,
     FK_NONE,
     FK_REPAIR,
+    K_DF_N,
     K_EVICTED,
     K_FAILURES,
     K_FINISHED,
@@ -22,6 +23,7 @@ from servegym.envs.sim.state import (
     K_HOLD_N,
     K_N_OPEN,
     K_NEXT_ARRIVAL,
+    K_PENDING_ADMIT,
     K_PENDING_ROUTE,
     K_REL_N,
     K_RELEASED,
@@ -97,6 +99,7 @@ AUDIT_MESSAGES = {
     14: "a replica that is off or failed holds work, KV blocks or a running iteration",
     15: "fault bookkeeping: next-fault bound, pending fault of an off replica, or fault kind vs state",
     16: "sessions: release heap order or entries, release log order, or released steps != finished steps with a successor",
+    18: "admission: a deferred request in the deferral heap is not in flight",
     17: "KV transfers: heap order or entries, wait ring entries, or a replica's transfer counts (XI_NRX, XI_NRDY, XI_NXF) are off",
 }
 
@@ -293,6 +296,12 @@ def audit(st):
     for r in range(n_rep):
         queued += st.repi[XI_QN, r]
     pending = 1 if st.cnt[K_PENDING_ROUTE] >= 0 else 0
-    if infl != queued + running + st.cnt[K_HOLD_N] + pending + st.cnt[K_XW_N]:
+    pending += 1 if st.cnt[K_PENDING_ADMIT] >= 0 else 0
+    # deferred requests (admission.py) are in flight in the deferral heap
+    for e in range(st.cnt[K_DF_N]):
+        j = int(st.dfq[1, e])
+        if j < 0 or j >= st.rqf.shape[1] or st.rqi[RI_STATUS, j] != ST_INFLIGHT:
+            return 18, j
+    if infl != queued + running + st.cnt[K_HOLD_N] + pending + st.cnt[K_XW_N] + st.cnt[K_DF_N]:
         return 9, st.cnt[K_FORM_REPLICA]
     return 0, -1

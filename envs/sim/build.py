@@ -10,17 +10,18 @@ import numpy as np
 
 from servegym.envs.perf.model import kv_cache_blocks, load_perf_coefficients
 from servegym.envs.perf.specs import get_gpu, get_model
-from servegym.envs.rules import DECISION_KINDS
+from servegym.envs.rules import ADMISSION_KIND, DECISION_KINDS
 from servegym.envs.scenario import PoolConfig, Scenario, ScenarioError
 from servegym.envs.sim import state as S
 from servegym.envs.sim.disagg_build import disaggregation_arrays
 from servegym.envs.sim.faults import arm_initial_faults
-from servegym.envs.sim.policies import BATCHING_IDS, ROUTING_IDS, SCALING_IDS
+from servegym.envs.sim.policies import ADMISSION_IDS, BATCHING_IDS, ROUTING_IDS, SCALING_IDS
 from servegym.envs.sim.state import SimState
 from servegym.envs.sim.timing import pool_engine, resolve_timing, tenant_context_limits
+from servegym.envs.workloads.applications import application_index, application_units, user_rate
 from servegym.envs.workloads.requests import RequestTable, SessionColumns
 
-CONTROLS = DECISION_KINDS
+CONTROLS = (*DECISION_KINDS, ADMISSION_KIND)
 
 
 def session_first_rows(sess: SessionColumns) -> np.ndarray:
@@ -259,6 +260,8 @@ def clock_array(scenario: Scenario) -> np.ndarray:
     clock[S.C_SESSION_MAX_LOAD] = pol.session_affinity_max_load
     clock[S.C_SPLITWISE_OVERFLOW] = pol.splitwise_overflow
     clock[S.C_LAYERWISE] = 1.0 if scenario.kv_transfer.layerwise else 0.0
+    clock[S.C_DEFER_S] = pol.defer_s
+    clock[S.C_OVERLOAD_LOAD] = pol.overload_load_per_replica
     return clock
 
 
@@ -275,16 +278,55 @@ def counter_array(scenario: Scenario, control: tuple[str, ...], n_open: int) -> 
     cnt[S.K_CTRL_SCALE] = "scale" in control
     cnt[S.K_N_TENANTS] = len(scenario.tenants)
     cnt[S.K_N_OPEN] = n_open
+    cnt[S.K_ADMIT_POLICY] = ADMISSION_IDS[scenario.policies.admission]
+    cnt[S.K_CTRL_ADMIT] = ADMISSION_KIND in control
+    cnt[S.K_PENDING_ADMIT] = -1
+    cnt[S.K_ADMISSION] = admission_on(scenario, control)
     return cnt
+
+
+def admission_on(scenario: Scenario, control: tuple[str, ...]) -> bool:
+    """Arrivals go through admission (envs/sim/admission.py) only with a throttling rule or an agent."""
+    return scenario.policies.admission != "admit_all" or ADMISSION_KIND in control
 
 
 def tenant_array(scenario: Scenario) -> np.ndarray:
     """Each tenant's VTC weight and session SLO (its VTC counter starts at 0)."""
     tenants = scenario.tenants
     ten = np.zeros((S.N_TF, len(tenants)))
-    ten[S.TF_WEIGHT] = [t.weight for t in tenants]
+    # a user of an application weighs its application's expected service per application request (1 outside
+    # applications): FairServe's weighted service counter (the wsc batching rule)
+    ten[S.TF_WEIGHT] = np.array([t.weight for t in tenants]) * application_units(scenario)
     ten[S.TF_SESSION_SLO] = [t.session_slo_s or np.inf for t in tenants]
+    ten[S.TF_APP] = application_index(scenario)
+    rate, burst = admission_limits(scenario)
+    ten[S.TF_LIMIT_RATE] = rate
+    ten[S.TF_LIMIT_BURST] = burst
+    ten[S.TF_BUCKET] = burst  # buckets start full
     return ten
+
+
+def admission_limits(scenario: Scenario) -> tuple[np.ndarray, np.ndarray]:
+    """Each tenant's bucket under the scenario's admission rule: refill per second and burst (inf: no limit).
+
+    rpm and tpm: the same fixed limit for every user. fairserve: the user's application's expected rate of
+    application requests per user times the headroom (FairServe derives the limit from the application's
+    normal behaviour, not from the user's own); a tenant outside any application is not limited."""
+    pol = scenario.policies
+    n = len(scenario.tenants)
+    rate = np.full(n, np.inf)
+    if pol.admission == "rpm":
+        rate[:] = pol.admission_rpm / 60.0
+    elif pol.admission == "tpm":
+        rate[:] = pol.admission_tpm / 60.0
+    elif pol.admission == "fairserve":
+        apps = {a.name: a for a in scenario.applications}
+        for u, t in enumerate(scenario.tenants):
+            if t.application is not None:
+                # the application's normal per-user rate: a benign user's (user_rate of a user past the abusers)
+                rate[u] = user_rate(apps[t.application], apps[t.application].users) * pol.fairserve_headroom
+    burst = np.where(np.isfinite(rate), np.maximum(rate * pol.admission_burst_s, 1.0), np.inf)
+    return rate, burst
 
 
 def build_state(
@@ -319,6 +361,7 @@ def build_state(
     pooli[S.PI_LAYERS] = disagg.layers
     poolf[S.PF_KV_TOKEN_BYTES] = disagg.kv_token_bytes
     cnt = counter_array(scenario, control, n - n_later)
+    n_dfq = max(n, 1) if admission_on(scenario, control) else 1
     cnt[S.K_DISAGG] = int(disagg.on)
     st = SimState(
         clock=clock_array(scenario),
@@ -348,6 +391,8 @@ def build_state(
         link=disagg.link,
         xqf=disagg.xqf,
         xqi=disagg.xqi,
+        # one entry per request at most (a deferred request is in the heap once); minimal when admission is off
+        dfq=np.stack([np.full(n_dfq, np.inf), np.full(n_dfq, -1.0)]),
     )
     if any(p.mtbf_s or (p.spot and p.reclaim_mtbr_s) for p in pools):
         arm_initial_faults(st)  # draws only when the feature is on: other runs keep their random stream

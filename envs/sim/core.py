@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from servegym.envs.sim.admission import builtin_verdict, next_deferred, pop_deferred, settle
 from servegym.envs.sim.disagg import (
     complete_transfer,
     dispatch_transfers,
@@ -58,11 +59,14 @@ from servegym.envs.sim.state import (
     C_NEXT_TICK,
     C_NOW,
     C_TICK_S,
+    EV_ADMIT,
     EV_BATCH,
     EV_DONE,
     EV_ROUTE,
     EV_SCALE,
     EV_TIME,
+    K_ADMISSION,
+    K_CTRL_ADMIT,
     K_CTRL_BATCH,
     K_CTRL_ROUTE,
     K_CTRL_SCALE,
@@ -72,6 +76,7 @@ from servegym.envs.sim.state import (
     K_HOLD_RETRY,
     K_N_OPEN,
     K_NEXT_ARRIVAL,
+    K_PENDING_ADMIT,
     K_PENDING_ROUTE,
     K_PENDING_SCALE,
     K_ROUTE_PHASE,
@@ -137,6 +142,8 @@ NO_EVENT = -1
 def pending_event(st, now):
     """The event code of a decision the caller still owes, or NO_EVENT; finishes a batch formation the caller
     left with nothing admissible, and retries held requests when a replica became available."""
+    if st.cnt[K_PENDING_ADMIT] >= 0:
+        return EV_ADMIT
     if st.cnt[K_PENDING_ROUTE] >= 0:
         return EV_ROUTE
     if st.cnt[K_PENDING_SCALE]:
@@ -214,9 +221,28 @@ def on_replica_event(st, r, t):
 
 
 @hot
+def route_arrival(st, i, t):
+    """Route arrived request i (or hold it for lack of an active replica). Returns EV_ROUTE when the caller
+    must route it, else NO_EVENT."""
+    if st.cnt[K_CTRL_ROUTE]:
+        if n_candidates(st, i) == 0:
+            hold_push(st, i, t)
+        else:
+            st.cnt[K_PENDING_ROUTE] = i
+            return EV_ROUTE
+    else:
+        r = builtin_route(st, i)
+        if r < 0:
+            hold_push(st, i, t)
+        else:
+            enqueue(st, i, r, t)
+    return NO_EVENT
+
+
+@hot
 def on_arrival(st, t, released):
-    """A request arrives: drop it if no pool could ever serve it, else route it (or hold it for lack of an
-    active replica). Returns EV_ROUTE when the caller must route it, else NO_EVENT."""
+    """A request arrives: drop it if no pool could ever serve it, else present it to admission (when on) and
+    route it. Returns EV_ADMIT or EV_ROUTE when the caller owes that decision, else NO_EVENT."""
     if released:
         i = take_released(st, t)
     else:
@@ -231,19 +257,28 @@ def on_arrival(st, t, released):
         sample_service_gap(st)
     if not fits_any_pool(st, i):
         drop_request(st, i, t)
-    elif st.cnt[K_CTRL_ROUTE]:
-        if n_candidates(st, i) == 0:
-            hold_push(st, i, t)
-        else:
-            st.cnt[K_PENDING_ROUTE] = i
-            return EV_ROUTE
-    else:
-        r = builtin_route(st, i)
-        if r < 0:
-            hold_push(st, i, t)
-        else:
-            enqueue(st, i, r, t)
-    return NO_EVENT
+        return NO_EVENT
+    return present(st, i, t)
+
+
+@hot
+def present(st, i, t):
+    """Admission (admission.py) of request i, arrived or back from a deferral, then its routing."""
+    if st.cnt[K_ADMISSION]:
+        if st.cnt[K_CTRL_ADMIT]:
+            st.cnt[K_PENDING_ADMIT] = i
+            return EV_ADMIT
+        if not settle(st, i, builtin_verdict(st, i, t), t):
+            return NO_EVENT
+    return route_arrival(st, i, t)
+
+
+@hot
+def on_deferred(st, t):
+    """A deferred request is presented to admission again."""
+    i = pop_deferred(st)
+    st.rqf[RF_VISIBLE, i] = t
+    return present(st, i, t)
 
 
 @hot
@@ -277,7 +312,8 @@ def advance(st, t_limit):
         t_tick = st.clock[C_NEXT_TICK]
         t_fault = st.clock[C_NEXT_FAULT]
         t_xfer = next_transfer(st)  # KV transfers in flight (disagg.py); inf without disaggregation
-        t = min(t_rep, t_arr, t_tick, t_fault, t_xfer)
+        t_def = next_deferred(st)  # deferred requests (admission.py); inf without admission
+        t = min(t_rep, t_arr, t_tick, t_fault, t_xfer, t_def)
         if t > st.clock[C_HORIZON]:
             st.clock[C_NOW] = max(now, min(st.clock[C_HORIZON], t_limit))
             return EV_DONE if t_limit >= st.clock[C_HORIZON] else EV_TIME
@@ -287,17 +323,22 @@ def advance(st, t_limit):
         st.clock[C_NOW] = t
         st.cnt[K_EVENTS] += 1
         # simultaneous events: faults first (rare: one comparison on the hot path), then KV transfers (so a
-        # decode replica due at the same time sees the arrival), then replicas by index, then arrivals, then
-        # the control tick
+        # decode replica due at the same time sees the arrival), then deferred requests, then replicas by
+        # index, then arrivals, then the control tick
         if t_fault <= t:
             on_fault(st, t)
         elif t_xfer <= t:
             complete_transfer(st, t)
+        elif t_def <= t:
+            ev = on_deferred(st, t)
+            if ev != NO_EVENT:
+                return ev
         elif r_min >= 0 and t_rep <= t_arr and t_rep <= t_tick:
             on_replica_event(st, r_min, t)
         elif t_arr <= t_tick:
-            if on_arrival(st, t, released) == EV_ROUTE:
-                return EV_ROUTE
+            ev = on_arrival(st, t, released)
+            if ev != NO_EVENT:
+                return ev
         elif on_tick(st, t) == EV_SCALE:
             return EV_SCALE
 
@@ -318,6 +359,20 @@ def apply_route(st, r):
         st.cnt[K_XFER_RETRY] = 1  # the next waiting KV cache may go too
         return True
     enqueue(st, i, r, st.clock[C_NOW])
+    return True
+
+
+@kernel
+def apply_admission(st, action):
+    """Answer the pending admission decision: AD_ADMIT (then route it), AD_DEFER or AD_REJECT (state.py);
+    returns False (and leaves it pending) for any other action."""
+    i = st.cnt[K_PENDING_ADMIT]
+    if i < 0 or action < 0 or action > 2:
+        return False
+    st.cnt[K_PENDING_ADMIT] = -1
+    now = st.clock[C_NOW]
+    if settle(st, i, action, now):
+        route_arrival(st, i, now)  # a routing decision the caller owns stays pending (pending_event)
     return True
 
 

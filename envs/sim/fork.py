@@ -9,6 +9,7 @@ every later decision to the scenario's built-in rules for a rollout.
 
 from __future__ import annotations
 
+from servegym.envs.sim.admission import builtin_verdict, settle
 from servegym.envs.sim.disagg import builtin_decode_route, start_transfer
 from servegym.envs.sim.jit import kernel
 from servegym.envs.sim.queues import hold_push
@@ -17,10 +18,12 @@ from servegym.envs.sim.routing import builtin_route, enqueue
 from servegym.envs.sim.scaling import builtin_scale
 from servegym.envs.sim.state import (
     C_NOW,
+    K_CTRL_ADMIT,
     K_CTRL_BATCH,
     K_CTRL_ROUTE,
     K_CTRL_SCALE,
     K_FORM_REPLICA,
+    K_PENDING_ADMIT,
     K_PENDING_ROUTE,
     K_PENDING_SCALE,
     K_ROUTE_PHASE,
@@ -56,7 +59,17 @@ def release_control(st):
     st.cnt[K_CTRL_ROUTE] = 0
     st.cnt[K_CTRL_BATCH] = 0
     st.cnt[K_CTRL_SCALE] = 0
+    st.cnt[K_CTRL_ADMIT] = 0
     now = st.clock[C_NOW]
+    j = st.cnt[K_PENDING_ADMIT]
+    if j >= 0:  # an arrival waiting for admission (admission.py): the built-in rule, then built-in routing
+        st.cnt[K_PENDING_ADMIT] = -1
+        if settle(st, j, builtin_verdict(st, j, now), now):
+            r = builtin_route(st, j)
+            if r < 0:
+                hold_push(st, j, now)
+            else:
+                enqueue(st, j, r, now)
     i = st.cnt[K_PENDING_ROUTE]
     if i >= 0 and st.cnt[K_ROUTE_PHASE]:  # a KV cache's decode replica (disagg.py)
         st.cnt[K_PENDING_ROUTE] = -1

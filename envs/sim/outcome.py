@@ -136,6 +136,14 @@ class SimOutcome:
     transfer_bytes: np.ndarray | None = None  # float64 per request: KV bytes it moved
     transfers: np.ndarray | None = None  # int16 per request: KV transfers completed
     transfer_failures: int = 0  # transfers (or waits for one) cut by a failure of either replica
+    # --- applications and admission (None: none; envs/workloads/applications.py, envs/sim/admission.py)
+    # int16 per tenant: index of the user's application in application_names, -1 outside any
+    tenant_application: np.ndarray | None = None
+    application_names: tuple[str, ...] = ()
+    tenant_abusive: np.ndarray | None = None  # int8 per tenant: the workload's ground truth (1 abusive)
+    # int16 per request: 4 * times deferred + 2 if turned away (rejected or deferred) while the fleet was not
+    # overloaded + 1 if rejected at admission
+    admission: np.ndarray | None = None
 
     @property
     def n_requests(self) -> int:
@@ -163,7 +171,7 @@ class SimOutcome:
         if not (np.isfinite(self.now_s) and self.now_s >= 0):
             raise ValueError(f"SimOutcome.now_s: must be finite and >= 0, got {self.now_s}")
 
-        for name in ("tenant_names", "pool_names"):
+        for name in ("tenant_names", "pool_names", "application_names"):
             names = getattr(self, name)
             if not isinstance(names, tuple) or not all(isinstance(s, str) for s in names):
                 raise ValueError(f"SimOutcome.{name}: expected a tuple of str")
@@ -189,6 +197,9 @@ class SimOutcome:
             ("transfer_wait_s", np.float64, n),
             ("transfer_bytes", np.float64, n),
             ("transfers", np.int16, n),
+            ("tenant_application", np.int16, len(self.tenant_names)),
+            ("tenant_abusive", np.int8, len(self.tenant_names)),
+            ("admission", np.int16, n),
         ):
             arr = getattr(self, name)
             if arr is not None and (
@@ -259,4 +270,5 @@ assert {f.name for f in fields(SimOutcome)} == (
     | {"session", "session_steps_left", "session_context_tokens", "tenant_session_slo_s"}
     | {"context_limit", "context_rejected", "context_truncated"}
     | {"pool_role", "transfer_s", "transfer_wait_s", "transfer_bytes", "transfers", "transfer_failures"}
+    | {"tenant_application", "application_names", "tenant_abusive", "admission"}
 )

@@ -10,12 +10,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from servegym.envs.rules import BATCHING, ROUTING, SCALING, ids
+from servegym.envs.rules import ADMISSION, BATCHING, ROUTING, SCALING, ids
 
 # The rules' ids, from their tables in envs/rules.py (numba freezes these module globals as constants).
 BATCHING_IDS = ids(BATCHING)
 ROUTING_IDS = ids(ROUTING)
 SCALING_IDS = ids(SCALING)
+ADMISSION_IDS = ids(ADMISSION)
 
 BATCH_FCFS = BATCHING_IDS["fcfs"]
 BATCH_EDF = BATCHING_IDS["edf"]
@@ -25,6 +26,7 @@ BATCH_WFS = BATCHING_IDS["wfs"]
 BATCH_TIER = BATCHING_IDS["tier_priority"]
 BATCH_SESSION_EDF = BATCHING_IDS["session_edf"]
 BATCH_SESSION_LAS = BATCHING_IDS["session_las"]
+BATCH_WSC = BATCHING_IDS["wsc"]
 
 ROUTE_RR = ROUTING_IDS["round_robin"]
 ROUTE_RANDOM = ROUTING_IDS["random"]
@@ -44,6 +46,13 @@ SCALE_TARGET = SCALING_IDS["target_util"]
 SCALE_FORECAST = SCALING_IDS["forecast"]
 SCALE_REPLACE = SCALING_IDS["reactive_replace"]
 SCALE_SPOT_MIX = SCALING_IDS["spot_mix"]
+
+ADMIT_ALL = ADMISSION_IDS["admit_all"]
+ADMIT_RPM = ADMISSION_IDS["rpm"]
+ADMIT_TPM = ADMISSION_IDS["tpm"]
+ADMIT_FAIRSERVE = ADMISSION_IDS["fairserve"]
+# admission verdicts (envs/sim/state.py AD_*; repeated here as literals so this module keeps its imports)
+_AD_ADMIT, _AD_REJECT = 0, 2
 
 # Tier priority (and a session's calls made) must dominate any arrival time; 1e12 s is ~31,000 years.
 _TIER_STRIDE = 1e12
@@ -95,7 +104,10 @@ def batch_score(
         return float(prompt_tokens)
     if policy == BATCH_VTC:
         return tenant_counter
-    if policy == BATCH_WFS:
+    if policy == BATCH_WFS or policy == BATCH_WSC:
+        # WSC is WFS over FairServe's weights: in a scenario with applications, a user's tenant weight is its
+        # application's expected service per application request (envs/workloads/applications.py), and its
+        # VTC counter already counts every LLM call of its application requests
         return tenant_counter / tenant_weight
     if policy == BATCH_TIER:
         return tier * _TIER_STRIDE + arrival
@@ -323,3 +335,31 @@ def spot_mix_rate(
     else:
         rate = interactive_rate if other_class else total_rate
     return max(rate, 0.0) / max(n_same_class, 1)
+
+
+@njit(cache=True, inline="always")
+def admission_cost(policy: int, prompt_tokens: int, output_tokens: int, call_index: int) -> float:
+    """What one LLM call costs its user's bucket under an admission rule.
+
+    rpm counts every LLM call; tpm its prompt and output tokens; FairServe counts application requests, so the
+    first call of one costs 1 and its later calls (``call_index`` > 0: the steps of an admitted agentic
+    request) cost nothing: throttling mid-request would waste the calls already served.
+    """
+    if policy == ADMIT_RPM:
+        return 1.0
+    if policy == ADMIT_TPM:
+        return float(prompt_tokens + output_tokens)
+    if policy == ADMIT_FAIRSERVE:
+        return 1.0 if call_index == 0 else 0.0
+    return 0.0
+
+
+@njit(cache=True, inline="always")
+def admission_verdict(policy: int, bucket: float, cost: float, overloaded: bool) -> int:
+    """Admit (0) or reject (2) an arriving request: its user's bucket must hold its cost, under the fixed
+    limits always, under FairServe's only while the system is overloaded. Built-in rules never defer."""
+    if policy == ADMIT_ALL or cost == 0.0:
+        return _AD_ADMIT
+    if policy == ADMIT_FAIRSERVE and not overloaded:
+        return _AD_ADMIT
+    return _AD_ADMIT if bucket >= cost else _AD_REJECT

@@ -112,7 +112,9 @@ def scheduling_delays(st: SimState) -> np.ndarray:
 
 
 def pending_decision(st: SimState) -> str | None:
-    """The decision the run waits on ('route', 'scale' or 'batch'), None when none."""
+    """The decision the run waits on ('admit', 'route', 'scale' or 'batch'), None when none."""
+    if st.cnt[S.K_PENDING_ADMIT] >= 0:
+        return "admit"
     if st.cnt[S.K_PENDING_ROUTE] >= 0:
         return "route"
     if st.cnt[S.K_PENDING_SCALE]:

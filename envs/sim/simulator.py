@@ -116,6 +116,14 @@ class Simulator:
     def apply_admit(self, request: int) -> bool:
         return bool(core.apply_admit(self.state, int(request)))
 
+    def apply_admission(self, action: int) -> bool:
+        """Answer the pending admission decision: 0 admit, 1 defer, 2 reject (envs/sim/admission.py)."""
+        return bool(core.apply_admission(self.state, int(action)))
+
+    def pending_admission(self) -> int:
+        """The request waiting for an admission decision, -1 when none."""
+        return int(self.state.cnt[S.K_PENDING_ADMIT])
+
     def apply_start(self) -> bool:
         return bool(core.apply_start(self.state))
 
@@ -232,6 +240,10 @@ class Simulator:
             "transfer_waiting": int(st.cnt[S.K_XW_N]),
             "transfers_done": int(st.cnt[S.K_TRANSFERS]),
             "transfer_failures": int(st.cnt[S.K_XFER_FAILED]),
+            "rejected": int(st.cnt[S.K_REJECTED]),
+            "deferrals": int(st.cnt[S.K_DEFERRALS]),
+            "deferred": int(st.cnt[S.K_DF_N]),
+            "pending_admission": int(st.cnt[S.K_PENDING_ADMIT] >= 0),
         }
 
     def sample(self) -> ClusterSample:
@@ -343,6 +355,7 @@ class Simulator:
             reclaims=int(st.cnt[S.K_RECLAIMS]),
             **self._session_fields(),
             **self._disagg_fields(),
+            **self._admission_fields(),
             **context_fields(self.context_limit, self.context_counts, st.rqi[S.RI_TENANT]),
         )
 
@@ -362,6 +375,19 @@ class Simulator:
         """The recorded iterations (``trace`` > 0): replica, start_s, prefill_tokens, decode_seqs,
         kv_context_tokens, duration_s (predicted), in start order per replica; at most ``trace`` rows."""
         return iteration_trace(self.state)
+
+    def _admission_fields(self) -> dict[str, Any]:
+        """SimOutcome's application and admission fields (none without applications or admission)."""
+        st = self.state
+        sc = self.scenario
+        out: dict[str, Any] = {}
+        if sc.applications:
+            out["tenant_application"] = st.ten[S.TF_APP].astype(np.int16)
+            out["application_names"] = tuple(a.name for a in sc.applications)
+            out["tenant_abusive"] = np.array([t.abusive for t in sc.tenants], dtype=np.int8)
+        if st.cnt[S.K_ADMISSION]:
+            out["admission"] = st.rqi[S.RI_ADMIT].astype(np.int16)
+        return out
 
     def _disagg_fields(self) -> dict[str, Any]:
         """SimOutcome's disaggregation fields (none when every pool is mixed)."""

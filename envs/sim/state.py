@@ -59,7 +59,10 @@ N_RF = 8
     RI_HOME,  # replica that served the session's previous step (holds its prefix), -1 when none
     RI_FIRST,  # row of the session's first step (its arrival starts the session's clock), -1 when none
 ) = range(20)
-N_RI = 20
+# Admission (envs/sim/admission.py): 4 * times deferred + 2 if it was ever turned away (rejected or deferred)
+# while the fleet was not overloaded + 1 if rejected (0: admitted at its arrival)
+RI_ADMIT = 20
+N_RI = 21
 
 # Per-request disaggregation fields (envs/sim/disagg.py) live in their own arrays, xqf/xqi, with one column per
 # request only when some pool has a role (one column otherwise), so colocated runs keep their memory.
@@ -176,7 +179,16 @@ N_SL = 12
 # ten[field, tenant] float64
 TF_WEIGHT, TF_COUNTER, TF_WAITING = range(3)
 TF_SESSION_SLO = 3  # end-to-end target of the tenant's agentic sessions, inf when none
-N_TF = 4
+# Admission (envs/sim/admission.py): the tenant's (a user's) token bucket -- its limit's refill rate per
+# second and burst, the level and when it was last refilled -- and, for FairServe's rule, its application
+(
+    TF_LIMIT_RATE,
+    TF_LIMIT_BURST,
+    TF_BUCKET,
+    TF_BUCKET_T,
+    TF_APP,
+) = range(4, 9)
+N_TF = 9
 
 # clock[] float64 scalars
 C_NOW, C_NEXT_TICK, C_HORIZON, C_TICK_S, C_MAX_WAIT, C_MAX_GAP, C_LAST_LEFT_COUNTER = range(7)
@@ -196,7 +208,10 @@ C_NEXT_FAULT = 15
 C_SESSION_MAX_LOAD = 16  # session-affinity routing: leave the home replica above this load (policies)
 C_SPLITWISE_OVERFLOW = 17  # splitwise routing: load margin before a phase overflows to the mixed pool
 C_LAYERWISE = 18  # 1.0: KV transfers overlap the prefill layer by layer (Splitwise); 0.0: serialized
-N_CLOCK = 19
+# Admission (envs/sim/admission.py): how long a deferred request waits before it is presented again, and the
+# outstanding requests per active replica above which the system counts as overloaded (FairServe's trigger)
+C_DEFER_S, C_OVERLOAD_LOAD = 19, 20
+N_CLOCK = 21
 
 # cnt[] int64 scalars
 (
@@ -249,10 +264,23 @@ K_TRACE_N = 32  # iterations written to the per-iteration trace (its capacity is
     # which decode replica takes its KV cache (the caller routes both phases when it controls routing)
     K_ROUTE_PHASE,
 ) = range(33, 41)
-N_CNT = 41
+# Admission (envs/sim/admission.py); all 0 (and K_PENDING_ADMIT -1) when the scenario has no admission rule.
+(
+    K_ADMIT_POLICY,  # the built-in admission rule (envs/rules.py ADMISSION)
+    K_CTRL_ADMIT,  # 1: admission decisions go to the caller
+    K_PENDING_ADMIT,  # request waiting for the caller's admission decision, or -1
+    K_ADMISSION,  # 1: admission is on (a rule other than admit_all, or the caller decides)
+    K_REJECTED,  # requests rejected at admission (also counted in K_DROPS)
+    K_DEFERRALS,  # deferrals (a request deferred twice counts twice)
+    K_DF_N,  # deferred requests waiting in the deferral heap (dfq)
+) = range(41, 48)
+N_CNT = 48
 
 # Event codes returned by advance().
 EV_DONE, EV_ROUTE, EV_BATCH, EV_SCALE, EV_TIME = 0, 1, 2, 3, 4
+EV_ADMIT = 5  # after EV_TIME: the codes below it index gym's DECISIONS (envs/rules.py ADMISSION_KIND)
+# Admission decisions (the caller's action and the built-in rules' verdict).
+AD_ADMIT, AD_DEFER, AD_REJECT = 0, 1, 2
 
 KV_BLOCK_TOKENS = 16  # vLLM's default paged-attention block size
 PREFIX_BLOCK_TOKENS = 512  # Mooncake trace hash_ids cover 512-token blocks (data README)
@@ -290,6 +318,9 @@ class SimState(NamedTuple):
     link: np.ndarray  # f8[2, P, P] KV link between pools: bytes/s, and latency (s) of one transfer
     xqf: np.ndarray  # f8[N_XQF, N or 1] per-request transfer times and bytes
     xqi: np.ndarray  # i4[N_XQI, N or 1] per-request transfer source, destination, slot, tokens, count
+    # f8[2, N or 1] min-heap of deferred requests: (time it is presented again, request id), K_DF_N used;
+    # one column per request only when admission is on
+    dfq: np.ndarray
 
 
 # trace columns: replica, start time, prefill tokens, decode sequences, KV context tokens of the decodes,

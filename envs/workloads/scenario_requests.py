@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from servegym.envs.data import resolve_data_path
-from servegym.envs.scenario import LengthSpec as LengthConfig
 from servegym.envs.scenario import (
+    AppTraceSource,
     PrefixSpec,
     Scenario,
     ScenarioError,
@@ -14,7 +14,9 @@ from servegym.envs.scenario import (
     SyntheticSource,
     TraceSource,
 )
+from servegym.envs.scenario import LengthSpec as LengthConfig
 from servegym.envs.workloads import traces
+from servegym.envs.workloads.applications import generate_application_requests, load_app_trace
 from servegym.envs.workloads.requests import PREFIX_BLOCK_TOKENS, RequestTable
 from servegym.envs.workloads.sessions import generate_sessions
 from servegym.envs.workloads.synthetic import ArrivalSpec, DiurnalSpec, LengthSpec, generate_tenant_requests
@@ -110,12 +112,19 @@ def requests_for_scenario(scenario: Scenario, rng: np.random.Generator) -> Reque
                 tables.append(_synthetic_with_prefixes(src, tenants[src.tenant], scenario.horizon_s, rng, i))
             elif isinstance(src, SessionSource):
                 tables.append(generate_sessions(rng, src, tenants[src.tenant], scenario.horizon_s, i))
+            elif isinstance(src, AppTraceSource):
+                tables.append(load_app_trace(src, resolve_data_path(src.file), scenario))
             else:
                 tables.append(_trace(src, tenants))
         except ValueError as e:
             if isinstance(e, ScenarioError):
                 raise
             raise ScenarioError(f"scenario {scenario.name!r}: sources.{i}: {e}") from e
+    # drawn after the sources, so adding applications leaves the sources' draws as they were
+    if scenario.applications:
+        tables.extend(generate_application_requests(scenario, rng, len(scenario.sources)))
+    if not tables:
+        return RequestTable.empty()
     table = RequestTable.concat_sorted(tables) if len(tables) > 1 else tables[0]
     if table.sessions is not None:
         # later session steps (+inf) arrive when the simulation releases them; keep those of kept sessions
