@@ -426,6 +426,10 @@ class Scenario(_Strict):
     context_policy: Literal[CONTEXT_POLICIES] = "reject"  # type: ignore[valid-type]
     # Prefill/decode disaggregation: the links KV caches take between pools (pools with role prefill/decode).
     kv_transfer: KvTransferConfig = KvTransferConfig()
+    # Run it streamed (envs/sim/stream.py, docs/streaming.md): requests are generated and held window by
+    # window, so the request budget below does not apply; the streamed run's own memory estimate does
+    # (envs/sim/memory.py). False: Simulator builds the whole request table up front, as before.
+    streaming: bool = False
 
     @model_validator(mode="after")
     def _cross_references(self) -> Scenario:
@@ -498,7 +502,7 @@ def _check_budgets(sc: Scenario) -> None:
         )
     total = 0.0
     for i, src in enumerate(sc.sources):
-        if src.kind == "trace":
+        if src.kind == "trace" or sc.streaming:
             continue  # its size is the file's
         n = src.arrival.rate_per_s * sc.horizon_s
         key = f"sources.{i}.arrival.rate_per_s"
@@ -510,7 +514,7 @@ def _check_budgets(sc: Scenario) -> None:
             raise ValueError(
                 f"{key}: {src.arrival.rate_per_s:g}/s over horizon_s {sc.horizon_s:g} s brings the expected "
                 f"requests to {total:.3g} (~{total * BYTES_PER_REQUEST / 2**30:.3g} GiB); at most "
-                f"{MAX_EXPECTED_REQUESTS:g}: lower the rate or the horizon"
+                f"{MAX_EXPECTED_REQUESTS:g}: lower the rate or the horizon, or set streaming: true"
             )
     blocks = max(((p.prefix_cache_blocks or 0) for p in sc.pools if p.prefix_cache), default=0)
     replicas = sum(p.max_replicas for p in sc.pools)

@@ -18,6 +18,7 @@ from servegym.envs.sim import state as S
 from servegym.envs.sim.audit import AUDIT_MESSAGES, audit
 from servegym.envs.sim.build import build_state, pool_price_per_gpu_hour
 from servegym.envs.sim.fork import copy_into, copy_state, release_control
+from servegym.envs.sim.memory import check_memory
 from servegym.envs.sim.outcome import SimOutcome
 from servegym.envs.sim.probe import ClusterSample, sample, scheduling_delays
 from servegym.envs.sim.replica import sync_generated
@@ -90,6 +91,9 @@ class Simulator:
         rng = np.random.default_rng(self.seed)
         core_seed = int(rng.integers(1, 2**63 - 1))
         if requests is None:
+            check_memory(
+                scenario, streaming=False
+            )  # before anything is drawn: a clear refusal, not a MemoryError
             requests = requests_for_scenario(scenario, rng)
         else:
             requests.validate("Simulator(requests=...)")

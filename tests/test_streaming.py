@@ -1,0 +1,115 @@
+"""Streamed runs (envs/sim/stream.py): the same requests, the same run, the same metrics, in bounded memory."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from servegym.envs.metrics import compute_metrics
+from servegym.envs.metrics_stream import StreamingMetrics
+from servegym.envs.scenario import ScenarioError, load_scenario
+from servegym.envs.sim.memory import LIMIT_ENV, check_memory, estimate_memory
+from servegym.envs.sim.simulator import Simulator
+from servegym.envs.sim.stream import CollectingSink, StreamingSimulator
+from servegym.envs.workloads import stream as workload_stream
+from servegym.envs.workloads import synthetic
+from servegym.envs.workloads.requests import RequestTable
+from servegym.envs.workloads.scenario_requests import requests_for_scenario
+
+LATENCY = ("ttft_s", "tpot_s", "e2e_s")
+
+
+def _same(a, b) -> bool:
+    return a == b or (isinstance(a, float) and math.isnan(a) and isinstance(b, float) and math.isnan(b))
+
+
+def _whole_and_streamed_tables(scenario, window_s):
+    rng = np.random.default_rng(scenario.seed)
+    whole = requests_for_scenario(scenario, rng)
+    stream = workload_stream.RequestStream(scenario, np.random.default_rng(scenario.seed), window_s)
+    windows = list(stream.windows())
+    return whole, stream, windows
+
+
+@pytest.mark.parametrize("name", ["multi_tenant_tiers", "diurnal_chat"])
+def test_request_stream_draws_the_whole_tables_requests(name, monkeypatch):
+    # small draw blocks, so that windows cut across blocks and sources run out at different times
+    monkeypatch.setattr(synthetic, "_CHUNK", 499)
+    monkeypatch.setattr(workload_stream, "_CHUNK", 499)
+    sc = load_scenario(name, {"horizon_s": 900})
+    whole, stream, windows = _whole_and_streamed_tables(sc, 41.0)
+    assert stream.total == len(whole) > 5 * 499
+    edges = [w.arrival_s for w in windows if len(w)]
+    assert all(a[-1] < b[0] or a[-1] == b[0] for a, b in zip(edges, edges[1:], strict=False))
+    joined = RequestTable.concat_sorted(windows)
+    for field in ("arrival_s", "prompt_tokens", "output_tokens", "tenant"):
+        np.testing.assert_array_equal(getattr(joined, field), getattr(whole, field), err_msg=field)
+
+
+@pytest.mark.parametrize("name", ["multi_tenant_tiers", "spot_failures"])
+def test_streamed_run_is_bit_identical_to_the_whole_run(name):
+    sc = load_scenario(name, {"horizon_s": 600})
+    whole = Simulator(sc).run()
+    # a tiny capacity makes the arrays grow and the retirement run many times
+    sim = StreamingSimulator(sc, window_s=37.0, capacity=64)
+    streamed = sim.run(CollectingSink())
+    assert sim.retired > 0 and sim.grown > 0
+    assert streamed.n_requests == whole.n_requests
+    for field in (
+        "status",
+        "first_token_s",
+        "finish_s",
+        "drop_s",
+        "generated_tokens",
+        "preemptions",
+        "evictions",
+    ):
+        np.testing.assert_array_equal(getattr(streamed, field), getattr(whole, field), err_msg=field)
+    np.testing.assert_array_equal(streamed.replica_busy_s, whole.replica_busy_s)
+    a, b = compute_metrics(whole), compute_metrics(streamed)
+    assert a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+
+
+def test_streaming_metrics_fold_to_compute_metrics():
+    sc = load_scenario("multi_tenant_tiers", {"horizon_s": 600})
+    ref = compute_metrics(Simulator(sc).run())
+    exact = StreamingSimulator(sc, window_s=50.0).run(StreamingMetrics(len(sc.tenants)))
+    assert exact.keys() == ref.keys()
+    assert [k for k in ref if not _same(ref[k], exact[k])] == []
+    # past exact_limit samples the percentiles come from the log histogram: within half a bucket
+    sketch = StreamingSimulator(sc, window_s=50.0).run(StreamingMetrics(len(sc.tenants), exact_limit=100))
+    differ = [k for k in ref if not _same(ref[k], sketch[k])]
+    assert differ and all(k.split("/")[0] in LATENCY for k in differ)
+    for k in differ:
+        assert sketch[k] == pytest.approx(ref[k], rel=6e-4), k
+
+
+def test_streaming_refuses_what_it_cannot_stream():
+    with pytest.raises(ScenarioError, match="agentic_sessions.*cannot run streamed.*sessions"):
+        StreamingSimulator("agentic_sessions")
+    with pytest.raises(ScenarioError, match="cannot run streamed.*mixed"):
+        StreamingSimulator("disagg_splitwise_ha")
+
+
+def test_memory_estimate_refuses_runs_that_do_not_fit(monkeypatch):
+    sc = load_scenario("week_global")
+    whole, streamed = estimate_memory(sc, False), estimate_memory(sc, True)
+    assert whole.requests == pytest.approx(99.8e6, rel=0.01)
+    assert whole.total_bytes > 20 * 2**30 and streamed.total_bytes < 2 * 2**30
+    monkeypatch.setenv(LIMIT_ENV, "8")
+    # refused before a single request is drawn: the message names the scenario, the numbers and the fix
+    with pytest.raises(
+        ScenarioError, match=r"'week_global'.*25\.\d GiB.*9\.98e\+07 requests.*8 GiB.*StreamingSimulator"
+    ):
+        Simulator("week_global")
+    check_memory(sc, True)  # the streamed run fits in 8 GiB
+    with pytest.raises(ScenarioError, match=r"'week_global'.*request rows resident.*streaming window"):
+        check_memory(sc, True, available=0.5 * 2**30)
+
+
+def test_request_budget_points_to_streaming():
+    raw_override = {"streaming": False}
+    with pytest.raises(ScenarioError, match="set streaming: true"):
+        load_scenario("week_global", raw_override)
