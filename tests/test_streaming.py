@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -14,9 +15,10 @@ from servegym.envs.sim.memory import LIMIT_ENV, check_memory, estimate_memory
 from servegym.envs.sim.simulator import Simulator
 from servegym.envs.sim.stream import CollectingSink, StreamingSimulator
 from servegym.envs.workloads import stream as workload_stream
-from servegym.envs.workloads import synthetic
-from servegym.envs.workloads.requests import RequestTable
+from servegym.envs.workloads import synthetic, trace_parsing, traces
+from servegym.envs.workloads.requests import RequestTable, WorkloadError
 from servegym.envs.workloads.scenario_requests import requests_for_scenario
+from servegym.envs.workloads.traces import load_azure_trace
 
 LATENCY = ("ttft_s", "tpot_s", "e2e_s")
 
@@ -113,3 +115,63 @@ def test_request_budget_points_to_streaming():
     raw_override = {"streaming": False}
     with pytest.raises(ScenarioError, match="set streaming: true"):
         load_scenario("week_global", raw_override)
+
+
+# ---------------------------------------------------------------- trace windows: rows before them are dropped
+
+
+def _azure_rows(n: int, bad: dict[int, str] | None = None) -> str:
+    rows = []
+    for i in range(n):
+        rows.append(
+            bad.get(i)
+            if bad and i in bad
+            else f"2023-11-16 18:{i // 60:02d}:{i % 60:02d}.0000000,{100 + i},{1 + i % 7}"
+        )
+    return "TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(r + "\n" for r in rows)
+
+
+def _mooncake_rows(n: int) -> str:
+    recs = [
+        {"timestamp": 1000 * i, "input_length": 600, "output_length": 1 + i % 5, "hash_ids": [i, -i]}
+        for i in range(n)
+    ]
+    return "".join(json.dumps(r) + "\n" for r in recs)
+
+
+@pytest.mark.parametrize("fmt", ["azure", "mooncake"])
+def test_trace_window_drops_rows_before_it_and_loads_the_same_table(fmt, tmp_path, monkeypatch):
+    monkeypatch.setattr(trace_parsing, "_CHUNK_LINES", 16)
+    monkeypatch.setattr(traces, "_CHUNK_LINES", 16)
+    path = tmp_path / f"t.{fmt}"
+    path.write_text(_azure_rows(200) if fmt == "azure" else _mooncake_rows(200))
+    full = traces.load_trace(fmt, path)
+    kept = []
+    real_check = trace_parsing._finish
+
+    def spy(*args, **kw):
+        kept.append(args[3].shape[0])  # the rows _finish was handed: the window's, not the file's
+        return real_check(*args, **kw)
+
+    monkeypatch.setattr(traces, "_finish", spy)
+    win = traces.load_trace(fmt, path, window_start_s=100.0, window_s=30.0)
+    assert kept[-1] < 200 - 5 * 16  # the chunks before second 100 were dropped while reading
+    ref = full.window(100.0, 30.0)
+    for field in ("arrival_s", "prompt_tokens", "output_tokens", "prefix_offsets", "prefix_hashes"):
+        np.testing.assert_array_equal(getattr(win, field), getattr(ref, field), err_msg=field)
+    with pytest.raises(WorkloadError, match="past the end of the trace: its 200 requests"):
+        traces.load_trace(fmt, path, window_start_s=500.0)
+
+
+def test_trace_rows_before_the_window_are_still_checked(tmp_path, monkeypatch):
+    monkeypatch.setattr(trace_parsing, "_CHUNK_LINES", 16)
+    path = tmp_path / "az.csv"
+    path.write_text(_azure_rows(200, {20: "2023-11-16 18:00:20.0000000,0,3"}))
+    with pytest.raises(WorkloadError, match=">= 1") as ei:
+        load_azure_trace(path, window_start_s=100.0)
+    assert (ei.value.row, ei.value.field) == (22, "ContextTokens")  # header is line 1, row 20 is line 22
+    # a duplicated 100 ns timestamp among the dropped rows is still a duplicated row
+    path.write_text(_azure_rows(200, {21: "2023-11-16 18:00:20.0000000,5,3"}))
+    with pytest.raises(WorkloadError, match="duplicated") as ei:
+        load_azure_trace(path, window_start_s=100.0)
+    assert ei.value.row == 23
