@@ -58,6 +58,10 @@ def test_streamed_run_is_bit_identical_to_the_whole_run(name):
     sim = StreamingSimulator(sc, window_s=37.0, capacity=64)
     streamed = sim.run(CollectingSink())
     assert sim.retired > 0 and sim.grown > 0
+    assert sim.audit() == ""
+    ref = Simulator(sc)
+    ref.run()
+    assert sim.counts() == ref.counts()
     assert streamed.n_requests == whole.n_requests
     for field in (
         "status",

@@ -91,6 +91,8 @@ class StreamingSimulator(Simulator):
 
     The workload is ``RequestStream(scenario, rng, window_s)``, the same requests ``Simulator`` draws with the
     same seed. ``capacity`` is the initial number of resident rows (default: ``initial_capacity``).
+    ``counts()`` and ``audit()`` account for the retired rows; the other observers of ``Simulator`` (``sample``,
+    ``scheduling_delays``, ``slo_counts``, forks) see the resident rows only.
     """
 
     def __init__(
@@ -127,7 +129,9 @@ class StreamingSimulator(Simulator):
         self._regions = scenario.region_names()
         self._resize(int(math.ceil(cap / RETIRE_ALIGN) * RETIRE_ALIGN))
         self.n_loaded = len(first)
-        self.retired = 0  # rows handed to the sink
+        self.retired = 0  # rows handed to the sink ...
+        self.retired_dropped = 0  # ... of which dropped
+        self.retired_evictions = 0  # evictions of the retired rows (the core's K_EVICTED counts them all)
         self.peak_rows = self.n_loaded  # most rows resident at once
         self.grown = 0  # times the arrays doubled
 
@@ -195,6 +199,24 @@ class StreamingSimulator(Simulator):
         self.n_loaded = b
         st.cnt[S.K_N_OPEN] = b
         self.peak_rows = max(self.peak_rows, b)
+
+    # ------------------------------------------------------------------ observation, retired rows included
+    def counts(self) -> dict[str, int]:
+        out = super().counts()
+        out["arrived"] += self.retired
+        out["dropped"] += self.retired_dropped
+        return out
+
+    def audit(self) -> str:
+        """The core's audit over the resident rows: the cumulative counters less what the retired rows hold."""
+        cnt = self.state.cnt
+        saved = cnt.copy()
+        cnt[S.K_FINISHED] -= self.retired - self.retired_dropped
+        cnt[S.K_EVICTED] -= self.retired_evictions
+        try:
+            return super().audit()
+        finally:
+            cnt[:] = saved
 
     # ------------------------------------------------------------------ driving
     def run(self, sink: OutcomeSink | None = None, progress: bool = False, chunks: int = 100) -> Any:  # type: ignore[override]
