@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from servegym.envs.cli import main as cli_main
 from servegym.envs.metrics import compute_metrics
 from servegym.envs.metrics_stream import StreamingMetrics
 from servegym.envs.scenario import ScenarioError, load_scenario
@@ -179,3 +180,25 @@ def test_trace_rows_before_the_window_are_still_checked(tmp_path, monkeypatch):
     with pytest.raises(WorkloadError, match="duplicated") as ei:
         load_azure_trace(path, window_start_s=100.0)
     assert ei.value.row == 23
+
+
+def test_cli_streams_a_streaming_scenario(tmp_path, capsys):
+    out_json = tmp_path / "m.json"
+    assert (
+        cli_main(
+            [
+                "simulate",
+                "--scenario",
+                "week_global",
+                "--set",
+                "horizon_s=20",
+                "--quiet",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
+    m = json.loads(out_json.read_text())
+    printed = capsys.readouterr().out
+    assert f"{m['arrived']:,} requests simulated" in printed and m["arrived"] > 1000
