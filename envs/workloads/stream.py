@@ -187,6 +187,8 @@ class _SourceStream:
         k = block.shape[0]
         while self.len_p.shape[0] < k:  # lengths come in their own blocks of rows
             p, o = self.lengths.next_block()
+            if p.shape[0] == 0:  # the counting pass and this one must draw the same arrivals
+                raise RuntimeError("RequestStream: more arrivals than the counting pass found")
             self.len_p = np.concatenate([self.len_p, p])
             self.len_o = np.concatenate([self.len_o, o])
         self.buf_t = np.concatenate([self.buf_t, block])
