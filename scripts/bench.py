@@ -16,7 +16,7 @@ Two runs, built-in policies only:
   the transfer heap and wait ring, and the per-phase routing; the phases' capacity differs from the colocated
   run's, so part of the difference is a different load).
 
-- ``week``: the one-week global scenario (configs/scenarios/week_global.yaml: 3 regions, 3 models, 126
+- ``week``: the one-week global scenario (configs/scenarios/week_global.yaml: 3 regions, 3 models, 120
   replicas, ~100M requests) streamed (envs/sim/stream.py), or its first ``--days`` days; each run in a child
   process of its own, so that its peak RSS is its own. ``--compare-days D`` also runs the first D days both
   streamed and with the whole-table ``Simulator`` (a size the machine can hold) and reports their ratios: the
