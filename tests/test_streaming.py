@@ -202,3 +202,14 @@ def test_cli_streams_a_streaming_scenario(tmp_path, capsys):
     m = json.loads(out_json.read_text())
     printed = capsys.readouterr().out
     assert f"{m['arrived']:,} requests simulated" in printed and m["arrived"] > 1000
+
+
+@pytest.mark.parametrize("policy", ["truncate", "drop"])
+def test_streamed_context_limits_count_as_in_the_whole_run(policy):
+    # Llama-2-7B's 4k context cuts the summarization tenant's long prompts: counted per window, summed
+    pool = {"name": "a", "gpu": "h100-80gb", "model": "llama-2-7b", "max_replicas": 4, "initial_replicas": 3}
+    sc = load_scenario("multi_tenant_tiers", {"horizon_s": 300, "context_policy": policy, "pools": [pool]})
+    a = compute_metrics(Simulator(sc).run())
+    b = compute_metrics(StreamingSimulator(sc, window_s=20.0).run())
+    assert a["context/truncated"] + a["context/dropped"] > 100
+    assert [k for k in a if not _same(a[k], b[k])] == []
