@@ -147,7 +147,7 @@ def _mooncake_rows(n: int) -> str:
 @pytest.mark.parametrize("fmt", ["azure", "mooncake"])
 def test_trace_window_drops_rows_before_it_and_loads_the_same_table(fmt, tmp_path, monkeypatch):
     monkeypatch.setattr(trace_parsing, "_CHUNK_LINES", 16)
-    monkeypatch.setattr(traces, "_CHUNK_LINES", 16)
+    monkeypatch.setattr(traces, "_MOONCAKE_CHUNK", 16)
     path = tmp_path / f"t.{fmt}"
     path.write_text(_azure_rows(200) if fmt == "azure" else _mooncake_rows(200))
     full = traces.load_trace(fmt, path)
