@@ -12,9 +12,11 @@ from typing import Any
 import yaml
 
 from servegym.envs.metrics import compute_metrics, format_metrics_table
+from servegym.envs.metrics_stream import StreamingMetrics
 from servegym.envs.perf.specs import MODELS
 from servegym.envs.scenario import ScenarioError, list_scenarios, load_scenario
 from servegym.envs.sim.simulator import Simulator
+from servegym.envs.sim.stream import StreamingSimulator
 from servegym.envs.sim.trace import write_trace_csv
 from servegym.envs.workloads.requests import WorkloadError
 from servegym.envs.workloads.trace_stats import format_stats, load_for_stats, trace_stats
@@ -64,18 +66,24 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def cmd_simulate(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
-    sim = Simulator(
-        args.scenario,
-        seed=args.seed,
-        overrides=parse_overrides(args.set),
-        timing=args.timing,
-        trace=args.trace_rows if args.trace else 0,
-    )
+    scenario = load_scenario(args.scenario, parse_overrides(args.set))
+    if scenario.streaming:  # generated and held window by window (docs/streaming.md)
+        if args.trace:
+            raise ScenarioError(f"scenario {scenario.name!r}: --trace is not recorded in streaming runs")
+        sim = StreamingSimulator(scenario, seed=args.seed, timing=args.timing)
+    else:
+        sim = Simulator(
+            scenario, seed=args.seed, timing=args.timing, trace=args.trace_rows if args.trace else 0
+        )
     t_build = time.perf_counter() - t0
     t1 = time.perf_counter()
-    outcome = sim.run(progress=not args.quiet)
+    if isinstance(sim, StreamingSimulator):
+        metrics = sim.run(StreamingMetrics(len(scenario.tenants)))
+        n_requests = metrics["arrived"]
+    else:
+        metrics = compute_metrics(sim.run(progress=not args.quiet))
+        n_requests = len(sim.requests)
     t_run = time.perf_counter() - t1
-    metrics = compute_metrics(outcome)
     sc = sim.scenario
     print(
         f"scenario {sc.name} | seed {sim.seed} | horizon {sc.horizon_s:g} s | "
@@ -83,7 +91,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"scaling={sc.policies.scaling} | timing {sim.timing}"
     )
     print(
-        f"{len(sim.requests):,} requests simulated in {t_run:.2f} s wall, workload built in {t_build:.2f} s "
+        f"{n_requests:,} requests simulated in {t_run:.2f} s wall, workload built in {t_build:.2f} s "
         f"(the first run of a code version includes numba's one-time compile, announced above)\n"
     )
     print(format_metrics_table(metrics, None if args.all else SUMMARY_KEYS))

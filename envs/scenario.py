@@ -537,6 +537,10 @@ class Scenario(_Strict):
     context_policy: Literal[CONTEXT_POLICIES] = "reject"  # type: ignore[valid-type]
     # Prefill/decode disaggregation: the links KV caches take between pools (pools with role prefill/decode).
     kv_transfer: KvTransferConfig = KvTransferConfig()
+    # Run it streamed (envs/sim/stream.py, docs/streaming.md): requests are generated and held window by
+    # window, so the request budget below does not apply; the streamed run's own memory estimate does
+    # (envs/sim/memory.py). False: Simulator builds the whole request table up front, as before.
+    streaming: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -635,8 +639,8 @@ def _check_budgets(sc: Scenario) -> None:
             f"{total:.3g}; at most {MAX_EXPECTED_REQUESTS:g}: lower the rates, the users or the horizon"
         )
     for i, src in enumerate(sc.sources):
-        if src.kind in ("trace", "app_trace"):
-            continue  # its size is the file's
+        if src.kind in ("trace", "app_trace") or sc.streaming:
+            continue  # a trace's size is the file's; a streamed run is bounded by its memory estimate instead
         n = src.arrival.rate_per_s * sc.horizon_s
         key = f"sources.{i}.arrival.rate_per_s"
         if src.kind == "sessions":
@@ -647,7 +651,7 @@ def _check_budgets(sc: Scenario) -> None:
             raise ValueError(
                 f"{key}: {src.arrival.rate_per_s:g}/s over horizon_s {sc.horizon_s:g} s brings the expected "
                 f"requests to {total:.3g} (~{total * BYTES_PER_REQUEST / 2**30:.3g} GiB); at most "
-                f"{MAX_EXPECTED_REQUESTS:g}: lower the rate or the horizon"
+                f"{MAX_EXPECTED_REQUESTS:g}: lower the rate or the horizon, or set streaming: true"
             )
     blocks = max(((p.prefix_cache_blocks or 0) for p in sc.pools if p.prefix_cache), default=0)
     replicas = sum(p.max_replicas for p in sc.pools)

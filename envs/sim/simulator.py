@@ -18,6 +18,7 @@ from servegym.envs.sim import state as S
 from servegym.envs.sim.audit import AUDIT_MESSAGES, audit
 from servegym.envs.sim.build import build_state, pool_capacities, pool_price_per_gpu_hour
 from servegym.envs.sim.fork import copy_into, copy_state, release_control
+from servegym.envs.sim.memory import check_memory
 from servegym.envs.sim.outcome import SimOutcome
 from servegym.envs.sim.policies import BATCHING_IDS, ROUTING_IDS, SCALING_IDS
 from servegym.envs.sim.probe import ClusterSample, sample, scheduling_delays
@@ -33,6 +34,33 @@ from servegym.envs.sim.timing import (
 from servegym.envs.sim.trace import iteration_trace
 from servegym.envs.workloads.requests import RequestTable
 from servegym.envs.workloads.scenario_requests import requests_for_scenario
+
+
+def request_fields(rqf: np.ndarray, rqi: np.ndarray) -> dict[str, np.ndarray]:
+    """SimOutcome's per-request fields from the state's request columns (the streaming run hands its retired
+    rows to its sink through the same function, envs/sim/stream.py)."""
+    status = rqi[S.RI_STATUS].astype(np.int8)
+    dropped = status == S.ST_DROPPED
+    finish = rqf[S.RF_FINISH]
+    return dict(
+        arrival_s=rqf[S.RF_ARRIVAL],
+        prompt_tokens=rqi[S.RI_PROMPT],
+        output_tokens=rqi[S.RI_OUTPUT],
+        tenant=rqi[S.RI_TENANT].astype(np.int16),
+        tier=rqi[S.RI_TIER].astype(np.int8),
+        ttft_slo_s=rqf[S.RF_TTFT_SLO].astype(np.float32),
+        tpot_slo_s=rqf[S.RF_TPOT_SLO].astype(np.float32),
+        deadline_s=rqf[S.RF_DEADLINE],
+        status=status,
+        first_token_s=rqf[S.RF_FIRST].copy(),
+        finish_s=np.where(dropped, np.nan, finish),
+        drop_s=np.where(dropped, finish, np.nan),
+        generated_tokens=rqi[S.RI_GENERATED].copy(),
+        cached_prompt_tokens=rqi[S.RI_CACHED].copy(),
+        preemptions=rqi[S.RI_PREEMPT].astype(np.int16),
+        recomputed_tokens=rqi[S.RI_RECOMPUTED].copy(),
+        evictions=rqi[S.RI_EVICT].astype(np.int16),
+    )
 
 
 class Simulator:
@@ -64,6 +92,9 @@ class Simulator:
         rng = np.random.default_rng(self.seed)
         core_seed = int(rng.integers(1, 2**63 - 1))
         if requests is None:
+            check_memory(
+                scenario, streaming=False
+            )  # before anything is drawn: a clear refusal, not a MemoryError
             requests = requests_for_scenario(scenario, rng)
         else:
             requests.validate("Simulator(requests=...)")
@@ -313,30 +344,12 @@ class Simulator:
         billed = st.poolf[S.PF_BILLED_GPU_S] + np.bincount(pool, weights=open_bill, minlength=n_pool)
         up_s = st.repf[S.XF_UP_S] + np.where(up, now - st.repf[S.XF_UP_SINCE], 0.0)
         kv_open = np.where(up, st.repi[S.XI_KV_USED] * (now - st.repf[S.XF_KV_T]), 0.0)
-        status = st.rqi[S.RI_STATUS].astype(np.int8)
-        dropped = status == S.ST_DROPPED
-        finish = st.rqf[S.RF_FINISH]
         sc = self.scenario
         price = np.array([pool_price_per_gpu_hour(p) for p in sc.pools])
         return SimOutcome(
             now_s=now,
             horizon_s=float(sc.horizon_s),
-            arrival_s=st.rqf[S.RF_ARRIVAL],
-            prompt_tokens=st.rqi[S.RI_PROMPT],
-            output_tokens=st.rqi[S.RI_OUTPUT],
-            tenant=st.rqi[S.RI_TENANT].astype(np.int16),
-            tier=st.rqi[S.RI_TIER].astype(np.int8),
-            ttft_slo_s=st.rqf[S.RF_TTFT_SLO].astype(np.float32),
-            tpot_slo_s=st.rqf[S.RF_TPOT_SLO].astype(np.float32),
-            deadline_s=st.rqf[S.RF_DEADLINE],
-            status=status,
-            first_token_s=st.rqf[S.RF_FIRST].copy(),
-            finish_s=np.where(dropped, np.nan, finish),
-            drop_s=np.where(dropped, finish, np.nan),
-            generated_tokens=st.rqi[S.RI_GENERATED].copy(),
-            cached_prompt_tokens=st.rqi[S.RI_CACHED].copy(),
-            preemptions=st.rqi[S.RI_PREEMPT].astype(np.int16),
-            recomputed_tokens=st.rqi[S.RI_RECOMPUTED].copy(),
+            **request_fields(st.rqf, st.rqi),
             tenant_names=tuple(t.name for t in sc.tenants),
             tenant_weights=st.ten[S.TF_WEIGHT].copy(),
             pool_names=tuple(p.name for p in sc.pools),
@@ -350,7 +363,6 @@ class Simulator:
             replica_kv_capacity=st.repi[S.XI_KV_CAP].copy(),
             max_service_gap=float(st.clock[S.C_MAX_GAP]),
             pool_spot=st.pooli[S.PI_SPOT].astype(np.int8),
-            evictions=st.rqi[S.RI_EVICT].astype(np.int16),
             failures=int(st.cnt[S.K_FAILURES]),
             reclaims=int(st.cnt[S.K_RECLAIMS]),
             **self._session_fields(),

@@ -248,6 +248,81 @@ class _Stop:
         return bool(arrival_chunk[-1] >= self.end) or (self.max is not None and self.count >= self.max)
 
 
+@dataclass
+class _Skipped:
+    """Rows read and checked but dropped because they arrive before the window (whole chunks of them): what
+    the checks and messages of the rows after them need."""
+
+    rows: int = 0
+    first_arrival: float = math.nan
+    last_key: float | int | None = None
+    last_arrival: float = math.nan
+    first_tie: int | None = None  # row of the first tie among them (ties may be legal: decided at the end)
+
+    def add(self, order_key: np.ndarray, arrival: np.ndarray) -> None:
+        ties = np.flatnonzero(
+            np.diff(order_key, prepend=order_key[:1] if self.last_key is None else self.last_key) == 0
+        )
+        if self.last_key is None:
+            ties = ties[ties > 0]
+            self.first_arrival = float(arrival[0])
+        if self.first_tie is None and ties.size:
+            self.first_tie = self.rows + int(ties[0])
+        self.rows += order_key.shape[0]
+        self.last_key = order_key[-1]
+        self.last_arrival = float(arrival[-1])
+
+
+def _check_rows(
+    path: str,
+    header_lines: int,
+    skipped: _Skipped,
+    order_key: np.ndarray,
+    arrival: np.ndarray,
+    prompt: np.ndarray,
+    output: np.ndarray,
+    tenant: np.ndarray | int,
+    *,
+    allow_ties: bool,
+    tie_reason: str,
+    skip: np.ndarray | None,
+    fields: dict[str, str],
+) -> None:
+    """The row checks on raw values (before any int32 cast) of rows that follow ``skipped``'s."""
+
+    def bad(mask: np.ndarray, field: str, msg) -> None:
+        hits = np.flatnonzero(mask)
+        if hits.size:
+            k = int(hits[0])
+            _fail(path, msg(k), _data_row_to_line(path, skipped.rows + k, header_lines), fields[field])
+
+    def before(k: int):
+        return arrival[k - 1] if k > 0 else skipped.last_arrival
+
+    bad(~np.isfinite(arrival), "arrival", lambda k: f"timestamp {arrival[k]!r} is not finite")
+    if skipped.last_key is None:
+        d = np.concatenate([[0], np.diff(order_key)])
+        first = np.zeros(order_key.shape[0], dtype=bool)
+        first[:1] = True
+    else:
+        d = np.diff(order_key, prepend=skipped.last_key)
+        first = np.zeros(order_key.shape[0], dtype=bool)
+    bad(
+        ~first & (d < 0),
+        "arrival",
+        lambda k: f"timestamp {arrival[k]!r} is earlier than the previous row's {before(k)!r} (unsorted)",
+    )
+    if not allow_ties:
+        bad(~first & (d == 0), "arrival", lambda k: f"timestamp equal to the previous row's ({tie_reason})")
+    bad(arrival < 0, "arrival", lambda k: f"negative timestamp {arrival[k]!r}")
+    keep = np.ones(arrival.shape[0], dtype=bool) if skip is None else ~skip
+    for name, arr in (("prompt", prompt), ("output", output)):
+        bad(keep & (arr < 1), name, lambda k, a=arr: f"token count {a[k]} must be >= 1")
+        bad(keep & (arr > _INT32_MAX), name, lambda k, a=arr: f"token count {a[k]} exceeds int32")
+    if isinstance(tenant, np.ndarray):
+        bad((tenant < 0) | (tenant > _INT16_MAX), "tenant", lambda k: f"tenant {tenant[k]} not in [0, 32767]")
+
+
 def _finish(
     path: str,
     header_lines: int,
@@ -267,51 +342,49 @@ def _finish(
     window_s: float | None,
     max_requests: int | None,
     time_scale: float,
+    skipped: _Skipped | None = None,
 ) -> RequestTable:
     """Row checks on raw values (before any int32 cast), then window, limit, scale, validate.
-    `skip` marks rows that are dropped (BurstGPT failures): they count for ordering, not for lengths."""
-    if arrival.shape[0] == 0:
+    `skip` marks rows that are dropped (BurstGPT failures): they count for ordering, not for lengths.
+    `skipped`: the rows before these that the loader already checked and dropped (before the window)."""
+    skipped = _Skipped() if skipped is None else skipped
+    if arrival.shape[0] == 0 and skipped.rows == 0:
         _fail(path, "empty file (no data rows)")
-
-    def bad(mask: np.ndarray, field: str, msg) -> None:
-        hits = np.flatnonzero(mask)
-        if hits.size:
-            k = int(hits[0])
-            _fail(path, msg(k), _data_row_to_line(path, k, header_lines), fields[field])
-
-    bad(~np.isfinite(arrival), "arrival", lambda k: f"timestamp {arrival[k]!r} is not finite")
-    d = np.diff(order_key)
-    bad(
-        np.concatenate([[False], d < 0]),
-        "arrival",
-        lambda k: (
-            f"timestamp {arrival[k]!r} is earlier than the previous row's {arrival[k - 1]!r} (unsorted)"
-        ),
-    )
-    if not allow_ties:
-        bad(
-            np.concatenate([[False], d == 0]),
-            "arrival",
-            lambda k: f"timestamp equal to the previous row's ({tie_reason})",
+    if not allow_ties and skipped.first_tie is not None:
+        _fail(
+            path,
+            f"timestamp equal to the previous row's ({tie_reason})",
+            _data_row_to_line(path, skipped.first_tie, header_lines),
+            fields["arrival"],
         )
-    bad(arrival < 0, "arrival", lambda k: f"negative timestamp {arrival[k]!r}")
-    keep = np.ones(arrival.shape[0], dtype=bool) if skip is None else ~skip
-    for name, arr in (("prompt", prompt), ("output", output)):
-        bad(keep & (arr < 1), name, lambda k, a=arr: f"token count {a[k]} must be >= 1")
-        bad(keep & (arr > _INT32_MAX), name, lambda k, a=arr: f"token count {a[k]} exceeds int32")
-    if isinstance(tenant, np.ndarray):
-        bad((tenant < 0) | (tenant > _INT16_MAX), "tenant", lambda k: f"tenant {tenant[k]} not in [0, 32767]")
+    _check_rows(
+        path,
+        header_lines,
+        skipped,
+        order_key,
+        arrival,
+        prompt,
+        output,
+        tenant,
+        allow_ties=allow_ties,
+        tie_reason=tie_reason,
+        skip=skip,
+        fields=fields,
+    )
     if skip is not None and skip.any():
         if offsets is not None:
             raise AssertionError("row dropping is not implemented for prefix data")
+        keep = ~skip
         arrival, prompt, output = arrival[keep], prompt[keep], output[keep]
         tenant = tenant[keep] if isinstance(tenant, np.ndarray) else tenant
-    if arrival.shape[0] and window_start_s > arrival[-1]:  # reading stops early only inside the window
+    last = float(arrival[-1]) if arrival.shape[0] else skipped.last_arrival
+    if window_start_s > last:  # reading stops early only inside the window
+        first = skipped.first_arrival if skipped.rows else float(arrival[0])
         _fail(
             path,
-            f"window_start_s {window_start_s:g} s is past the end of the trace: its {arrival.shape[0]:,} "
-            f"requests arrive from {arrival[0]:g} s to {arrival[-1]:g} s (trace seconds); start the window "
-            f"at most at {arrival[-1]:g} s",
+            f"window_start_s {window_start_s:g} s is past the end of the trace: its "
+            f"{arrival.shape[0] + skipped.rows:,} requests arrive from {first:g} s to {last:g} s (trace seconds); "
+            f"start the window at most at {last:g} s",
             field=fields["arrival"],
         )
     table = RequestTable.from_arrays(arrival, prompt, output, tenant, offsets, hashes)
