@@ -619,6 +619,17 @@ class Scenario(_Strict):
         return names
 
 
+def expected_application_calls(sc: Scenario) -> float:
+    """The synthetic applications' expected LLM calls over the horizon (the mean calls bound the capped
+    mean); an application loaded from an ``app_trace`` counts its file's rows instead."""
+    total = 0.0
+    for a in sc.applications:
+        if a.synthetic:
+            abusers = a.abuse.users * (a.abuse.rate_multiplier - 1) if a.abuse is not None else 0.0
+            total += (a.users + abusers) * a.rate_per_user_s * a.calls.mean * sc.horizon_s
+    return total
+
+
 def _check_budgets(sc: Scenario) -> None:
     """Refuse, naming the key and the estimate, a scenario whose work or memory one key blows up."""
     ticks = sc.horizon_s / sc.control_interval_s
@@ -628,11 +639,7 @@ def _check_budgets(sc: Scenario) -> None:
             f"control ticks (~{ticks * 0.5e-6:.3g} s of CPU per episode); at most {MAX_CONTROL_TICKS:g}: "
             "raise control_interval_s"
         )
-    total = 0.0
-    for a in sc.applications:  # the users' expected LLM calls (the mean steps bound the capped mean)
-        if a.synthetic:
-            abusers = a.abuse.users * (a.abuse.rate_multiplier - 1) if a.abuse is not None else 0.0
-            total += (a.users + abusers) * a.rate_per_user_s * a.calls.mean * sc.horizon_s
+    total = expected_application_calls(sc)
     if total > MAX_EXPECTED_REQUESTS:
         raise ValueError(
             f"applications: the users' rates over horizon_s {sc.horizon_s:g} s bring the expected requests to "

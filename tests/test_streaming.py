@@ -213,3 +213,13 @@ def test_streamed_context_limits_count_as_in_the_whole_run(policy):
     b = compute_metrics(StreamingSimulator(sc, window_s=20.0).run())
     assert a["context/truncated"] + a["context/dropped"] > 100
     assert [k for k in a if not _same(a[k], b[k])] == []
+
+
+def test_memory_estimate_counts_the_applications_calls():
+    """A FairServe scenario's requests come from its applications, not its sources: the estimate counts
+    their expected calls, within a factor of the calls a run actually draws."""
+    from servegym.envs.sim.memory import expected_requests
+
+    sc = load_scenario("fairserve_abuse", {"horizon_s": 120})
+    drawn = len(requests_for_scenario(sc, np.random.default_rng(0)).arrival_s)
+    assert 0.5 * drawn < expected_requests(sc) < 2.0 * drawn

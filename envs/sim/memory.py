@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from servegym.envs.scenario import Scenario, ScenarioError
+from servegym.envs.scenario import Scenario, ScenarioError, expected_application_calls
 from servegym.envs.sim import state as S
 from servegym.envs.sim.build import pool_kv_blocks
 from servegym.envs.workloads.synthetic import _CHUNK
@@ -41,12 +41,12 @@ class MemoryEstimate:
 
 
 def expected_requests(scenario: Scenario) -> float:
-    """Expected requests from the synthetic and session sources (a trace source counts its max_requests,
-    else nothing: its size is the file's)."""
-    total = 0.0
+    """Expected requests from the synthetic and session sources and the synthetic applications (a trace
+    source counts its max_requests, else nothing: its size is the file's; so does an app_trace)."""
+    total = expected_application_calls(scenario)
     for src in scenario.sources:
-        if src.kind == "trace":
-            total += src.max_requests or 0
+        if src.kind in ("trace", "app_trace"):
+            total += getattr(src, "max_requests", None) or 0
             continue
         n = src.arrival.rate_per_s * scenario.horizon_s
         total += n * src.steps.mean if src.kind == "sessions" else n
