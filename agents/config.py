@@ -113,9 +113,14 @@ def load_agent_config(name_or_path: str | Path, overrides: dict[str, Any] | None
             f"{path}: an agent config must be a YAML mapping of keys, got {type(raw).__name__}"
         )
     raw.update(overrides or {})
+    return validated_config(raw, f"{path}: invalid agent config")
+
+
+def validated_config(raw: dict[str, Any], headline: str) -> AgentConfig:
+    """``raw`` as an AgentConfig, or an AgentConfigError: ``headline``, then one line per bad key."""
     try:
         return AgentConfig.model_validate(raw)
     except ValidationError as e:
-        lines = [f"{path}: invalid agent config"]
+        lines = [headline]
         lines += [f"  {'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
         raise AgentConfigError("\n".join(lines)) from None

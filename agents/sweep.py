@@ -31,9 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
-from servegym.agents.config import AgentConfig, AgentConfigError, agent_config_path, load_agent_config
+from servegym.agents.config import (
+    AgentConfig,
+    AgentConfigError,
+    agent_config_path,
+    load_agent_config,
+    validated_config,
+)
 from servegym.agents.evaluation import EVAL_METRIC
 from servegym.baselines.tasks import BACKENDS, run_tasks
 
@@ -51,12 +56,7 @@ def with_settings(cfg: AgentConfig, settings: dict[str, Any], where: str) -> Age
                 raise AgentConfigError(f"{where}: --set {key}: {p!r} is not a section of the agent config")
             node = node[p]
         node[leaf] = value
-    try:
-        return AgentConfig.model_validate(raw)
-    except ValidationError as e:
-        lines = [f"{where}: invalid setting {settings}"]
-        lines += [f"  {'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise AgentConfigError("\n".join(lines)) from None
+    return validated_config(raw, f"{where}: invalid setting {settings}")
 
 
 def setting_label(settings: dict[str, Any]) -> str:

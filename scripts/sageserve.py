@@ -12,25 +12,12 @@ from __future__ import annotations
 import argparse
 import time
 
-import yaml
-
 from servegym.baselines.env_runner import run_env_episode
 from servegym.baselines.sageserve import fleet_accounting
+from servegym.envs.cli import parse_overrides
 from servegym.envs.scenario import load_scenario
 
 POLICIES = ("static", "reactive", "sageserve")
-
-
-def _overrides(items: list[str]) -> dict:
-    out: dict = {}
-    for item in items:
-        key, _, val = item.partition("=")
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(val)
-    return out
 
 
 def main() -> None:
@@ -43,7 +30,7 @@ def main() -> None:
         "--scale-step", type=int, default=2, help="the Scale env's largest delta per pool and tick"
     )
     args = ap.parse_args()
-    sc = load_scenario(args.scenario, _overrides(args.set))
+    sc = load_scenario(args.scenario, parse_overrides(args.set))
     print("| policy | seed | GPU-hours | IW attainment | NIW attainment | donated GPU-hours | wall s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for pol in args.policy or POLICIES:
