@@ -407,13 +407,19 @@ def _expand_applications(data: Any) -> Any:
     for a in data["applications"]:
         if not isinstance(a, dict) or not isinstance(a.get("users"), int) or "name" not in a:
             continue  # the application's own validation reports it
-        abuse = a.get("abuse") or {}
-        n_abusive = abuse.get("users", 1) if isinstance(abuse, dict) else 0
+        abuse = a.get("abuse")
+        # `abuse: {}` takes AbuseSpec's defaults (one user); a spec may also come in as a model object
+        if abuse is None:
+            n_abusive = 0
+        elif isinstance(abuse, dict):
+            n_abusive = abuse.get("users", 1)
+        else:
+            n_abusive = getattr(abuse, "users", 1)
         for k in range(max(a["users"], 0)):
             name = f"{a['name']}/{k}"
             if name in have:
                 continue
-            t = {"name": name, "application": a["name"], "abusive": bool(a.get("abuse")) and k < n_abusive}
+            t = {"name": name, "application": a["name"], "abusive": k < n_abusive}
             for key in ("tier", "ttft_slo_s", "tpot_slo_s", "deadline_s", "session_slo_s", "weight"):
                 if a.get(key) is not None:
                     t[key] = a[key]

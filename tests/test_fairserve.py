@@ -46,6 +46,11 @@ def test_users_become_tenants_of_their_application_and_dumps_validate_again():
     assert all(t.ttft_slo_s == 1.0 for t in chat)
     again = scenario_from_dict(sc.model_dump(mode="json"))
     assert [t.name for t in again.tenants] == [t.name for t in sc.tenants]
+    # `abuse: {}` takes the spec's defaults: its one abusive user is flagged (the throttling metrics' truth)
+    d = raw(ABUSE)
+    d["applications"][0]["abuse"] = {}
+    flagged = [t.name for t in scenario_from_dict(d).tenants if t.abusive]
+    assert flagged == ["chat/0"]
 
 
 def test_bad_applications_are_rejected_with_their_key():

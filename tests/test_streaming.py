@@ -98,6 +98,11 @@ def test_streaming_refuses_what_it_cannot_stream():
         StreamingSimulator("agentic_sessions")
     with pytest.raises(ScenarioError, match="cannot run streamed.*mixed"):
         StreamingSimulator("disagg_splitwise_ha")
+    # FairServe applications and admission rules: refused, never run with lost requests or verdicts
+    with pytest.raises(ScenarioError, match="cannot run streamed.*applications"):
+        StreamingSimulator(load_scenario("fairserve_offpeak", {"streaming": True}))
+    with pytest.raises(ScenarioError, match="cannot run streamed.*admission is 'rpm'"):
+        StreamingSimulator(load_scenario("chat_azure", {"streaming": True, "policies": {"admission": "rpm"}}))
 
 
 def test_memory_estimate_refuses_runs_that_do_not_fit(monkeypatch):

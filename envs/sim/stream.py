@@ -66,6 +66,12 @@ def streaming_refusal(scenario: Scenario) -> str | None:
     why = streaming_unsupported(scenario)
     if why:
         return why
+    if scenario.policies.admission != "admit_all":
+        # retired rows do not carry the admission verdicts, and the deferred-request heap is not shifted
+        return (
+            f"policies.admission is {scenario.policies.admission!r}; streamed runs admit every request "
+            "(admit_all)"
+        )
     for i, p in enumerate(scenario.pools):
         if p.role != "mixed":
             return f"pools.{i}.role is {p.role!r}; streaming runs colocated (mixed) pools only"

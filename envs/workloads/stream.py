@@ -46,6 +46,10 @@ from servegym.envs.workloads.synthetic import (
 
 def streaming_unsupported(scenario: Scenario) -> str | None:
     """Why the scenario's workload cannot be streamed (None when it can)."""
+    if scenario.applications:
+        # an application's users are closed-loop sessions drawn by envs/workloads/applications.py, which
+        # the window-by-window generator does not draw: streaming them would silently lose their requests
+        return "applications: FairServe applications (their users' sessions) are not streamed"
     for i, src in enumerate(scenario.sources):
         if not isinstance(src, SyntheticSource):
             return f"sources.{i} is a {src.kind} source; streaming generates synthetic sources only"
