@@ -210,7 +210,9 @@ class Planner(BasePolicy):
         self.cost_weight = cost_weight
         # The rollouts' base policy (Bertsekas' rollout algorithm): later decisions in a fork are taken by
         # these rules instead of the scenario's `policies`, and the base rule's own choice is always a
-        # first-level candidate, so that a long enough lookahead can only improve on the base heuristic.
+        # first-level candidate, so that with an exact model and a lookahead to the episode's end the search can only
+        # improve on the base heuristic in the planner's own objective (met - missed - dollars x weight), which
+        # is not the suite's score: on a per-GPU score the oracle has fallen below its base (docs/headroom_v1.md).
         # The headroom measurement uses the scenario's best heuristic on train seeds as the base.
         self.base = base
         self._base = base_rules(base)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,19 @@ def planner_pin(row: Headroom) -> dict:
     if row.mpc_search:
         pin["samples"] = int(row.mpc_search.rsplit("/s", 1)[1])
     return pin
+
+
+def insert_planner_pins(text: str, pins: dict[str, dict]) -> str:
+    """Add a ``planner:`` line beside the ``name: X`` key of each named scenario entry of the suite's list."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        out.append(line)
+        m = re.match(r"^(\s*)(- )?name: (\S+)\s*$", line)
+        if m and m.group(3) in pins:  # the entry's keys sit at the indent of `name` (after any `- `)
+            indent = " " * (len(m.group(1)) + (2 if m.group(2) else 0))
+            flow = yaml.safe_dump(pins[m.group(3)], default_flow_style=True, sort_keys=False).strip()
+            out.append(f"{indent}planner: {flow}\n")
+    return "".join(out)
 
 
 def freeze(suite_name: str, headroom_file: Path, min_headroom: float, min_scenarios: int, drop: bool) -> int:
@@ -79,14 +93,15 @@ def freeze(suite_name: str, headroom_file: Path, min_headroom: float, min_scenar
         print(f"{path}: not frozen:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
     raw_text = path.read_text()
-    raw = yaml.safe_load(raw_text)
-    raw["scenarios"] = [s for s in raw["scenarios"] if s["name"] in {k.name for k in keep}]
-    for s in raw["scenarios"]:  # the leaderboard's oracle and MPC rows run at the setting that set the bound
-        s["planner"] = planner_pin(rows[s["name"]])
-    header = "".join(line for line in raw_text.splitlines(keepends=True) if line.startswith("#"))
-    raw_text = header + yaml.safe_dump(raw, sort_keys=False)
     if drop and below:
+        raw = yaml.safe_load(raw_text)
+        raw["scenarios"] = [s for s in raw["scenarios"] if s["name"] in {k.name for k in keep}]
+        header = "".join(line for line in raw_text.splitlines(keepends=True) if line.startswith("#"))
+        raw_text = header + yaml.safe_dump(raw, sort_keys=False)
         print("left out:\n  " + "\n  ".join(below))
+    # the leaderboard's oracle and MPC rows run at the setting that set the bound; inserted as text, so that
+    # the suite file's comments (the reasons for its constraints) survive the freeze
+    raw_text = insert_planner_pins(raw_text, {sc.name: planner_pin(rows[sc.name]) for sc in keep})
     raw_text = raw_text.replace("-- CANDIDATE, not frozen yet.", "-- FROZEN.", 1)
     path.write_text(raw_text)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=path.parent)

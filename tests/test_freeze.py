@@ -106,3 +106,17 @@ def test_freeze_with_drop_pins_the_admitted_scenarios(tmp_path):
     pin = {"horizon_s": 30.0, "breadth": 4, "depth": 1, "base": "h", "samples": 4}
     assert all(s.planner == pin for s in frozen.scenarios)
     assert lock["suite_sha256"] == hashlib.sha256(suite.read_bytes()).hexdigest()
+
+
+def test_freeze_keeps_the_suite_files_comments_and_pins_the_planners(tmp_path):
+    suite = candidate(tmp_path)
+    lines = suite.read_text().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if "constraints:" in line)
+    lines.insert(at, "  # why this constraint: a reason that must outlive the freeze\n")
+    suite.write_text("".join(lines))
+    hr = headroom_file(tmp_path, dict.fromkeys(PICK, 0.2))
+    assert freeze_main()(["--suite", str(suite), "--headroom", str(hr), "--min-scenarios", "5"]) == 0
+    text = suite.read_text()
+    assert "  # why this constraint: a reason that must outlive the freeze\n" in text
+    pin = {"horizon_s": 30.0, "breadth": 4, "depth": 1, "base": "h", "samples": 4}
+    assert [s.planner for s in load_suite(suite).scenarios] == [pin] * len(PICK)

@@ -346,6 +346,15 @@ def test_suite_planner_settings_are_checked_and_reach_only_planner_cells(tmp_pat
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(SuiteError, match=r"scenarios\.0\.planner: must be a mapping of"):
         load_suite(path)
+    for bad, key in (
+        ({"breadth": 0}, "breadth"),
+        ({"horizon_s": -1}, "horizon_s"),
+        ({"base": "fastest"}, "base"),
+    ):
+        raw["scenarios"][0]["planner"] = bad
+        path.write_text(yaml.safe_dump(raw))
+        with pytest.raises(SuiteError, match=rf"scenarios\.0\.planner\.{key}: "):
+            load_suite(path)
     raw["scenarios"][0]["planner"] = {"horizon_s": 10.0, "base": "jsq"}
     path.write_text(yaml.safe_dump(raw))
     suite = load_suite(path)

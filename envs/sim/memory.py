@@ -2,8 +2,9 @@
 
 Measured on the synthetic benchmark scenario (scripts/bench.py, 2M requests, tracemalloc per stage; README
 "Measured figures"): the whole-table path holds the request table (26 B/request) and the packed state
-(144 B/request: 8 float64 + 20 int32 columns) at once, then the outcome's copies (52 B/request) and the
-metrics' temporaries (53 B/request) on top of the state: ``WHOLE_BYTES_PER_REQUEST`` = 275 B. A streamed run
+(144 B/request when measured: 8 float64 + 20 int32 columns; 148 B since FairServe's admission column) at
+once, then the outcome's copies (52 B/request) and the metrics' temporaries (53 B/request) on top of the
+state: ``WHOLE_BYTES_PER_REQUEST`` = 275 B measured + 4 B; an admission rule adds the deferral heap (16 B). A streamed run
 holds ``initial_capacity`` rows of state (two windows at the peak rate plus max_wait_s, x1.5; the arrays
 double if ever needed, so twice that is budgeted), the generators' draw blocks and one window's table.
 Both add the replicas' fixed state and the interpreter with numpy and numba loaded (~300 MB RSS measured).
@@ -20,8 +21,9 @@ from servegym.envs.sim import state as S
 from servegym.envs.sim.build import pool_kv_blocks
 from servegym.envs.workloads.synthetic import _CHUNK
 
-WHOLE_BYTES_PER_REQUEST = 275
-STATE_BYTES_PER_ROW = 8 * S.N_RF + 4 * S.N_RI  # 144
+WHOLE_BYTES_PER_REQUEST = 275 + 4  # measured at 275 B, then the admission column (RI_ADMIT, int32)
+STATE_BYTES_PER_ROW = 8 * S.N_RF + 4 * S.N_RI  # 148
+DEFERRAL_BYTES_PER_REQUEST = 16  # the deferral heap (build.py: dfq), sized per request when admission is on
 SOURCE_BLOCK_BYTES = 6 * 8 * _CHUNK  # a source's buffered arrivals and lengths plus a block's temporaries
 BASE_BYTES = 300 * 2**20  # the process itself (Python, numpy, numba and the compiled core), measured RSS
 LIMIT_ENV = "SERVEGYM_MEMORY_LIMIT_GB"  # caps the memory a run may count on (shared machines, tests)
@@ -98,7 +100,10 @@ def estimate_memory(scenario: Scenario, streaming: bool, window_s: float = 600.0
     n = expected_requests(scenario)
     fixed = replica_bytes(scenario) + BASE_BYTES
     if not streaming:
-        return MemoryEstimate(n, n, n * WHOLE_BYTES_PER_REQUEST, fixed, False)
+        per = WHOLE_BYTES_PER_REQUEST + (
+            DEFERRAL_BYTES_PER_REQUEST if scenario.policies.admission != "admit_all" else 0
+        )
+        return MemoryEstimate(n, n, n * per, fixed, False)
     rows = 2.0 * initial_capacity(scenario, window_s)
     window_rows = peak_rate_per_s(scenario) * window_s
     # state rows, plus one window's table and its packed columns while it is appended (~170 B/row)

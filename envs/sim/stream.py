@@ -1,7 +1,7 @@
 """Streaming runs: request state bounded by the requests in flight, not by the run's total.
 
 ``Simulator`` packs every request of the run into the state up front (~275 B per request at its peak,
-measured: 144 B of state, 26 B of request table, ~105 B of outcome copies and metric temporaries; 100M
+measured: 144 B of state (148 B since the admission column), 26 B of request table, ~105 B of outcome copies and metric temporaries; 100M
 requests need ~26 GiB, envs/sim/memory.py). ``StreamingSimulator`` keeps the request columns in arrays
 of a bounded capacity and drives the same core over arrival windows (``RequestStream``,
 envs/workloads/stream.py):
