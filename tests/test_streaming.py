@@ -113,7 +113,7 @@ def test_memory_estimate_refuses_runs_that_do_not_fit(monkeypatch):
     monkeypatch.setenv(LIMIT_ENV, "8")
     # refused before a single request is drawn: the message names the scenario, the numbers and the fix
     with pytest.raises(
-        ScenarioError, match=r"'week_global'.*25\.\d GiB.*9\.98e\+07 requests.*8 GiB.*StreamingSimulator"
+        ScenarioError, match=r"'week_global'.*26\.\d GiB.*9\.98e\+07 requests.*8 GiB.*StreamingSimulator"
     ):
         Simulator("week_global")
     check_memory(sc, True)  # the streamed run fits in 8 GiB
