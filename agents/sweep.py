@@ -21,6 +21,7 @@ only with ``--backend ray``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import statistics
@@ -60,10 +61,11 @@ def with_settings(cfg: AgentConfig, settings: dict[str, Any], where: str) -> Age
 
 
 def setting_label(settings: dict[str, Any]) -> str:
-    """The folder of a setting: ``ppo.learning_rate=0.001,n_envs=128`` -> ``learning_rate=0.001-n_envs=128``."""
+    """The folder of a setting: ``ppo.learning_rate=0.001,n_envs=128`` -> ``ppo.learning_rate=0.001-n_envs=128``
+    (the whole key: two sections' keys of the same name must not share a folder)."""
     if not settings:
         return "base"
-    return "-".join(f"{k.split('.')[-1]}={v}" for k, v in settings.items()).replace("/", "_")
+    return "-".join(f"{k}={v}" for k, v in settings.items()).replace("/", "_")
 
 
 def parse_sets(sets: list[str]) -> list[dict[str, Any]]:
@@ -126,6 +128,15 @@ def summary_row(run: Path, label: str, settings: dict[str, Any], seed: int) -> d
     }
 
 
+RUN_KEY_FILE = "sweep_key.txt"
+
+
+def run_key(cfg: AgentConfig, seed: int, init: bytes | None) -> str:
+    """What a run trained: a hash of its resolved config, its seed and its warm-start checkpoint."""
+    blob = json.dumps({"config": cfg.model_dump(mode="json"), "seed": seed}, sort_keys=True).encode()
+    return hashlib.sha256(blob + (init or b"")).hexdigest()
+
+
 def run_sweep(
     cfg: AgentConfig,
     settings: list[dict[str, Any]],
@@ -143,7 +154,15 @@ def run_sweep(
     grid = [(s, with_settings(cfg, s, where), seed) for s in settings for seed in seeds]
     init_bytes = init.read_bytes() if init is not None else None
     runs = [out / setting_label(s) / f"s{seed}" for s, _, seed in grid]
-    todo = [i for i, r in enumerate(runs) if not (r / "meta.json").exists()]
+    # a finished run is reused only if it trained exactly this: its resolved config, seed and warm start
+    keys = [run_key(c, seed, init_bytes) for _, c, seed in grid]
+    todo = [
+        i
+        for i, r in enumerate(runs)
+        if not (r / "meta.json").exists()
+        or not (r / RUN_KEY_FILE).exists()
+        or (r / RUN_KEY_FILE).read_text() != keys[i]
+    ]
     args = []
     for i in todo:
         s, c, seed = grid[i]
@@ -157,6 +176,7 @@ def run_sweep(
             if rel != "meta.json":
                 (run / rel).parent.mkdir(parents=True, exist_ok=True)
                 (run / rel).write_bytes(blob)
+        (run / RUN_KEY_FILE).write_text(keys[todo[k]])
         (run / "meta.json").write_bytes(files["meta.json"])
         print(f"done {run}", flush=True)
 

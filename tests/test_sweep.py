@@ -74,6 +74,13 @@ def test_local_sweep_equals_direct_runs(direct, tmp_path):
     mtime = (tmp_path / "base/s0/model.pt").stat().st_mtime_ns
     assert sweep.run_sweep(tiny_config(), [{}], SEEDS, tmp_path, workers=1) == rows
     assert (tmp_path / "base/s0/model.pt").stat().st_mtime_ns == mtime
+    # ... unless they trained something else (another config, seed or warm start): then they are redone
+    (tmp_path / "base/s0" / sweep.RUN_KEY_FILE).write_text("a run of another config")
+    mtime1 = (tmp_path / "base/s1/model.pt").stat().st_mtime_ns
+    sweep.run_sweep(tiny_config(), [{}], SEEDS, tmp_path, workers=1)
+    assert (tmp_path / "base/s0/model.pt").stat().st_mtime_ns != mtime
+    assert (tmp_path / "base/s1/model.pt").stat().st_mtime_ns == mtime1
+    assert_same_run(direct[0], tmp_path / "base" / "s0")
 
 
 @pytest.mark.slow
@@ -87,7 +94,7 @@ def test_ray_sweep_equals_direct_runs(direct, tmp_path):
 def test_settings_grid_and_bad_keys():
     grid = sweep.parse_sets(["ppo.learning_rate=0.001,0.0003", "n_envs=64"])
     assert grid == [{"ppo.learning_rate": 0.001, "n_envs": 64}, {"ppo.learning_rate": 0.0003, "n_envs": 64}]
-    assert sweep.setting_label(grid[0]) == "learning_rate=0.001-n_envs=64"
+    assert sweep.setting_label(grid[0]) == "ppo.learning_rate=0.001-n_envs=64"
     cfg = load_agent_config("route_chat_azure_native")
     assert sweep.with_settings(cfg, grid[1], "x").ppo.learning_rate == 0.0003
     with pytest.raises(AgentConfigError, match="ppo.learning_rate"):
