@@ -10,8 +10,9 @@ YAML) times the seeds. A task trains one run exactly as ``scripts/train.py --con
 returns the run folder's files; this process writes them under ``--out/<setting>/s<seed>/`` (a run folder as
 agents/checkpoints.py describes it). So a task's result is the same on either backend and equals a direct
 run of the same seed (tested bit for bit on the weights and the evaluation history), and a Ray cluster
-needs no file system shared with this machine. A run folder that already holds ``meta.json`` is not
-trained again (a sweep resumes). ``--out/sweep.json`` lists every run with its best and final held-out
+needs no file system shared with this machine. A run folder that already holds ``meta.json`` and the
+same ``sweep_key.txt`` (a hash of the resolved config, seed and warm start) is not trained again (a sweep
+resumes); one that trained something else is trained again. ``--out/sweep.json`` lists every run with its best and final held-out
 goodput; the table printed at the end gives each setting's mean over seeds.
 
 The backends are baselines/tasks.py's, which the leaderboard uses too (Ray is the ``ray`` extra, imported
