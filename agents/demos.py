@@ -28,13 +28,10 @@ reading a dataset.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
 import os
-import sys
-import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -46,7 +43,6 @@ import numpy as np
 from servegym.agents.config import load_agent_config
 from servegym.baselines.env_runner import make_env, needs_info_features, resolve_policy, run_env_episode
 from servegym.baselines.harness import git_commit
-from servegym.baselines.leaderboard.suite import heuristics_for, load_suite
 from servegym.envs import __version__
 from servegym.envs.scenario import load_scenario
 
@@ -85,14 +81,6 @@ def oracle_for(src: DemoSource) -> str:
 def dataset_id(scenario: str, policy: str, version: int = VERSION) -> str:
     name = Path(policy).stem if Path(policy).suffix else policy  # a checkpoint: its file's stem
     return f"{NAMESPACE}/{scenario}/{name.replace('+', '-')}-v{version}"
-
-
-def suite_sources(suite: str, scenarios: Sequence[str] | None = None) -> list[DemoSource]:
-    s = load_suite(suite)
-    picked = [s.scenario(n) for n in scenarios] if scenarios else list(s.scenarios)
-    return [
-        DemoSource(c.name, c.env_id, str(c.path("twin")), dict(c.env_config), c.train_seeds) for c in picked
-    ]
 
 
 def config_source(config: str) -> DemoSource:
@@ -275,57 +263,3 @@ def transitions(ds: Any, obs_keys: Sequence[str]) -> dict[str, np.ndarray]:
     if not out["obs"]:
         raise DemoError(f"dataset {ds.id}: no episodes")
     return {k: np.concatenate(v)[:, None] for k, v in out.items()}
-
-
-# ---------------------------------------------------------------- command line
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    src_arg = ap.add_mutually_exclusive_group()
-    src_arg.add_argument("--suite", default=None, help="record on every scenario of this suite (default v1)")
-    src_arg.add_argument("--config", default=None, help="record on this agent config's training env instead")
-    ap.add_argument("--scenarios", default=None, help="comma-separated suite scenarios (default: all)")
-    ap.add_argument(
-        "--policies",
-        default=None,
-        help="comma-separated policies (default: every heuristic of the env's decision and its oracle)",
-    )
-    ap.add_argument("--no-oracle", action="store_true", help="skip the oracle in the default policies")
-    ap.add_argument("--episodes", type=int, default=2, help="episodes (training seeds) per dataset")
-    ap.add_argument("--seed", type=int, default=0, help="index of the first training seed to use")
-    ap.add_argument("--horizon-s", type=float, default=None, help="override the scenarios' horizon")
-    ap.add_argument("--out", default=None, help="datasets root (default: MINARI_DATASETS_PATH or ~/.minari)")
-    ap.add_argument("--overwrite", action="store_true", help="replace datasets that exist")
-    args = ap.parse_args(argv)
-
-    if args.config:
-        sources = [config_source(args.config)]
-    else:
-        sources = suite_sources(args.suite or "v1", args.scenarios.split(",") if args.scenarios else None)
-    if args.horizon_s is not None:
-        sources = [
-            dataclasses.replace(s, env_config={**s.env_config, "horizon_s": args.horizon_s}) for s in sources
-        ]
-    suite = load_suite(args.suite or "v1")
-    for src in sources:
-        if args.policies:
-            policies = args.policies.split(",")
-        else:
-            policies = heuristics_for(suite, src.env_id) + ([] if args.no_oracle else [oracle_for(src)])
-        seeds = src.seeds[args.seed : args.seed + args.episodes]
-        if len(seeds) < args.episodes:
-            raise SystemExit(
-                f"{src.name}: only {len(src.seeds)} training seeds; --seed/--episodes ask for more"
-            )
-        for pol in policies:
-            t0 = time.perf_counter()
-            ds = write_dataset(pol, src, seeds, args.out, args.overwrite)
-            print(
-                f"{ds.id}: {ds.total_episodes} episodes, {ds.total_steps} steps ({time.perf_counter() - t0:.1f} s)"
-            )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,6 +17,21 @@ from servegym.baselines.env_runner import make_env, replay_actions  # noqa: E402
 CONFIG = "route_chat_azure_native"
 
 
+def _make_demos_script():
+    """scripts/make_demos.py, where reading a suite lives (the policy layer does not import the leaderboard)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "make_demos.py"
+    spec = importlib.util.spec_from_file_location("make_demos", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+suite_sources = _make_demos_script().suite_sources
+
+
 def tiny(src: demos.DemoSource, horizon_s: float) -> demos.DemoSource:
     return dataclasses.replace(src, env_config={**src.env_config, "horizon_s": horizon_s})
 
@@ -96,10 +111,10 @@ def test_dataset_round_trips_with_masks_and_replays(tmp_path):
 def test_oracle_and_cluster_datasets(tmp_path):
     """The clairvoyant oracle records like a heuristic; a Cluster combination's MultiDiscrete action keeps
     every dim and its id turns '+' into '-'."""
-    (route,) = demos.suite_sources("v1", ["hetero_route"])
+    (route,) = suite_sources("v1", ["hetero_route"])
     ds = demos.write_dataset(demos.oracle_for(route), tiny(route, 5.0), route.seeds[:1], tmp_path)
     assert ds.id == "servegym/hetero_route/oracle_route-v0" and ds.total_steps > 0
-    (cluster,) = demos.suite_sources("v1", ["hetero_prices"])
+    (cluster,) = suite_sources("v1", ["hetero_prices"])
     pol = "fcfs+lor+static"
     ds = demos.write_dataset(pol, tiny(cluster, 5.0), cluster.seeds[:1], tmp_path)
     assert ds.id == "servegym/hetero_prices/fcfs-lor-static-v0"
@@ -131,7 +146,7 @@ def test_bc_from_dataset_reduces_imitation_loss(tmp_path):
 
 
 def test_bc_refuses_a_dataset_of_another_layout(tmp_path):
-    (multi,) = demos.suite_sources("v1", ["multi_region"])  # 4 replicas in 2 pools; chat_azure has 2 in 1
+    (multi,) = suite_sources("v1", ["multi_region"])  # 4 replicas in 2 pools; chat_azure has 2 in 1
     demos.write_dataset("round_robin", tiny(multi, 3.0), multi.seeds[:1], tmp_path)
     with pytest.raises(demos.DemoError, match="observation space"):
         bc.dataset_rollouts(load_agent_config(CONFIG), "servegym/multi_region/round_robin-v0", tmp_path)

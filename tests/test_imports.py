@@ -87,3 +87,20 @@ def test_deferred_imports_only_for_heavy_optional_dependencies():
                         continue
                     bad.append(f"{f.relative_to(ROOT)}:{node.lineno} imports {name}")
     assert not bad, "imports inside functions (move them to the top):\n" + "\n".join(sorted(set(bad)))
+
+
+def test_layers_below_the_leaderboard_do_not_import_it():
+    """config -> workload -> sim core -> env -> policy -> metrics -> leaderboard: the envs and the agents
+    (the policy layer) never import the leaderboard; scripts read suites and hand the policy layer plain data."""
+    mods = modules()
+    bad = []
+    for m, f in mods.items():
+        if not m.startswith(("servegym.envs", "servegym.agents")):
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            bad += [
+                f"{m} imports {n}"
+                for n in imported(node, mods)
+                if n.startswith("servegym.baselines.leaderboard")
+            ]
+    assert not bad, "\n".join(bad)
