@@ -14,30 +14,19 @@ from servegym.envs.sim.outcome import (
     STATUS_FINISHED,
     STATUS_IN_FLIGHT,
     STATUS_NOT_ARRIVED,
-    TIER_INTERACTIVE,
     SimOutcome,
 )
+from servegym.envs.slo import jain_index, met_finished
 
 NAN = float("nan")
 
 
-def jain(x: np.ndarray) -> float:
-    """Jain's index (sum x)^2 / (n sum x^2); 1.0 for n <= 1 or all zeros."""
-    x = np.asarray(x, dtype=np.float64)
-    s2 = float(np.dot(x, x))
-    return 1.0 if x.size <= 1 or s2 == 0.0 else float(x.sum() ** 2 / (x.size * s2))
-
-
 def request_met(o: SimOutcome) -> np.ndarray:
-    """Per request: finished within its SLO (the rule of envs/metrics.py)."""
+    """Per request: finished within its SLO (the rule of envs/slo.py)."""
     fin = o.status == STATUS_FINISHED
-    ttft = o.first_token_s - o.arrival_s
-    steps = o.output_tokens.astype(np.float64) - 1.0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(steps > 0, (o.finish_s - o.first_token_s) / np.maximum(steps, 1.0), 0.0)
-        inter = (ttft <= o.ttft_slo_s) & (tpot <= o.tpot_slo_s)
-        batch = o.finish_s <= o.deadline_s
-    return fin & np.where(o.tier == TIER_INTERACTIVE, inter, batch)
+    out = np.zeros(o.n_requests, dtype=bool)
+    out[fin] = met_finished(o, fin)
+    return out
 
 
 def application_requests(o: SimOutcome) -> tuple[np.ndarray, int]:
@@ -133,16 +122,16 @@ def application_metrics(o: SimOutcome) -> dict[str, int | float]:
     norm = user_service(o) / o.tenant_weights
     users = present & (app_of >= 0)
     x = norm[users]
-    m["app/fairness/jain_users"] = jain(x)
+    m["app/fairness/jain_users"] = jain_index(x)
     m["app/fairness/max_gap_users"] = float(x.max() - x.min()) if x.size else NAN
     xb = norm[users & ~abusive]
-    m["app/fairness/jain_benign_users"] = jain(xb)
+    m["app/fairness/jain_benign_users"] = jain_index(xb)
     m["app/fairness/max_gap_benign_users"] = float(xb.max() - xb.min()) if xb.size else NAN
     n_app = len(o.application_names)
     per_app = np.bincount(app_of[users], weights=norm[users], minlength=n_app)
     n_users = np.bincount(app_of[users], minlength=n_app)
     xa = per_app[n_users > 0] / n_users[n_users > 0]  # mean normalised service per user of each application
-    m["app/fairness/jain_apps"] = jain(xa)
+    m["app/fairness/jain_apps"] = jain_index(xa)
     m["app/fairness/max_gap_apps"] = float(xa.max() - xa.min()) if xa.size else NAN
 
     if o.admission is not None:

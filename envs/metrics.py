@@ -90,7 +90,6 @@ Cost is O(N) time with a handful of N-sized temporaries; the only Python loops a
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 
 import numpy as np
 
@@ -100,10 +99,10 @@ from servegym.envs.sim.outcome import (
     STATUS_FINISHED,
     STATUS_IN_FLIGHT,
     STATUS_NOT_ARRIVED,
-    TIER_INTERACTIVE,
     TIER_NAMES,
     SimOutcome,
 )
+from servegym.envs.slo import _dot, _tpot, jain_index, met_finished
 
 PERCENTILES = (50, 90, 99)
 NAN = float("nan")
@@ -278,14 +277,6 @@ def _latency_metrics(o: SimOutcome, m: dict, arrived: np.ndarray, finished: np.n
     _percentiles(m, "e2e_s", o.finish_s[finished] - o.arrival_s[finished], fin_tier)
 
 
-def _tpot(o: SimOutcome, mask: np.ndarray) -> np.ndarray:
-    """TPOT of the masked (finished) requests; 0 for single-token outputs, which have no decode gap."""
-    decode_steps = o.output_tokens[mask].astype(np.float64) - 1.0
-    decode_time = o.finish_s[mask] - o.first_token_s[mask]
-    # The maximum() keeps the division finite; single-token rows are then overwritten with 0.
-    return np.where(decode_steps > 0, decode_time / np.maximum(decode_steps, 1.0), 0.0)
-
-
 def _percentiles(m: dict, prefix: str, values: np.ndarray, tier: np.ndarray) -> None:
     groups = [(prefix, values)] + [
         (f"{prefix}/{name}", values[tier == t]) for t, name in enumerate(TIER_NAMES)
@@ -301,12 +292,7 @@ def _slo_metrics(o: SimOutcome, m: dict, finished: np.ndarray, tenant: np.ndarra
     """SLO counters and attainment; returns the output tokens of SLO-met requests (for goodput)."""
     # Judge finished requests on compact arrays (only finished rows need TTFT/TPOT).
     fin_tier = o.tier[finished]
-    ttft = o.first_token_s[finished] - o.arrival_s[finished]
-    interactive_ok = (ttft <= o.ttft_slo_s[finished]) & (_tpot(o, finished) <= o.tpot_slo_s[finished])
-    del ttft
-    batch_ok = o.finish_s[finished] <= o.deadline_s[finished]
-    met_fin = np.where(fin_tier == TIER_INTERACTIVE, interactive_ok, batch_ok)
-    del interactive_ok, batch_ok
+    met_fin = met_finished(o, finished)
 
     in_flight = o.status == STATUS_IN_FLIGHT
     overdue = in_flight & (o.deadline_s < o.now_s)
@@ -356,41 +342,6 @@ def _fairness_metrics(
 def _tenant_sum(tenant: np.ndarray, values: np.ndarray, n_tenants: int) -> np.ndarray:
     """Per-tenant float64 sums; the astype guards numpy returning int64 for an empty weighted bincount."""
     return np.bincount(tenant, weights=values, minlength=n_tenants).astype(np.float64, copy=False)
-
-
-_FLOAT_MAX = Fraction(np.finfo(np.float64).max)
-
-
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """sum(a * b) as fused multiply-adds left to right, each step rounded once to float64.
-
-    Not np.dot: BLAS picks its kernel, and with it the order and rounding of the additions, by CPU, so the
-    last digit of a metric depended on the machine that computed it, and leaderboard entries made on one CPU
-    did not replay bit for bit on another. This is the order and rounding the v0 entries were computed with
-    (OpenBLAS's FMA loop, which its x86 kernels use below 16 elements: the pools, replicas and tenants of the
-    v0 scenarios), now fixed in code for every length.
-    Exact rational arithmetic gives the single rounding of an FMA (math.fma needs Python 3.13); the vectors
-    are short, so its cost does not matter.
-    """
-    xs, ys = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    total = 0.0
-    if not (np.isfinite(xs).all() and np.isfinite(ys).all()):  # inf/nan: no exact value; float semantics
-        for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
-            total = x * y + total
-        return total
-    for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
-        exact = Fraction(x) * Fraction(y) + Fraction(total)
-        total = float(exact) if abs(exact) <= _FLOAT_MAX else (math.inf if exact > 0 else -math.inf)
-    return total
-
-
-def jain_index(x: np.ndarray) -> float:
-    """Jain's fairness index (sum x)^2 / (n sum x^2); 1.0 for n <= 1 or all-zero x (all equal)."""
-    n = x.size
-    sq = _dot(x, x)
-    if n <= 1 or sq == 0.0:
-        return 1.0
-    return float(x.sum()) ** 2 / (n * sq)
 
 
 def max_min_shares(demand: np.ndarray, weight: np.ndarray, capacity: float) -> np.ndarray:

@@ -11,11 +11,11 @@ import pytest
 
 import servegym.envs  # noqa: F401
 from servegym.baselines.admission import AdmissionRule
-from servegym.envs.app_metrics import jain
 from servegym.envs.metrics import compute_metrics
 from servegym.envs.scenario import ScenarioError, load_scenario, scenario_from_dict
 from servegym.envs.sim import state as S
 from servegym.envs.sim.simulator import Simulator
+from servegym.envs.slo import jain_index as jain
 from servegym.envs.workloads.applications import expected_calls, expected_service, load_app_trace
 from servegym.envs.workloads.requests import WorkloadError
 

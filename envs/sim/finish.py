@@ -46,7 +46,7 @@ def finish_request(st, i, t):
     st.cnt[K_FINISHED] += 1
     if st.rqi[RI_NEXT, i] >= 0:
         release_next(st, i, t)  # closed loop: the session's next step arrives after its pause
-    # the SLO rule of envs/metrics.py, evaluated once here so that envs can reward per step
+    # the SLO rule of envs/slo.py, evaluated once here so that envs can reward per step
     if st.rqi[RI_TIER, i] == TIER_INTERACTIVE:
         first = st.rqf[RF_FIRST, i]
         tpot = (t - first) / (out - 1) if out > 1 else 0.0
