@@ -36,6 +36,7 @@ from servegym.envs.metrics import compute_metrics
 from servegym.envs.rules import ADMISSION
 from servegym.envs.scenario import Scenario, load_scenario
 from servegym.envs.sim import state as S
+from servegym.envs.sim.admission import load_per_replica
 from servegym.envs.sim.build import admission_limits
 from servegym.envs.sim.policies import ADMISSION_IDS, admission_cost
 from servegym.envs.sim.simulator import Simulator
@@ -182,12 +183,7 @@ class AdmitEnv(gym.Env[dict[str, np.ndarray], int]):
         i = self._pending()
         u = int(st.rqi[S.RI_TENANT, i])
         now = float(st.clock[S.C_NOW])
-        load = float(st.cnt[S.K_HOLD_N])
-        active = 0
-        for r in range(st.repi.shape[1]):
-            load += float(st.repi[S.XI_QN, r] + st.repi[S.XI_ND, r] + st.repi[S.XI_NPF, r])
-            active += int(st.repi[S.XI_STATE, r] == S.RS_ACTIVE)
-        load_pr = load / max(active, 1)
+        load_pr = float(load_per_replica(st))  # the core's own overload signal, not a copy of it
         prompt, output, step = (
             int(st.rqi[S.RI_PROMPT, i]),
             int(st.rqi[S.RI_OUTPUT, i]),
