@@ -51,11 +51,14 @@ def headroom_file(tmp_path: Path, gains: dict[str, float], seeds=(0, 1)) -> Path
             "env_id": "servegym/Route-v0",
             "metric": "goodput/req_per_s",
             "seeds": list(seeds),
-            "heuristics": {"h": [1.0] * len(seeds)},
-            "feasible": {"h": True},
-            "oracle": {"h30/b4/d1/base=h": [1.0 + g] * len(seeds), "h10/b4/d1/base=h": [1.0] * len(seeds)},
+            "heuristics": {"jsq": [1.0] * len(seeds)},
+            "feasible": {"jsq": True},
+            "oracle": {
+                "h30/b4/d1/base=jsq": [1.0 + g] * len(seeds),
+                "h10/b4/d1/base=jsq": [1.0] * len(seeds),
+            },
             "mpc": [1.0] * len(seeds),
-            "mpc_search": "h30/b4/d1/base=h/s4",
+            "mpc_search": "h30/b4/d1/base=jsq/s4",
         }
         for name, g in gains.items()
     ]
@@ -103,7 +106,7 @@ def test_freeze_with_drop_pins_the_admitted_scenarios(tmp_path):
     frozen = load_suite(suite)
     assert [s.name for s in frozen.scenarios] == [n for n in PICK if n != "multi_region"]
     # the leaderboard's oracle and MPC rows run at the search setting that set the bound
-    pin = {"horizon_s": 30.0, "breadth": 4, "depth": 1, "base": "h", "samples": 4}
+    pin = {"horizon_s": 30.0, "breadth": 4, "depth": 1, "base": "jsq", "samples": 4}
     assert all(s.planner == pin for s in frozen.scenarios)
     assert lock["suite_sha256"] == hashlib.sha256(suite.read_bytes()).hexdigest()
 
@@ -118,5 +121,5 @@ def test_freeze_keeps_the_suite_files_comments_and_pins_the_planners(tmp_path):
     assert freeze_main()(["--suite", str(suite), "--headroom", str(hr), "--min-scenarios", "5"]) == 0
     text = suite.read_text()
     assert "  # why this constraint: a reason that must outlive the freeze\n" in text
-    pin = {"horizon_s": 30.0, "breadth": 4, "depth": 1, "base": "h", "samples": 4}
+    pin = {"horizon_s": 30.0, "breadth": 4, "depth": 1, "base": "jsq", "samples": 4}
     assert [s.planner for s in load_suite(suite).scenarios] == [pin] * len(PICK)
