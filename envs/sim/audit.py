@@ -99,7 +99,7 @@ AUDIT_MESSAGES = {
     14: "a replica that is off or failed holds work, KV blocks or a running iteration",
     15: "fault bookkeeping: next-fault bound, pending fault of an off replica, or fault kind vs state",
     16: "sessions: release heap order or entries, release log order, or released steps != finished steps with a successor",
-    18: "admission: a deferred request in the deferral heap is not in flight",
+    18: "admission: a deferred request in the deferral heap is not in flight, or the heap is out of order",
     17: "KV transfers: heap order or entries, wait ring entries, or a replica's transfer counts (XI_NRX, XI_NRDY, XI_NXF) are off",
 }
 
@@ -297,11 +297,15 @@ def audit(st):
         queued += st.repi[XI_QN, r]
     pending = 1 if st.cnt[K_PENDING_ROUTE] >= 0 else 0
     pending += 1 if st.cnt[K_PENDING_ADMIT] >= 0 else 0
-    # deferred requests (admission.py) are in flight in the deferral heap
+    # deferred requests (admission.py) are in flight in the deferral heap, which keeps heap order
     for e in range(st.cnt[K_DF_N]):
         j = int(st.dfq[1, e])
         if j < 0 or j >= st.rqf.shape[1] or st.rqi[RI_STATUS, j] != ST_INFLIGHT:
             return 18, j
+        if e > 0:
+            p = (e - 1) >> 1
+            if st.dfq[0, p] > st.dfq[0, e] or (st.dfq[0, p] == st.dfq[0, e] and st.dfq[1, p] > st.dfq[1, e]):
+                return 18, j
     if infl != queued + running + st.cnt[K_HOLD_N] + pending + st.cnt[K_XW_N] + st.cnt[K_DF_N]:
         return 9, st.cnt[K_FORM_REPLICA]
     return 0, -1
