@@ -38,7 +38,7 @@ from servegym.envs.scenario import Scenario, load_scenario
 from servegym.envs.sim import state as S
 from servegym.envs.sim.admission import load_per_replica
 from servegym.envs.sim.build import admission_limits
-from servegym.envs.sim.policies import ADMISSION_IDS, admission_cost
+from servegym.envs.sim.policies import ADMISSION_IDS, admission_cost, bucket_refill
 from servegym.envs.sim.simulator import Simulator
 from servegym.envs.workloads.applications import application_index, expected_calls, expected_service
 
@@ -167,7 +167,7 @@ class AdmitEnv(gym.Env[dict[str, np.ndarray], int]):
         rate, burst = self._limits[rule][0][u], self._limits[rule][1][u]
         if rate == np.inf:
             return np.inf
-        lvl = min(burst, self._bucket[rule][u] + rate * (now - self._bucket_t[rule][u]))
+        lvl = float(bucket_refill(self._bucket[rule][u], self._bucket_t[rule][u], rate, burst, now))
         self._bucket[rule][u] = lvl
         self._bucket_t[rule][u] = now
         return lvl
@@ -264,6 +264,8 @@ class AdmitEnv(gym.Env[dict[str, np.ndarray], int]):
         if ev != S.EV_ADMIT:
             raise RuntimeError(f"AdmitEnv: the core stopped for event {ev}, not admission")
         d = self._decision_info()
+        # what admitting it charges each rule's bucket (immutable: info["admit"] is the caller's to keep)
+        self._charges = (d["user"], tuple((rule, r["bucket"], r["cost"]) for rule, r in d["rules"].items()))
         st = self._sim.state
         i = d["request_id"]
         late = d["now_s"] + st.clock[S.C_DEFER_S] - st.rqf[S.RF_ARRIVAL, i] > st.clock[S.C_MAX_WAIT]
@@ -308,19 +310,11 @@ class AdmitEnv(gym.Env[dict[str, np.ndarray], int]):
             a = 0
         i = self._pending()
         if a == 0:  # charge every rule's bucket, as the core charges the scenario's rule (admission.charge)
-            st = self._sim.state
-            u = int(st.rqi[S.RI_TENANT, i])
-            now = float(st.clock[S.C_NOW])
-            prompt, output, step = (
-                int(st.rqi[S.RI_PROMPT, i]),
-                int(st.rqi[S.RI_OUTPUT, i]),
-                int(st.rqi[S.RI_STEP, i]),
-            )
-            for rule in THROTTLING_RULES:
-                lvl = self._level(rule, u, now)
-                if lvl != np.inf:
-                    cost = admission_cost(ADMISSION_IDS[rule], prompt, output, step)
-                    self._bucket[rule][u] = max(lvl - cost, 0.0)
+            # the levels and costs of this decision's info: no simulated time passed since they were refilled
+            u, charges = self._charges
+            for rule, level, cost in charges:
+                if level != np.inf:
+                    self._bucket[rule][u] = max(level - cost, 0.0)
         if not self._sim.apply_admission(a):
             raise RuntimeError(f"AdmitEnv: the core refused action {a} for request {i}")
         obs, info, done = self._advance()

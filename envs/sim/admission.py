@@ -17,7 +17,7 @@ import numpy as np
 
 from servegym.envs.sim.finish import drop_request
 from servegym.envs.sim.jit import hot, kernel
-from servegym.envs.sim.policies import admission_cost, admission_verdict
+from servegym.envs.sim.policies import admission_cost, admission_verdict, bucket_refill
 from servegym.envs.sim.state import (
     AD_ADMIT,
     AD_DEFER,
@@ -74,7 +74,7 @@ def bucket_level(st, u, now):
     rate = st.ten[TF_LIMIT_RATE, u]
     if rate == INF:
         return INF
-    lvl = min(st.ten[TF_LIMIT_BURST, u], st.ten[TF_BUCKET, u] + rate * (now - st.ten[TF_BUCKET_T, u]))
+    lvl = bucket_refill(st.ten[TF_BUCKET, u], st.ten[TF_BUCKET_T, u], rate, st.ten[TF_LIMIT_BURST, u], now)
     st.ten[TF_BUCKET, u] = lvl
     st.ten[TF_BUCKET_T, u] = now
     return lvl

@@ -355,6 +355,13 @@ def admission_cost(policy: int, prompt_tokens: int, output_tokens: int, call_ind
 
 
 @njit(cache=True, inline="always")
+def bucket_refill(level: float, since: float, rate: float, burst: float, now: float) -> float:
+    """A token bucket's level at ``now``: ``level`` at time ``since``, refilled at ``rate`` up to ``burst``
+    (the user's limit of an admission rule; the core's bucket and Admit-v1's per-rule buckets both)."""
+    return min(burst, level + rate * (now - since))
+
+
+@njit(cache=True, inline="always")
 def admission_verdict(policy: int, bucket: float, cost: float, overloaded: bool) -> int:
     """Admit (0) or reject (2) an arriving request: its user's bucket must hold its cost, under the fixed
     limits always, under FairServe's only while the system is overloaded. Built-in rules never defer."""
