@@ -31,6 +31,7 @@ Its actions are logged and replay like any policy's (the leaderboard validates t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,30 @@ def base_rules(base: str | None) -> dict[str, str]:
             )
         out[kind] = part
     return out
+
+
+SEARCH_SETTINGS = ("horizon_s", "breadth", "depth", "cost_weight", "base", "samples")
+
+
+def setting_problem(key: str, value: Any) -> str | None:
+    """What is wrong with one search setting (None: nothing). The planner checks its arguments here, and a
+    suite's pinned ``planner:`` settings pass through the same checks when the suite loads."""
+    if key not in SEARCH_SETTINGS:
+        return f"is not a search setting; settings: {SEARCH_SETTINGS}"
+    if key == "base":
+        try:
+            base_rules(value)
+        except PolicyError as e:
+            return str(e)
+        return None
+    if key in ("breadth", "depth", "samples"):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            return f"must be an int >= 1, got {value!r}"
+        return None
+    number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if key == "horizon_s":
+        return None if number and value > 0 else f"must be a finite number > 0, got {value!r}"
+    return None if number and value >= 0 else f"must be a finite number >= 0, got {value!r}"  # cost_weight
 
 
 def pending_kind(sim: Simulator) -> str | None:
@@ -190,11 +215,13 @@ class Planner(BasePolicy):
         super().__init__()
         if kind not in KINDS:
             raise PolicyError(f"planner: kind must be one of {KINDS}, got {kind!r}")
-        if not (isinstance(horizon_s, (int, float)) and horizon_s > 0):
-            raise PolicyError(f"planner: horizon_s must be a number > 0, got {horizon_s!r}")
-        for key, val in (("breadth", breadth), ("depth", depth), ("samples", samples)):
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
-                raise PolicyError(f"planner: {key} must be an int >= 1, got {val!r}")
+        settings = {"horizon_s": horizon_s, "breadth": breadth, "depth": depth, "samples": samples}
+        if cost_weight is not None:  # None: the env's own reward weight
+            settings["cost_weight"] = cost_weight
+        for key, val in settings.items():
+            why = setting_problem(key, val)
+            if why:
+                raise PolicyError(f"planner: {key} {why}")
         self.kind = kind
         self.clairvoyant = clairvoyant
         self.reference = clairvoyant  # an upper reference: never ranked (leaderboard)

@@ -12,15 +12,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from servegym.baselines.planning import base_rules
-from servegym.baselines.policy import PolicyError
+from servegym.baselines.planning import SEARCH_SETTINGS, setting_problem
 from servegym.baselines.registry import list_policies
 from servegym.configs import SUITE_DIR
 from servegym.envs.data import REGISTRY, data_dir, sha256_file
@@ -189,28 +187,17 @@ def load_suite(name_or_path: str | Path = DEFAULT_SUITE) -> Suite:
         raise SuiteError(f"{where}: missing or malformed key {e}") from None
 
 
-PLANNER_KEYS = ("horizon_s", "breadth", "depth", "cost_weight", "base", "samples")
-
-
 def _planner_settings(raw: Any, where: str) -> dict[str, Any]:
-    """The pinned planner settings, checked here so that a bad value fails the suite's load, naming its key,
-    rather than every planner cell at run time."""
+    """The pinned planner settings, checked here (by the planner's own checks) so that a bad value fails the
+    suite's load, naming its key, rather than every planner cell at run time."""
     if raw is None:
         return {}
-    if not isinstance(raw, dict) or set(raw) - set(PLANNER_KEYS):
-        raise SuiteError(f"{where}: must be a mapping of {PLANNER_KEYS}, got {raw!r}")
-    for key in ("breadth", "depth", "samples"):
-        v = raw.get(key, 1)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise SuiteError(f"{where}.{key}: must be an int >= 1, got {v!r}")
-    for key, ok, what in (("horizon_s", lambda v: v > 0, "> 0"), ("cost_weight", lambda v: v >= 0, ">= 0")):
-        v = raw.get(key, 1.0)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
-            raise SuiteError(f"{where}.{key}: must be a finite number {what}, got {v!r}")
-    try:
-        base_rules(raw.get("base"))
-    except PolicyError as e:
-        raise SuiteError(f"{where}.base: {e}") from None
+    if not isinstance(raw, dict) or set(raw) - set(SEARCH_SETTINGS):
+        raise SuiteError(f"{where}: must be a mapping of {SEARCH_SETTINGS}, got {raw!r}")
+    for key, value in raw.items():
+        why = setting_problem(key, value)
+        if why:
+            raise SuiteError(f"{where}.{key}: {why}")
     return dict(raw)
 
 
