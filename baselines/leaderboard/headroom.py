@@ -53,9 +53,8 @@ class Search:
     breadth: int = 4
     depth: int = 1
     cost_weight: float | None = None  # reward per USD in the planners' objective (None: the env's)
-    base: str | None = (
-        None  # the rollouts' base heuristic (baselines/planning.py); None: the scenario's rules
-    )
+    # the rollouts' base heuristic (baselines/planning.py); None: the scenario's rules
+    base: str | None = None
 
     def label(self) -> str:
         c = "" if self.cost_weight is None else f"/c{self.cost_weight:g}"

@@ -92,9 +92,8 @@ class Simulator:
         rng = np.random.default_rng(self.seed)
         core_seed = int(rng.integers(1, 2**63 - 1))
         if requests is None:
-            check_memory(
-                scenario, streaming=False
-            )  # before anything is drawn: a clear refusal, not a MemoryError
+            # before anything is drawn: a clear refusal, not a MemoryError
+            check_memory(scenario, streaming=False)
             requests = requests_for_scenario(scenario, rng)
         else:
             requests.validate("Simulator(requests=...)")
@@ -229,8 +228,11 @@ class Simulator:
         """Take this decision kind's built-in decisions by rule ``name`` from now on, instead of the
         scenario's ``policies`` rule: a planner's rollouts follow a base heuristic this way (the rollout
         algorithm's base policy). Only the built-in decisions change; the caller's controls stay as they are."""
-        table = {"batch": (BATCHING_IDS, S.K_BATCH_POLICY), "route": (ROUTING_IDS, S.K_ROUTE_POLICY)}
-        table["scale"] = (SCALING_IDS, S.K_SCALE_POLICY)
+        table = {
+            "batch": (BATCHING_IDS, S.K_BATCH_POLICY),
+            "route": (ROUTING_IDS, S.K_ROUTE_POLICY),
+            "scale": (SCALING_IDS, S.K_SCALE_POLICY),
+        }
         if kind not in table:
             raise ValueError(f"use_rule: kind must be one of {sorted(table)}, got {kind!r}")
         ids, slot = table[kind]
