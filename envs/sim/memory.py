@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from servegym.envs.scenario import Scenario, ScenarioError, expected_application_calls
 from servegym.envs.sim import state as S
 from servegym.envs.sim.build import pool_kv_blocks
-from servegym.envs.workloads.synthetic import _CHUNK
+from servegym.envs.workloads.synthetic import _CHUNK, diurnal_amplitude
 
 WHOLE_BYTES_PER_REQUEST = 275 + 4  # measured at 275 B, then the admission column (RI_ADMIT, int32)
 STATE_BYTES_PER_ROW = 8 * S.N_RF + 4 * S.N_RI  # 148
@@ -82,9 +82,7 @@ def peak_rate_per_s(scenario: Scenario) -> float:
         a = getattr(src, "arrival", None)
         if a is None:
             continue
-        amp = 0.0
-        if a.diurnal is not None:
-            amp = (a.diurnal.peak_to_trough - 1.0) / (a.diurnal.peak_to_trough + 1.0)
+        amp = 0.0 if a.diurnal is None else diurnal_amplitude(a.diurnal.peak_to_trough)
         total += a.rate_per_s * (1.0 + amp)
     return total
 

@@ -37,9 +37,9 @@ from servegym.envs.workloads.scenario_requests import length_spec
 from servegym.envs.workloads.synthetic import (
     _CHUNK,
     _child,
-    _diurnal_integral,
     _invert_diurnal,
     _round_clip,
+    arrival_plan,
     load_length_table,
 )
 
@@ -64,21 +64,12 @@ class _Arrivals:
     def __init__(self, rng: np.random.Generator, src: SyntheticSource, horizon_s: float) -> None:
         a = src.arrival
         self.rng = rng
-        self.gamma = a.process == "gamma" and a.cv != 1.0
-        self.cv = a.cv if self.gamma else 1.0
         self.rate = a.rate_per_s
         self.horizon = horizon_s
-        self.diurnal = None
-        end = horizon_s
-        d = a.diurnal
-        if d is not None and d.peak_to_trough != 1.0:
-            peak = d.peak_time_s if d.peak_time_s is not None else float(rng.uniform(0.0, d.period_s))
-            amp = (d.peak_to_trough - 1.0) / (d.peak_to_trough + 1.0)
-            self.diurnal = (amp, d.period_s, peak)
-            end = float(_diurnal_integral(np.array([horizon_s]), amp, d.period_s, peak)[0])
-        self.end = end  # the renewal runs on [0, end) (operational time under a diurnal rate)
-        self.done = self.rate == 0 or end <= 0
-        n_exp = self.rate * end
+        # the renewal runs on [0, end) (operational time under a diurnal rate)
+        self.gamma, self.cv, self.diurnal, self.end = arrival_plan(rng, a, horizon_s)
+        self.done = self.rate == 0 or self.end <= 0
+        n_exp = self.rate * self.end
         self.cap = int(n_exp + 8 * max(self.cv, 1.0) * math.sqrt(n_exp) + 64) if not self.done else 0
         self.filled = 0
         self.t = 0.0

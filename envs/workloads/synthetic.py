@@ -35,7 +35,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -222,20 +222,38 @@ def _invert_diurnal(u: np.ndarray, a: float, period: float, peak: float) -> None
     np.maximum.accumulate(u, out=u)
 
 
-def generate_arrivals(rng: np.random.Generator, spec: ArrivalSpec, horizon_s: float) -> np.ndarray:
-    """float64 arrival times in [0, horizon_s), sorted."""
-    if not (math.isfinite(horizon_s) and horizon_s >= 0):
-        raise ValueError(f"horizon_s must be finite and >= 0, got {horizon_s}")
+def diurnal_amplitude(peak_to_trough: float) -> float:
+    """The sinusoid's relative amplitude a, rate(t) = mean x (1 + a cos(...)), of a max/min rate ratio."""
+    return (peak_to_trough - 1.0) / (peak_to_trough + 1.0)
+
+
+def arrival_plan(
+    rng: np.random.Generator, spec: Any, horizon_s: float
+) -> tuple[bool, float, tuple[float, float, float] | None, float]:
+    """What the renewal process of ``spec`` (an ArrivalSpec here or the scenario schema's) is drawn from:
+    (gamma gaps?, their cv, the diurnal (amplitude, period, peak time) or None, the end of the renewal in
+    operational time). Draws the peak time first when it is random, as every generator of it must (the whole
+    table here, the streamed windows in envs/workloads/stream.py)."""
     gamma = spec.process == "gamma" and spec.cv != 1.0
     cv = spec.cv if gamma else 1.0
     d = spec.diurnal
     if d is None or d.peak_to_trough == 1.0:
-        return _renewal(rng, spec.rate_per_s, cv, gamma, horizon_s)
+        return gamma, cv, None, horizon_s
     peak = d.peak_time_s if d.peak_time_s is not None else float(rng.uniform(0.0, d.period_s))
-    a = (d.peak_to_trough - 1.0) / (d.peak_to_trough + 1.0)
+    a = diurnal_amplitude(d.peak_to_trough)
     u_end = float(_diurnal_integral(np.array([horizon_s]), a, d.period_s, peak)[0])
-    t = _renewal(rng, spec.rate_per_s, cv, gamma, u_end)
-    _invert_diurnal(t, a, d.period_s, peak)
+    return gamma, cv, (a, d.period_s, peak), u_end
+
+
+def generate_arrivals(rng: np.random.Generator, spec: ArrivalSpec, horizon_s: float) -> np.ndarray:
+    """float64 arrival times in [0, horizon_s), sorted."""
+    if not (math.isfinite(horizon_s) and horizon_s >= 0):
+        raise ValueError(f"horizon_s must be finite and >= 0, got {horizon_s}")
+    gamma, cv, diurnal, end = arrival_plan(rng, spec, horizon_s)
+    t = _renewal(rng, spec.rate_per_s, cv, gamma, end)
+    if diurnal is None:
+        return t
+    _invert_diurnal(t, *diurnal)
     # The inverse of u < u_end is < horizon_s in exact arithmetic; trim rounding spill-over.
     return t[: int(np.searchsorted(t, horizon_s, side="left"))]
 
