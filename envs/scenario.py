@@ -418,6 +418,15 @@ def expected_application_calls(sc: Scenario) -> float:
     return total
 
 
+def expected_source_requests(src: Source, horizon_s: float) -> float | None:
+    """A generated source's expected requests over the horizon (a session source's steps included); None for
+    a trace, whose size is its file's."""
+    if src.kind in ("trace", "app_trace"):
+        return None
+    n = src.arrival.rate_per_s * horizon_s
+    return n * src.steps.mean if src.kind == "sessions" else n
+
+
 def _check_budgets(sc: Scenario) -> None:
     """Refuse, naming the key and the estimate, a scenario whose work or memory one key blows up."""
     ticks = sc.horizon_s / sc.control_interval_s
@@ -434,13 +443,10 @@ def _check_budgets(sc: Scenario) -> None:
             f"{total:.3g}; at most {MAX_EXPECTED_REQUESTS:g}: lower the rates, the users or the horizon"
         )
     for i, src in enumerate(sc.sources):
-        if src.kind in ("trace", "app_trace") or sc.streaming:
+        n = expected_source_requests(src, sc.horizon_s)
+        if n is None or sc.streaming:
             continue  # a trace's size is the file's; a streamed run is bounded by its memory estimate instead
-        n = src.arrival.rate_per_s * sc.horizon_s
-        key = f"sources.{i}.arrival.rate_per_s"
-        if src.kind == "sessions":
-            n *= src.steps.mean
-            key += " (x steps.mean)"
+        key = f"sources.{i}.arrival.rate_per_s" + (" (x steps.mean)" if src.kind == "sessions" else "")
         total += n
         if total > MAX_EXPECTED_REQUESTS:
             raise ValueError(

@@ -16,7 +16,12 @@ import math
 import os
 from dataclasses import dataclass
 
-from servegym.envs.scenario import Scenario, ScenarioError, expected_application_calls
+from servegym.envs.scenario import (
+    Scenario,
+    ScenarioError,
+    expected_application_calls,
+    expected_source_requests,
+)
 from servegym.envs.sim import state as S
 from servegym.envs.sim.build import pool_kv_blocks
 from servegym.envs.workloads.synthetic import _CHUNK, diurnal_amplitude
@@ -47,12 +52,15 @@ def expected_requests(scenario: Scenario) -> float:
     source counts its max_requests, else nothing: its size is the file's; so does an app_trace)."""
     total = expected_application_calls(scenario)
     for src in scenario.sources:
-        if src.kind in ("trace", "app_trace"):
-            total += getattr(src, "max_requests", None) or 0
-            continue
-        n = src.arrival.rate_per_s * scenario.horizon_s
-        total += n * src.steps.mean if src.kind == "sessions" else n
+        n = expected_source_requests(src, scenario.horizon_s)
+        total += (getattr(src, "max_requests", None) or 0) if n is None else n
     return total
+
+
+def whole_bytes_per_request(scenario: Scenario) -> int:
+    """Bytes per request of a whole-table run: the measured figure, plus the deferral heap under admission."""
+    deferral = DEFERRAL_BYTES_PER_REQUEST if scenario.policies.admission != "admit_all" else 0
+    return WHOLE_BYTES_PER_REQUEST + deferral
 
 
 def replica_bytes(scenario: Scenario) -> float:
@@ -98,10 +106,7 @@ def estimate_memory(scenario: Scenario, streaming: bool, window_s: float = 600.0
     n = expected_requests(scenario)
     fixed = replica_bytes(scenario) + BASE_BYTES
     if not streaming:
-        per = WHOLE_BYTES_PER_REQUEST + (
-            DEFERRAL_BYTES_PER_REQUEST if scenario.policies.admission != "admit_all" else 0
-        )
-        return MemoryEstimate(n, n, n * per, fixed, False)
+        return MemoryEstimate(n, n, n * whole_bytes_per_request(scenario), fixed, False)
     rows = 2.0 * initial_capacity(scenario, window_s)
     window_rows = peak_rate_per_s(scenario) * window_s
     # state rows, plus one window's table and its packed columns while it is appended (~170 B/row)
@@ -150,9 +155,7 @@ def check_memory(
         )
         fix = "lower the peak rate, max_wait_s or the streaming window"
     else:
-        what = (
-            f"~{est.requests:.3g} requests x {WHOLE_BYTES_PER_REQUEST} B (request table, state and outcome)"
-        )
+        what = f"~{est.requests:.3g} requests x {whole_bytes_per_request(scenario)} B (request table, state and outcome)"
         fix = (
             "it is a streaming scenario: run it with StreamingSimulator (docs/streaming.md)"
             if scenario.streaming
