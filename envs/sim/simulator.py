@@ -63,6 +63,22 @@ def request_fields(rqf: np.ndarray, rqi: np.ndarray) -> dict[str, np.ndarray]:
     )
 
 
+def open_run(
+    scenario: Scenario | str | Path, seed: int | None, overrides: dict[str, Any] | None
+) -> tuple[Scenario, int, np.random.Generator, int]:
+    """(scenario, seed, the run's generator, the core's seed): the scenario loaded with its overrides, and the
+    seed's one stream, whose first draw seeds the core and whose later draws make the workload (the whole
+    table here, the streamed windows in envs/sim/stream.py)."""
+    if not isinstance(scenario, Scenario):
+        scenario = load_scenario(scenario, overrides)
+    elif overrides:
+        raise ValueError("overrides apply to a scenario name or path, not to a loaded Scenario")
+    run_seed = scenario.seed if seed is None else int(seed)
+    rng = np.random.default_rng(run_seed)
+    core_seed = int(rng.integers(1, 2**63 - 1))
+    return scenario, run_seed, rng, core_seed
+
+
 class Simulator:
     """One simulated episode of a scenario.
 
@@ -83,14 +99,8 @@ class Simulator:
         timing: str | None = None,
         trace: int = 0,
     ) -> None:
-        if not isinstance(scenario, Scenario):
-            scenario = load_scenario(scenario, overrides)
-        elif overrides:
-            raise ValueError("overrides apply to a scenario name or path, not to a loaded Scenario")
+        scenario, self.seed, rng, core_seed = open_run(scenario, seed, overrides)
         self.scenario = scenario
-        self.seed = scenario.seed if seed is None else int(seed)
-        rng = np.random.default_rng(self.seed)
-        core_seed = int(rng.integers(1, 2**63 - 1))
         if requests is None:
             # before anything is drawn: a clear refusal, not a MemoryError
             check_memory(scenario, streaming=False)

@@ -35,12 +35,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from servegym.envs.scenario import Scenario, ScenarioError, load_scenario
+from servegym.envs.scenario import Scenario, ScenarioError
 from servegym.envs.sim import state as S
 from servegym.envs.sim.build import build_state, request_arrays
 from servegym.envs.sim.memory import check_memory, initial_capacity
 from servegym.envs.sim.outcome import SimOutcome
-from servegym.envs.sim.simulator import Simulator, request_fields
+from servegym.envs.sim.simulator import Simulator, open_run, request_fields
 from servegym.envs.sim.state import EV_DONE, EV_TIME
 from servegym.envs.sim.timing import (
     ContextCounts,
@@ -111,17 +111,11 @@ class StreamingSimulator(Simulator):
         window_s: float = DEFAULT_WINDOW_S,
         capacity: int | None = None,
     ) -> None:
-        if not isinstance(scenario, Scenario):
-            scenario = load_scenario(scenario, overrides)
-        elif overrides:
-            raise ValueError("overrides apply to a scenario name or path, not to a loaded Scenario")
+        scenario, self.seed, rng, core_seed = open_run(scenario, seed, overrides)
         why = streaming_refusal(scenario)
         if why:
             raise ScenarioError(f"scenario {scenario.name!r}: cannot run streamed: {why}")
         self.scenario = scenario
-        self.seed = scenario.seed if seed is None else int(seed)
-        rng = np.random.default_rng(self.seed)
-        core_seed = int(rng.integers(1, 2**63 - 1))
         self.memory = check_memory(scenario, True, window_s)
         self.stream = RequestStream(scenario, rng, window_s)
         self.timing = resolve_timing(scenario, timing)
