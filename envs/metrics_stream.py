@@ -25,25 +25,16 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from servegym.envs.metrics import (
-    NAN,
-    PERCENTILES,
-    _div,
-    _percentiles,
-    _tpot,
-    compute_metrics,
-    jain_index,
-    max_min_shares,
-)
+from servegym.envs.metrics import NAN, PERCENTILES, _div, _percentiles, compute_metrics, max_min_shares
 from servegym.envs.sim.outcome import (
     STATUS_DROPPED,
     STATUS_FINISHED,
     STATUS_IN_FLIGHT,
     STATUS_NOT_ARRIVED,
-    TIER_INTERACTIVE,
     TIER_NAMES,
     SimOutcome,
 )
+from servegym.envs.slo import _tpot, jain_index, met_finished
 
 REL_BUCKET = 1e-3
 MIN_VALUE, MAX_VALUE = 1e-6, 1e7
@@ -141,12 +132,8 @@ class StreamingMetrics:
         k = self.n_tenants
 
         fin_tier = tier[finished]
-        ttft_fin = o.first_token_s[finished] - o.arrival_s[finished]
         tpot_fin = _tpot(o, finished)
-        inter_ok = (ttft_fin <= o.ttft_slo_s[finished]) & (tpot_fin <= o.tpot_slo_s[finished])
-        met_fin = np.where(
-            fin_tier == TIER_INTERACTIVE, inter_ok, o.finish_s[finished] <= o.deadline_s[finished]
-        )
+        met_fin = met_finished(o, finished, tpot_fin)  # the SLO rule of envs/slo.py
         in_flight = status == STATUS_IN_FLIGHT
         overdue = in_flight & (o.deadline_s < now_s)
         judged = finished | (status == STATUS_DROPPED) | overdue

@@ -25,10 +25,12 @@ def _tpot(o: SimOutcome, mask: np.ndarray) -> np.ndarray:
     return np.where(decode_steps > 0, decode_time / np.maximum(decode_steps, 1.0), 0.0)
 
 
-def met_finished(o: SimOutcome, finished: np.ndarray) -> np.ndarray:
-    """For the ``finished`` rows (a boolean mask over requests), in order: whether each met its SLO."""
+def met_finished(o: SimOutcome, finished: np.ndarray, tpot: np.ndarray | None = None) -> np.ndarray:
+    """For the ``finished`` rows (a boolean mask over requests), in order: whether each met its SLO.
+    ``tpot``: their ``_tpot(o, finished)`` when the caller has it already."""
     ttft = o.first_token_s[finished] - o.arrival_s[finished]
-    interactive_ok = (ttft <= o.ttft_slo_s[finished]) & (_tpot(o, finished) <= o.tpot_slo_s[finished])
+    tpot = _tpot(o, finished) if tpot is None else tpot
+    interactive_ok = (ttft <= o.ttft_slo_s[finished]) & (tpot <= o.tpot_slo_s[finished])
     batch_ok = o.finish_s[finished] <= o.deadline_s[finished]
     return np.where(o.tier[finished] == TIER_INTERACTIVE, interactive_ok, batch_ok)
 
